@@ -1,0 +1,82 @@
+"""Out-of-distribution detection metrics: small pure functions over confidence scores.
+
+Every function takes ``in_scores`` (in-distribution samples) and ``out_scores`` (OOD / attacked samples),
+where a higher score means "more in-distribution" (a log-likelihood, a softmax maximum).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+
+def _scores_and_labels(in_scores, out_scores) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate scores with labels 1 for in-distribution, 0 for OOD; validate them."""
+    inside = np.asarray(in_scores, dtype=np.float64).ravel()
+    outside = np.asarray(out_scores, dtype=np.float64).ravel()
+    if inside.size == 0 or outside.size == 0:
+        raise ValueError(f"need in- and out-of-distribution scores, got {inside.size} and {outside.size}")
+    scores = np.concatenate([inside, outside])
+    if not np.isfinite(scores).all():
+        raise ValueError("scores contain NaN or inf")
+    labels = np.concatenate([np.ones(inside.size), np.zeros(outside.size)])
+    return scores, labels
+
+
+def auroc(in_scores, out_scores) -> float:
+    """Area under the ROC curve, OOD as the positive class (scored by the negated confidence)."""
+    scores, labels = _scores_and_labels(in_scores, out_scores)
+    return float(roc_auc_score(1 - labels, -scores))
+
+
+def aupr_in(in_scores, out_scores) -> float:
+    """Average precision with in-distribution as the positive class."""
+    scores, labels = _scores_and_labels(in_scores, out_scores)
+    return float(average_precision_score(labels, scores))
+
+
+def aupr_out(in_scores, out_scores) -> float:
+    """Average precision with OOD as the positive class."""
+    scores, labels = _scores_and_labels(in_scores, out_scores)
+    return float(average_precision_score(1 - labels, -scores))
+
+
+def fpr_at_tpr(in_scores, out_scores, tpr: float = 0.95) -> float:
+    """Fraction of OOD samples accepted at the threshold that accepts ``tpr`` of in-distribution samples.
+
+    In-distribution is the positive class (as in the ODIN and Mahalanobis papers); the threshold is the
+    first ROC point whose true-positive rate reaches ``tpr``.
+    """
+    scores, labels = _scores_and_labels(in_scores, out_scores)
+    fpr, tpr_curve, _ = roc_curve(labels, scores)
+    return float(fpr[np.searchsorted(tpr_curve, tpr, side="left")])
+
+
+def detection_error(in_scores, out_scores) -> float:
+    """Minimum over thresholds of ``0.5 (1 - TPR) + 0.5 FPR`` (in-distribution positive)."""
+    scores, labels = _scores_and_labels(in_scores, out_scores)
+    fpr, tpr_curve, _ = roc_curve(labels, scores)
+    return float(np.min(0.5 * (1.0 - tpr_curve) + 0.5 * fpr))
+
+
+def likelihood_accuracy(class_log_likelihood, y_true, classes=None) -> float:
+    """Accuracy of the likelihood classifier: argmax over the ``(N, C)`` class log-likelihoods."""
+    cll = np.asarray(class_log_likelihood)
+    y_true = np.asarray(y_true)
+    if cll.ndim != 2 or cll.shape[0] != y_true.shape[0]:
+        raise ValueError(f"class_log_likelihood {cll.shape} does not match {y_true.shape[0]} labels")
+    predicted = np.argmax(cll, axis=1)
+    if classes is not None:
+        predicted = np.asarray(classes)[predicted]
+    return float(np.mean(predicted == y_true))
+
+
+def ood_metrics(in_scores, out_scores) -> dict[str, float]:
+    """All detection metrics at once: ``auroc, aupr_in, aupr_out, fpr95, detection_error``."""
+    return {
+        "auroc": auroc(in_scores, out_scores),
+        "aupr_in": aupr_in(in_scores, out_scores),
+        "aupr_out": aupr_out(in_scores, out_scores),
+        "fpr95": fpr_at_tpr(in_scores, out_scores, 0.95),
+        "detection_error": detection_error(in_scores, out_scores),
+    }

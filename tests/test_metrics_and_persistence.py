@@ -1,0 +1,134 @@
+"""OOD metrics against scikit-learn, and pickle-free persistence of reducers and densities."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from pipeline import metrics
+from pipeline.density import (
+    ClassConditionalGMM,
+    PCAReducer,
+    PersistenceError,
+    SeparateGaussian,
+    TiedGaussian,
+    load,
+    save,
+)
+
+
+@pytest.fixture
+def scores():
+    rng = np.random.default_rng(0)
+    return rng.normal(1.0, 1.0, 700), rng.normal(-0.5, 1.5, 400)
+
+
+def test_metrics_match_sklearn(scores):
+    inside, outside = scores
+    y_in = np.r_[np.ones(inside.size), np.zeros(outside.size)]
+    s = np.r_[inside, outside]
+    result = metrics.ood_metrics(inside, outside)
+    assert set(result) == {"auroc", "aupr_in", "aupr_out", "fpr95", "detection_error"}
+    assert result["auroc"] == pytest.approx(roc_auc_score(1 - y_in, -s))
+    assert result["aupr_in"] == pytest.approx(average_precision_score(y_in, s))
+    assert result["aupr_out"] == pytest.approx(average_precision_score(1 - y_in, -s))
+    fpr, tpr, _ = roc_curve(y_in, s)
+    assert result["fpr95"] == pytest.approx(fpr[np.argmax(tpr >= 0.95)])
+    assert result["detection_error"] == pytest.approx(np.min(0.5 * (1 - tpr) + 0.5 * fpr))
+
+
+def test_fpr95_is_fraction_of_ood_above_the_95_percent_threshold(scores):
+    inside, outside = scores
+    threshold = np.sort(inside)[::-1][int(np.ceil(0.95 * inside.size)) - 1]
+    assert metrics.fpr_at_tpr(inside, outside) == pytest.approx(np.mean(outside >= threshold))
+
+
+def test_metric_extremes():
+    assert metrics.auroc([5, 6, 7], [1, 2]) == 1.0
+    assert metrics.auroc([1, 2], [5, 6, 7]) == 0.0
+    assert metrics.fpr_at_tpr([5, 6, 7], [1, 2]) == 0.0
+    assert metrics.detection_error([5, 6, 7], [1, 2]) == 0.0
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.auroc([1, np.nan], [0])
+    with pytest.raises(ValueError, match="need in- and out"):
+        metrics.auroc([], [0])
+
+
+def test_likelihood_accuracy():
+    ll = np.array([[0.0, -1.0], [-3.0, -2.0], [-1.0, -5.0]])
+    assert metrics.likelihood_accuracy(ll, np.array(["a", "b", "b"]), classes=["a", "b"]) == pytest.approx(2 / 3)
+
+
+def fitted_estimators():
+    rng = np.random.default_rng(0)
+    maps = rng.normal(size=(240, 6, 2, 4, 4)) + np.repeat(np.arange(3), 80)[:, None, None, None, None]
+    y = np.repeat(np.array(["a", "b", "c"]), 80)
+    reducer = PCAReducer(variance=0.99).fit(maps)
+    Z = reducer.transform(maps)
+    return maps, y, {
+        "layer3/reducer": reducer,
+        "layer3/tied": TiedGaussian().fit(Z, y),
+        "layer3/sep": SeparateGaussian(scoring_dtype="float64").fit(Z, y),
+        "layer3/gmm": ClassConditionalGMM(max_components=2).fit(Z, y),
+    }
+
+
+def test_save_load_roundtrip_scores_identically(tmp_path):
+    maps, y, estimators = fitted_estimators()
+    save(tmp_path, estimators, metadata={"layer": "layer3"})
+    assert not list(tmp_path.glob("*.pkl"))
+    loaded = load(tmp_path)
+    assert set(loaded) == set(estimators)
+    Z = loaded["layer3/reducer"].transform(maps)
+    np.testing.assert_array_equal(Z, estimators["layer3/reducer"].transform(maps))
+    for name in ("layer3/tied", "layer3/sep", "layer3/gmm"):
+        np.testing.assert_array_equal(loaded[name].class_log_likelihood(Z), estimators[name].class_log_likelihood(Z))
+        np.testing.assert_array_equal(loaded[name].classes_, estimators[name].classes_)
+        assert loaded[name].get_params() == estimators[name].get_params()
+    assert [r.to_dict() for r in loaded["layer3/sep"].fit_report_] == [
+        r.to_dict() for r in estimators["layer3/sep"].fit_report_
+    ]
+
+
+def test_load_rejects_other_version(tmp_path):
+    save(tmp_path, fitted_estimators()[2])
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PersistenceError, match="format version 99 is not supported"):
+        load(tmp_path)
+
+
+def test_load_rejects_missing_and_tampered_arrays(tmp_path):
+    save(tmp_path, fitted_estimators()[2])
+    original = load_file(str(tmp_path / "arrays.safetensors"))
+    arrays = dict(original, **{"layer3/sep/means_": original["layer3/sep/means_"] + 1e-9})
+    save_file(arrays, str(tmp_path / "arrays.safetensors"))
+    with pytest.raises(PersistenceError, match="'layer3/sep/means_' does not match its SHA-256"):
+        load(tmp_path)
+    arrays = dict(original)
+    del arrays["layer3/gmm/weights_"]
+    save_file(arrays, str(tmp_path / "arrays.safetensors"))
+    with pytest.raises(PersistenceError, match="'layer3/gmm/weights_' is missing"):
+        load(tmp_path)
+    (tmp_path / "arrays.safetensors").write_bytes(b"garbage")
+    with pytest.raises(PersistenceError, match="cannot read arrays"):
+        load(tmp_path)
+
+
+def test_load_errors_on_missing_directory_and_unknown_type(tmp_path):
+    with pytest.raises(PersistenceError, match="no manifest"):
+        load(tmp_path / "nowhere")
+    save(tmp_path, {"r": fitted_estimators()[2]["layer3/reducer"]})
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["estimators"]["r"]["type"] = "os.system"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PersistenceError, match="unknown type 'os.system'"):
+        load(tmp_path)
+
+
+def test_saving_unfitted_estimator_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="not fitted"):
+        save(tmp_path, {"sep": SeparateGaussian()})
