@@ -13,7 +13,7 @@ import sys
 
 from pipeline import __version__
 
-COMMAND_MODULES = ("bench",)
+COMMAND_MODULES = ("synth",)
 
 
 def build_parser() -> argparse.ArgumentParser:
