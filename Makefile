@@ -30,11 +30,13 @@ system-deps:
 test: install system-deps
 	$(BIN)/python -m pytest -q
 
+# Until the streaming pipeline lands, the main job is the density scoring benchmark.
 demo: install
-	$(BIN)/clipwatch demo
+	$(BIN)/python benchmarks/density_scoring.py
 
 bench: install
 	$(BIN)/python benchmarks/density_scoring.py
+	$(BIN)/python benchmarks/model_forward.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
