@@ -1,0 +1,180 @@
+"""Fixed-length clips: planned over a file's frame indices, or assembled from a live frame-by-frame feed."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from pipeline.video.events import Frame
+from pipeline.video.reader import VideoReader, open_video
+
+
+@dataclass(frozen=True, eq=False)
+class Clip:
+    """`clip_len` frames of one stream, the unit the classifier sees; `key` ("stream_id:seq") follows it end to end.
+
+    Attributes:
+        stream_id: the stream or file the clip comes from.
+        seq: clip number within the stream, from 0.
+        frames: (T, H, W, 3) uint8 RGB.
+        first_frame, last_frame: source frame indices of the first and last frame (inclusive).
+        pts: (T,) float64 presentation times in seconds.
+    """
+
+    stream_id: str
+    seq: int
+    frames: np.ndarray
+    first_frame: int
+    last_frame: int
+    pts: np.ndarray
+
+    @property
+    def key(self) -> str:
+        return f"{self.stream_id}:{self.seq}"
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+
+@dataclass(frozen=True)
+class ClipSplitter:
+    """Where clips start and which frames they take.
+
+    A clip takes `clip_len` frames, `frame_step` apart (so it spans `(clip_len - 1) * frame_step + 1` source frames);
+    clip k starts at source frame `k * stride`. Only whole clips are produced: a tail shorter than a span is left
+    out. C3D-style non-overlapping 16-frame clips are the default.
+    """
+
+    clip_len: int = 16
+    stride: int = 16
+    frame_step: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("clip_len", "stride", "frame_step"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"ClipSplitter: {name} must be a positive integer, got {value!r}")
+
+    @property
+    def span(self) -> int:
+        """Source frames one clip covers, first to last inclusive."""
+        return (self.clip_len - 1) * self.frame_step + 1
+
+    def plan(self, num_frames: int) -> list[np.ndarray]:
+        """Frame indices (int64, increasing) of every whole clip of a `num_frames`-frame video."""
+        starts = range(0, num_frames - self.span + 1, self.stride)
+        offsets = np.arange(self.clip_len, dtype=np.int64) * self.frame_step
+        return [start + offsets for start in starts]
+
+    def assembler(self, stream_id: str, first_seq: int = 0) -> "ClipAssembler":
+        """A push-style builder of clips from a live feed, one frame at a time."""
+        return ClipAssembler(self, stream_id, first_seq)
+
+    def clips(self, frames: Iterable[Frame], stream_id: str | None = None, first_seq: int = 0) -> Iterator[Clip]:
+        """Clips of a frame feed (a live stream or `open_source(...)`), as soon as each is complete.
+
+        `stream_id` defaults to the feed's own `stream_id` (sources from `open_source` have one).
+        """
+        stream_id = stream_id if stream_id is not None else getattr(frames, "stream_id", None)
+        if stream_id is None:
+            raise ValueError("ClipSplitter.clips: give a stream_id for a feed that has none")
+        assembler = self.assembler(stream_id, first_seq)
+        for frame in frames:
+            clip = assembler.push(frame)
+            if clip is not None:
+                yield clip
+
+
+class ClipAssembler:
+    """Builds clips from consecutive frames with the same start grid as `ClipSplitter.plan`.
+
+    A discontinuity (a new segment after a reconnect, or dropped frames shown by a gap in `Frame.index`) discards
+    the partial clip and restarts the grid at the next frame, so a clip never spans a gap in time. Sequence numbers
+    keep counting across discontinuities. Holds at most one span of frames.
+    """
+
+    def __init__(self, splitter: ClipSplitter, stream_id: str, first_seq: int = 0):
+        self.splitter = splitter
+        self.stream_id = stream_id
+        self.next_seq = first_seq
+        self._window: deque[Frame] = deque()
+        self._last: Frame | None = None
+        self._position = 0
+        self._next_start = 0
+
+    def reset(self) -> None:
+        """Drop the partial clip; the next frame starts a new grid."""
+        self._window.clear()
+        self._position = 0
+        self._next_start = 0
+
+    def push(self, frame: Frame) -> Clip | None:
+        """Add the next frame; returns the clip it completes, if any (at most one per frame)."""
+        last = self._last
+        if last is not None and (frame.segment != last.segment or frame.index != last.index + 1):
+            self.reset()
+        self._last = frame
+        position = self._position
+        self._position += 1
+        if position < self._next_start:
+            return None
+        self._window.append(frame)
+        if position < self._next_start + self.splitter.span - 1:
+            return None
+        chosen = [self._window[offset] for offset in range(0, self.splitter.span, self.splitter.frame_step)]
+        clip = Clip(
+            stream_id=self.stream_id,
+            seq=self.next_seq,
+            frames=np.stack([item.image for item in chosen]),
+            first_frame=chosen[0].index,
+            last_frame=chosen[-1].index,
+            pts=np.array([item.pts for item in chosen], dtype=np.float64),
+        )
+        self.next_seq += 1
+        self._next_start += self.splitter.stride
+        for _ in range(min(self.splitter.stride, len(self._window))):
+            self._window.popleft()
+        return clip
+
+
+def iter_file_clips(source: str | os.PathLike | VideoReader, splitter: ClipSplitter | None = None,
+                    stream_id: str | None = None) -> Iterator[Clip]:
+    """Clips of a video file in plan order, one `get_frames` call per clip.
+
+    Frames shared with the next clip (stride < span) are kept and not decoded again, so the reader only ever moves
+    forward and decord never seeks back. `source` is a path (opened, validated and closed here; VideoError if
+    unusable) or an open VideoReader (left open). `stream_id` defaults to the file's stem.
+    """
+    splitter = splitter or ClipSplitter()
+    reader = source if isinstance(source, VideoReader) else open_video(source)
+    stream_id = stream_id if stream_id is not None else Path(reader.path).stem
+    try:
+        plan = splitter.plan(reader.num_frames)
+        kept_indices, kept = np.zeros(0, dtype=np.int64), None
+        for seq, indices in enumerate(plan):
+            frames = _frames_for(reader, indices, kept_indices, kept)
+            if seq + 1 < len(plan):
+                kept_indices = np.intersect1d(indices, plan[seq + 1])
+                kept = frames[np.searchsorted(indices, kept_indices)] if kept_indices.size else None
+            yield Clip(stream_id, seq, frames, int(indices[0]), int(indices[-1]), reader.get_timestamps(indices))
+    finally:
+        if reader is not source:
+            reader.close()
+
+
+def _frames_for(reader: VideoReader, indices: np.ndarray, kept_indices: np.ndarray,
+                kept: np.ndarray | None) -> np.ndarray:
+    """The frames at `indices`, taking those in `kept_indices` from `kept` and reading only the others."""
+    if kept is None:
+        return reader.get_frames(indices)
+    known = np.isin(indices, kept_indices)
+    frames = np.empty((indices.size, reader.height, reader.width, 3), dtype=np.uint8)
+    frames[known] = kept[np.searchsorted(kept_indices, indices[known])]
+    if not known.all():
+        frames[~known] = reader.get_frames(indices[~known])
+    return frames

@@ -1,0 +1,104 @@
+"""preprocess: shapes, normalisation, and resize + centre crop checked against OpenCV and PIL references."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.video import KINETICS_MEAN, KINETICS_STD, preprocess
+from videos import random_frames
+
+MEAN = np.array(KINETICS_MEAN)
+STD = np.array(KINETICS_STD)
+ONE_LEVEL = 1.0 / 255.0 / STD.min()
+"""One uint8 level after normalisation: resizers may round differently by that much."""
+
+
+def reference(clip: np.ndarray, out_height: int, out_width: int, crop: int, interpolate) -> np.ndarray:
+    """(3, T, crop, crop) float64: resize each frame with `interpolate`, crop the centre, normalise."""
+    resized = np.stack([interpolate(frame, out_width, out_height) for frame in clip]).astype(np.float64)
+    top, left = (out_height - crop) // 2, (out_width - crop) // 2
+    cropped = resized[:, top:top + crop, left:left + crop] / 255.0
+    return ((cropped - MEAN) / STD).transpose(3, 0, 1, 2)
+
+
+def cv2_linear(frame, width, height):
+    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def pil_bilinear(frame, width, height):
+    return np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR))
+
+
+def test_shapes_dtype_and_layout():
+    clip = random_frames(16, 120, 160)
+    single = preprocess(clip)
+    assert single.shape == (1, 3, 16, 112, 112) and single.dtype == torch.float32 and single.is_contiguous()
+    batch = preprocess(np.stack([clip, clip[::-1]]), short_side=64, crop=56)
+    assert batch.shape == (2, 3, 16, 56, 56)
+    torch.testing.assert_close(batch[1], batch[0].flip(1))
+    assert preprocess(torch.from_numpy(clip), crop=100).shape == (1, 3, 16, 100, 100)
+
+
+def test_normalisation_of_constant_colours():
+    colour = np.array([255, 128, 0], dtype=np.uint8)
+    clip = np.broadcast_to(colour, (4, 128, 128, 3)).copy()
+    out = preprocess(clip).double()
+    expected = (colour / 255.0 - MEAN) / STD
+    for channel in range(3):
+        torch.testing.assert_close(out[0, channel], torch.full((4, 112, 112), expected[channel], dtype=torch.float64),
+                                   atol=1e-5, rtol=0)
+    custom = preprocess(clip, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)).double()
+    torch.testing.assert_close(custom[0, :, 0, 0, 0], torch.tensor((colour / 255.0 - 0.5) / 0.5), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("height, width, out_size", [(240, 320, (128, 171)), (180, 320, (128, 228)),
+                                                      (300, 200, (192, 128)), (97, 61, (204, 128))])
+def test_short_side_resize_and_centre_crop_match_opencv(height, width, out_size):
+    clip = random_frames(3, height, width, seed=height)
+    out = preprocess(clip).numpy()[0].astype(np.float64)
+    expected = reference(clip, *out_size, 112, cv2_linear)
+    assert out.shape == expected.shape
+    assert np.abs(out - expected).max() <= ONE_LEVEL + 1e-6
+    assert np.abs(out - expected).mean() < 0.25 * ONE_LEVEL
+
+
+def test_fixed_size_like_c3d():
+    clip = random_frames(2, 144, 176)
+    out = preprocess(clip, size=(128, 171)).numpy()[0].astype(np.float64)
+    expected = reference(clip, 128, 171, 112, cv2_linear)
+    assert np.abs(out - expected).max() <= ONE_LEVEL + 1e-6
+
+
+def test_antialiased_downscale_matches_pil():
+    clip = random_frames(2, 480, 640, seed=3)
+    out = preprocess(clip, antialias=True).numpy()[0].astype(np.float64)
+    expected = reference(clip, 128, 171, 112, pil_bilinear)
+    assert np.abs(out - expected).max() <= ONE_LEVEL + 1e-6
+    aliased = preprocess(clip).numpy()[0].astype(np.float64)
+    assert np.abs(aliased - expected).mean() > 2 * np.abs(out - expected).mean()
+
+
+def test_frames_already_at_size_are_only_cropped_and_normalised():
+    clip = random_frames(2, 128, 150)
+    out = preprocess(clip).numpy()[0]
+    manual = ((clip[:, 8:120, 19:131] / 255.0 - MEAN) / STD).transpose(3, 0, 1, 2)
+    np.testing.assert_allclose(out, manual, atol=1e-5)
+
+
+@pytest.mark.parametrize("frames, message", [
+    (np.zeros((4, 32, 32, 3), np.float32), "uint8"),
+    (np.zeros((4, 32, 32), np.uint8), r"\(T, H, W, 3\)"),
+    (np.zeros((4, 128, 128, 3), np.uint8), "crop 200 is larger"),
+])
+def test_invalid_input_is_rejected(frames, message):
+    with pytest.raises(ValueError, match=message):
+        preprocess(frames, crop=200 if "crop" in message else 112)
+
+
+def test_invalid_statistics_are_rejected():
+    with pytest.raises(ValueError, match="std > 0"):
+        preprocess(np.zeros((1, 128, 128, 3), np.uint8), std=(0.2, 0.0, 0.2))
