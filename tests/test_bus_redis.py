@@ -1,0 +1,187 @@
+"""Redis Streams specifics on a real redis-server: crashed consumers, trimming, restarts, outages, odd entries."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+import pytest
+
+from pipeline.bus import BusUnavailable, RedisBus
+from redis_server import RedisServer
+
+NODE = 4  # small stream nodes, so approximate (~) trimming acts at a scale a test can see
+
+
+@pytest.fixture(scope="module")
+def server():
+    with RedisServer(extra_args=("--stream-node-max-entries", str(NODE))) as running:
+        yield running
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def drain(bus: RedisBus, topic: str, group: str, consumer: str, want: int, timeout: float = 15.0) -> list[str]:
+    """Consume and acknowledge until `want` payloads arrived; returns them decoded, duplicates included."""
+    got: list[str] = []
+    deadline = time.monotonic() + timeout
+    while len(set(got)) < want:
+        assert time.monotonic() < deadline, f"only {len(set(got))} of {want} arrived"
+        batch = bus.consume(topic, group, consumer, count=8, block_ms=200)
+        got += [d.payload.decode() for d in batch]
+        bus.ack(topic, group, [d.id for d in batch])
+    return got
+
+
+def test_a_crashed_consumer_s_entries_are_claimed_by_another(server, namespace):
+    bus = RedisBus(server.url, namespace=namespace, visibility_timeout_ms=300)
+    for i in range(3):
+        bus.publish("clips", f"c{i}".encode(), key=f"cam:{i}")
+    crashed = bus.consume("clips", "classifier", "worker-a", count=2, block_ms=100)
+    assert [d.payload for d in crashed] == [b"c0", b"c1"]
+    client = server.client()
+    pending = client.xpending_range(f"{namespace}:clips", "classifier", "-", "+", 10)
+    assert {(p["consumer"], p["times_delivered"]) for p in pending} == {(b"worker-a", 1)}
+    assert [d.payload for d in bus.consume("clips", "classifier", "worker-b", count=5, block_ms=50)] == [b"c2"]
+    time.sleep(0.35)
+    claimed = bus.consume("clips", "classifier", "worker-b", count=5, block_ms=50)
+    assert [(d.payload, d.delivery_count) for d in claimed] == [(b"c0", 2), (b"c1", 2), (b"c2", 2)]
+    pending = client.xpending_range(f"{namespace}:clips", "classifier", "-", "+", 10)
+    assert {p["consumer"] for p in pending} == {b"worker-b"}
+    bus.ack("clips", "classifier", [d.id for d in claimed])
+    assert client.xpending(f"{namespace}:clips", "classifier")["pending"] == 0
+    bus.close()
+
+
+def test_trimming_keeps_the_stream_bounded_and_never_cuts_unacked_entries(server, namespace):
+    bus = RedisBus(server.url, namespace=namespace, max_backlog=6, visibility_timeout_ms=60_000)
+    stream, client = f"{namespace}:clips", server.client()
+    bus.ensure_group("clips", "classifier")
+    bus.publish("clips", b"held", key="cam:0")
+    [held] = bus.consume("clips", "classifier", "slow", count=1, block_ms=100)
+    lengths = []
+    for i in range(1, 41):
+        bus.publish("clips", str(i).encode())
+        lengths.append(client.xlen(stream))
+        [delivery] = bus.consume("clips", "classifier", "fast", count=1, block_ms=100)
+        bus.ack("clips", "classifier", [delivery.id])
+    assert lengths[-1] == 41, "nothing may be trimmed while the oldest entry is still pending"
+    assert client.xrange(stream, min=held.id, max=held.id)[0][1][b"p"] == b"held"
+    bus.ack("clips", "classifier", [held.id])
+    for i in range(41, 121):  # a producer running ahead of a consumer thread, throttled by back-pressure
+        if i == 41:
+            consumer = threading.Thread(target=drain, args=(bus, "clips", "classifier", "fast", 80))
+            consumer.start()
+        bus.publish("clips", str(i).encode())
+        lengths.append(client.xlen(stream))
+    consumer.join(20)
+    assert not consumer.is_alive()
+    assert max(lengths[41:]) <= 6 + 2 * NODE, f"stream grew to {max(lengths[41:])} entries"
+    assert bus.lag("clips", "classifier") == 0
+    bus.close()
+
+
+def test_recovers_from_a_killed_and_restarted_server_without_caller_handling(namespace, caplog):
+    caplog.set_level(logging.WARNING, logger="pipeline.bus.redis_streams")
+    with RedisServer(appendonly=True) as server:
+        bus = RedisBus(server.url, namespace=namespace, max_backlog=16, visibility_timeout_ms=1000,
+                       reconnect_timeout=30)
+        bus.ensure_group("clips", "classifier")
+        received: list[str] = []
+        published: list[int] = []
+        errors: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                for i in range(80):
+                    bus.publish("clips", str(i).encode(), key=f"cam:{i}")
+                    published.append(i)
+                    time.sleep(0.005)
+            except BaseException as error:  # surfaced by the assertion below
+                errors.append(error)
+
+        def consume() -> None:
+            try:
+                received.extend(drain(bus, "clips", "classifier", "w", 80, timeout=40))
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=produce), threading.Thread(target=consume)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(published) < 25 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        killed_pid, published_at_kill = server.pid, len(published)
+        server.kill()  # SIGKILL mid-run: both threads are inside redis calls or about to be
+        time.sleep(0.6)
+        server.start()  # same port; the append-only file brings the stream and its group back
+        assert server.pid != killed_pid
+        for thread in threads:
+            thread.join(45)
+        assert not errors, errors
+        assert 25 <= published_at_kill < 80 == len(published), "the kill must land mid-run"
+        assert {int(x) for x in received} == set(range(80))
+        messages = [record.getMessage() for record in caplog.records]
+        assert any("reconnecting" in m for m in messages) and any("succeeded after" in m for m in messages)
+        assert bus.lag("clips", "classifier") == 0
+        assert server.client().xpending(f"{namespace}:clips", "classifier")["pending"] == 0
+        bus.close()
+
+
+def test_groups_are_recreated_when_the_server_comes_back_empty(namespace):
+    with RedisServer(appendonly=False) as server:
+        bus = RedisBus(server.url, namespace=namespace, reconnect_timeout=10)
+        bus.publish("clips", b"before")
+        [before] = bus.consume("clips", "classifier", "w", block_ms=100)
+        server.kill()
+        server.start()  # no persistence: stream and group are gone
+        assert bus.ack("clips", "classifier", [before.id]) == 0  # nothing left to acknowledge; no exception
+        assert bus.consume("clips", "classifier", "w", block_ms=50) == []  # NOGROUP → group re-created
+        bus.publish("clips", b"after")
+        assert [d.payload for d in bus.consume("clips", "classifier", "w", block_ms=100)] == [b"after"]
+        bus.close()
+
+
+def test_a_server_that_stays_down_raises_bus_unavailable(namespace):
+    with RedisServer() as server:
+        bus = RedisBus(server.url, namespace=namespace, reconnect_timeout=0.5)
+        bus.publish("clips", b"x")
+        server.kill()
+        started = time.monotonic()
+        with pytest.raises(BusUnavailable, match=rf"redis at 127.0.0.1:{server.port} unreachable for 0.5s during"):
+            bus.consume("clips", "classifier", "w", block_ms=50)
+        assert 0.5 <= time.monotonic() - started < 5
+        bus.close()
+
+
+def test_lag_is_counted_when_redis_cannot_report_it(server, namespace):
+    bus = RedisBus(server.url, namespace=namespace, max_backlog=4)
+    stream, client = f"{namespace}:clips", server.client()
+    bus.ensure_group("clips", "classifier")
+    ids = [bus.publish("clips", str(i).encode()) for i in range(4)]
+    client.xdel(stream, ids[2])  # a deleted unread entry makes XINFO GROUPS report lag as nil
+    [info] = client.xinfo_groups(stream)
+    assert info["lag"] is None
+    assert bus.lag("clips", "classifier") == 3
+    bus.publish("clips", b"4", timeout=1)  # backlog 3 < 4: not blocked
+    assert bus.lag("clips", "classifier") == 4
+    got = bus.consume("clips", "classifier", "w", count=10, block_ms=100)
+    assert [d.payload for d in got] == [b"0", b"1", b"3", b"4"]
+    bus.close()
+
+
+def test_an_entry_without_payload_is_dead_lettered_not_delivered(server, namespace):
+    bus = RedisBus(server.url, namespace=namespace)
+    server.client().xadd(f"{namespace}:clips", {"note": "written by something else"})
+    bus.publish("clips", b"real")
+    assert [d.payload for d in bus.consume("clips", "classifier", "w", count=5, block_ms=100)] == [b"real"]
+    [letter] = bus.dead_letters("clips")
+    assert letter.reason == "entry has no payload field 'p'" and letter.payload == b""
+    assert server.client().xpending(f"{namespace}:clips", "classifier")["pending"] == 1  # only "real"
+    bus.close()
