@@ -1,0 +1,289 @@
+"""Webhook delivery: signed POSTs from background threads, retried with back-off, in order per stream, at most once
+per (URL, idempotency key), dead-lettered after the last attempt.
+
+Scheduling: each URL has its own worker threads, so a dead endpoint cannot hold up a healthy one. Within a URL
+each stream is a *lane*: a FIFO whose head must be delivered or dead-lettered before the next alert of that stream
+is tried, while other streams' lanes proceed. A lane waiting for its back-off does not occupy a thread.
+
+Durability: `submit` writes the alert to the delivery ledger (an outbox) before returning; a sink opened on the
+same ledger resumes unfinished deliveries in their original order and never re-sends a finished one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit
+
+import requests
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from pipeline.alerts.alert import Alert
+from pipeline.alerts.delivery import AttemptResult, RetryPolicy, post_alert, redact_url
+from pipeline.alerts.errors import SinkClosedError, validate_config
+from pipeline.alerts.journal import JsonlJournal
+from pipeline.alerts.ledger import DeliveryLedger, QueuedDelivery
+
+logger = logging.getLogger(__name__)
+
+
+class WebhookConfig(BaseModel):
+    """Where and how to POST alerts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    urls: list[str] = Field(min_length=1, description="http(s) endpoints; each receives every alert")
+    secret: SecretStr = Field(description="shared HMAC-SHA256 key for X-Clipwatch-Signature")
+    ledger_path: Path = Field(description="JSONL outbox + record of finished deliveries (idempotency)")
+    dead_letter_path: Path = Field(description="JSONL of deliveries that failed for good, with the reason")
+    timeout_s: float = Field(5.0, gt=0.0, description="connect and read timeout of one attempt")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    workers_per_url: int = Field(2, ge=1, description="concurrent deliveries per URL (different streams)")
+    trust_env: bool = Field(True, description="honour HTTP(S)_PROXY/NO_PROXY from the environment (requests)")
+
+    @field_validator("urls")
+    @classmethod
+    def _check_urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{redact_url(url)}: webhook URL must be http(s)://host/...")
+        if len(set(urls)) != len(urls):
+            raise ValueError("webhook URLs must be distinct")
+        return urls
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, secret: SecretStr) -> SecretStr:
+        if not secret.get_secret_value():
+            raise ValueError("webhook secret must not be empty")
+        return secret
+
+
+@dataclass(frozen=True)
+class WebhookStats:
+    """Counters for metrics. `delivered`/`dead_lettered`/`retries` count (URL, alert) deliveries."""
+
+    submitted: int
+    duplicates: int
+    delivered: int
+    dead_lettered: int
+    retries: int
+    pending: int
+
+
+@dataclass
+class _Delivery:
+    queued: QueuedDelivery
+    attempts: int = 0
+    first_attempt_at: float | None = None
+
+
+@dataclass
+class _Lane:
+    stream_id: str
+    items: deque[_Delivery] = field(default_factory=deque)
+
+
+@dataclass
+class _Route:
+    url: str
+    wake: threading.Condition
+    lanes: dict[str, _Lane] = field(default_factory=dict)
+    ready: list[tuple[float, int, _Lane]] = field(default_factory=list)
+
+
+class WebhookSink:
+    """POSTs alerts to every configured URL from background threads; `submit` never waits for the network.
+
+        sink = WebhookSink({"urls": ["https://hooks.example/clipwatch"], "secret": "...",
+                            "ledger_path": "state/webhook-ledger.jsonl", "dead_letter_path": "state/dead.jsonl"})
+        sink.submit(alert)        # True: queued; False: already delivered/queued for every URL
+        sink.flush(timeout=10)    # True when everything reached a final outcome
+        sink.close()
+    """
+
+    def __init__(self, config: WebhookConfig | Mapping):
+        self.config = validate_config(WebhookConfig, config, "webhook sink")
+        self._secret = self.config.secret.get_secret_value().encode()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._rng = random.Random(self.config.retry.seed)
+        self._order = itertools.count()
+        self._ledger = DeliveryLedger(self.config.ledger_path)
+        self._dead_letters = JsonlJournal(self.config.dead_letter_path)
+        self._dead_letters.existing = []
+        self._routes = {url: _Route(url, threading.Condition(self._lock)) for url in self.config.urls}
+        self._pending: set[tuple[str, str]] = set()
+        self._counts = dict.fromkeys(("submitted", "duplicates", "delivered", "dead_lettered", "retries"), 0)
+        self._closed = self._stopping = False
+        with self._lock:
+            for queued in self._ledger.pending:
+                if queued.url in self._routes:
+                    self._enqueue(queued)
+                else:
+                    logger.warning("%s: ledger entry for unconfigured URL %s left alone",
+                                   queued.key, redact_url(queued.url))
+        self._threads = [
+            threading.Thread(target=self._work, args=(route,), name=f"webhook-{index}-{worker}", daemon=True)
+            for index, route in enumerate(self._routes.values())
+            for worker in range(self.config.workers_per_url)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, alert: Alert) -> bool:
+        """Queue `alert` for every URL that has neither received nor queued its key; False if none needed it."""
+        body, key = alert.to_json_bytes(), alert.idempotency_key
+        with self._lock:
+            if self._closed:
+                raise SinkClosedError(f"{key}: webhook sink is closed")
+            fresh = [
+                url for url in self._routes if (url, key) not in self._ledger.final and (url, key) not in self._pending
+            ]
+            for url in fresh:
+                queued = QueuedDelivery(url, key, alert.stream_id, body)
+                self._ledger.queued(queued)
+                self._enqueue(queued)
+            self._counts["submitted" if fresh else "duplicates"] += 1
+            return bool(fresh)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued delivery is delivered or dead-lettered.
+
+        Returns False if `timeout` ran out first, or the sink was closed with deliveries left for a restart.
+        """
+        with self._idle:
+            self._idle.wait_for(lambda: not self._pending or self._stopping, timeout)
+            return not self._pending
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush (up to `timeout`), then stop the workers; unfinished deliveries stay in the ledger for a restart.
+
+        Returns whether everything was flushed.
+        """
+        with self._lock:
+            if self._closed:
+                return not self._pending
+            self._closed = True
+        flushed = self.flush(timeout)
+        with self._lock:
+            self._stopping = True
+            self._idle.notify_all()
+            for route in self._routes.values():
+                route.wake.notify_all()
+        deadline = time.monotonic() + self.config.timeout_s + 1.0  # an attempt in flight finishes and is recorded
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            self._ledger.close()
+            self._dead_letters.close()
+        return flushed
+
+    @property
+    def stats(self) -> WebhookStats:
+        with self._lock:
+            return WebhookStats(**self._counts, pending=len(self._pending))
+
+    def __enter__(self) -> WebhookSink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _enqueue(self, queued: QueuedDelivery) -> None:
+        route = self._routes[queued.url]
+        self._pending.add((queued.url, queued.key))
+        lane = route.lanes.get(queued.stream_id)
+        if lane is None:
+            lane = route.lanes[queued.stream_id] = _Lane(queued.stream_id)
+            self._schedule(route, lane, time.monotonic())
+        lane.items.append(_Delivery(queued))
+
+    def _schedule(self, route: _Route, lane: _Lane, due: float) -> None:
+        heapq.heappush(route.ready, (due, next(self._order), lane))
+        route.wake.notify()
+
+    def _next_lane(self, route: _Route) -> _Lane | None:
+        """The lane whose head is due, waiting as needed; None when stopping. Called with the lock held."""
+        while not self._stopping:
+            now = time.monotonic()
+            if route.ready and route.ready[0][0] <= now:
+                return heapq.heappop(route.ready)[2]
+            route.wake.wait(route.ready[0][0] - now if route.ready else None)
+        return None
+
+    def _work(self, route: _Route) -> None:
+        session = requests.Session()
+        session.trust_env = self.config.trust_env
+        try:
+            while True:
+                with self._lock:
+                    lane = self._next_lane(route)
+                    if lane is None:
+                        return
+                    delivery = lane.items[0]
+                    if delivery.first_attempt_at is None:
+                        delivery.first_attempt_at = time.time()
+                q = delivery.queued
+                result = post_alert(session, route.url, q.body, q.key, self._secret, self.config.timeout_s)
+                with self._lock:
+                    try:
+                        self._settle(route, lane, delivery, result)
+                    except Exception:
+                        logger.exception("%s: recording the delivery to %s failed", q.key, redact_url(route.url))
+                        self._schedule(route, lane, time.monotonic() + self.config.retry.max_delay_s)
+        finally:
+            session.close()
+
+    def _settle(self, route: _Route, lane: _Lane, delivery: _Delivery, result: AttemptResult) -> None:
+        """Record one attempt's outcome and reschedule the lane. Called with the lock held."""
+        delivery.attempts += 1
+        policy, q = self.config.retry, delivery.queued
+        if not result.ok and result.retryable and delivery.attempts < policy.max_attempts:
+            self._counts["retries"] += 1
+            delay = policy.delay(delivery.attempts, self._rng, result.retry_after)
+            logger.info("%s: %s: %s, retry in %.3g s", q.key, redact_url(route.url), result.reason, delay)
+            self._schedule(route, lane, time.monotonic() + delay)
+            return
+        if result.ok:
+            self._ledger.settled(q.url, q.key, "delivered", delivery.attempts, result.status)
+            self._counts["delivered"] += 1
+        else:
+            self._dead_letter(delivery, result)
+        lane.items.popleft()
+        self._pending.discard((q.url, q.key))
+        if lane.items:
+            self._schedule(route, lane, time.monotonic())
+        else:
+            del route.lanes[lane.stream_id]
+        if not self._pending:
+            self._idle.notify_all()
+
+    def _dead_letter(self, delivery: _Delivery, result: AttemptResult) -> None:
+        q = delivery.queued
+        self._dead_letters.append({
+            "idempotency_key": q.key,
+            "url": q.url,
+            "stream_id": q.stream_id,
+            "reason": result.reason,
+            "error": result.error,
+            "status": result.status,
+            "attempts": delivery.attempts,
+            "first_attempt_at": delivery.first_attempt_at,
+            "dead_lettered_at": time.time(),
+            "body": json.loads(q.body),
+        })
+        self._ledger.settled(q.url, q.key, "dead_lettered", delivery.attempts, result.status)
+        self._counts["dead_lettered"] += 1
+        logger.warning("%s: dead-lettered for %s after %d attempt(s): %s",
+                       q.key, redact_url(q.url), delivery.attempts, result.reason)

@@ -1,0 +1,96 @@
+"""The JSONL alert log: one durable line per idempotency key, across restarts and concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from pipeline.alerts import Alert, JournalError, JsonlSink, ScoredClip, SinkClosedError, validate_alert_body
+
+
+def alert(seq: int, kind: str = "novel", stream: str = "cam1") -> Alert:
+    clip = ScoredClip(
+        stream_id=stream, seq=seq, verdict=kind, fused_score=5.5, p_value=0.002, clip_start=seq * 0.5,
+        clip_end=seq * 0.5 + 0.5, scored_at=1_700_000_000.0 + seq, reasons=("far from every class",),
+        prediction="running", softmax=0.31, layer_scores={"layer4": -77.0},
+    )
+    return Alert.from_clip(clip, kind)
+
+
+def lines(path) -> list[bytes]:
+    return path.read_bytes().splitlines()
+
+
+def test_each_alert_is_one_schema_valid_line(tmp_path):
+    path = tmp_path / "log" / "alerts.jsonl"
+    alerts = [alert(0), alert(1, "adversarial"), alert(0, stream="cam2")]
+    with JsonlSink(path) as sink:
+        assert [sink.write(a) for a in alerts] == [True, True, True]
+        assert len(sink) == 3 and "cam1:1:adversarial" in sink
+    written = lines(path)
+    assert written == [a.to_json_bytes() for a in alerts]
+    for line in written:
+        validate_alert_body(json.loads(line))
+
+
+def test_a_redelivered_alert_is_not_written_twice_even_after_a_restart(tmp_path):
+    path = tmp_path / "alerts.jsonl"
+    with JsonlSink(path) as sink:
+        assert sink.write(alert(0)) is True
+        assert sink.write(alert(0)) is False
+        assert sink.write(alert(1)) is True
+    with JsonlSink(path) as reopened:
+        assert len(reopened) == 2
+        assert reopened.write(alert(1)) is False
+        assert reopened.write(alert(0)) is False
+        assert reopened.write(alert(1, "adversarial")) is True
+    keys = [json.loads(line)["idempotency_key"] for line in lines(path)]
+    assert keys == ["cam1:0:novel", "cam1:1:novel", "cam1:1:adversarial"]
+
+
+def test_concurrent_writers_produce_each_line_once(tmp_path):
+    path = tmp_path / "alerts.jsonl"
+    alerts = [alert(i, stream=f"cam{i % 3}") for i in range(40)]
+    with JsonlSink(path) as sink:
+        results: list[bool] = []
+        threads = [threading.Thread(target=lambda: results.extend(sink.write(a) for a in alerts)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert results.count(True) == 40 and results.count(False) == 120
+    assert sorted(lines(path)) == sorted(a.to_json_bytes() for a in alerts)
+
+
+def test_a_torn_last_line_from_a_crash_is_cut_off(tmp_path, caplog):
+    path = tmp_path / "alerts.jsonl"
+    with JsonlSink(path) as sink:
+        sink.write(alert(0))
+    torn = alert(1).to_json_bytes()[:40]
+    with open(path, "ab") as handle:
+        handle.write(torn)
+    with JsonlSink(path) as reopened:
+        assert len(reopened) == 1
+        assert reopened.write(alert(1)) is True
+    assert lines(path) == [alert(0).to_json_bytes(), alert(1).to_json_bytes()]
+    assert "torn last line" in caplog.text
+
+
+def test_corruption_inside_the_file_names_file_and_line(tmp_path):
+    path = tmp_path / "alerts.jsonl"
+    path.write_bytes(alert(0).to_json_bytes() + b"\n{oops\n" + alert(1).to_json_bytes() + b"\n")
+    with pytest.raises(JournalError, match=rf"^{path}:2: not JSON: ") as error:
+        JsonlSink(path)
+    assert isinstance(error.value, ValueError)
+    path.write_bytes(b'{"kind":"novel"}\n')
+    with pytest.raises(JournalError, match=rf"^{path}:1: alert line without an idempotency_key$"):
+        JsonlSink(path)
+
+
+def test_writing_after_close_is_an_error(tmp_path):
+    sink = JsonlSink(tmp_path / "alerts.jsonl")
+    sink.close()
+    with pytest.raises(SinkClosedError, match="alert sink is closed"):
+        sink.write(alert(0))
