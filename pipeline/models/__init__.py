@@ -11,9 +11,11 @@ from pipeline.models.errors import (
 )
 from pipeline.models.io import (
     SHIPPED_MODELS,
+    file_sha256,
     load_model,
     load_state_dict_file,
     load_weights,
+    resolve_model_dir,
     save_model,
     shipped_model_dir,
 )
@@ -38,10 +40,12 @@ __all__ = [
     "available_models",
     "build_model",
     "default_layers",
+    "file_sha256",
     "layer_names",
     "load_model",
     "load_state_dict_file",
     "load_weights",
+    "resolve_model_dir",
     "save_model",
     "shipped_model_dir",
 ]

@@ -1,0 +1,60 @@
+"""``clipwatch evaluate``: reproduce the paper's tables and figures for a bundle, its model and a dataset."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from pipeline.evaluation.run import ATTACKS, EvaluationSettings, evaluate
+from pipeline.evaluation.report import best_rows
+
+
+def _named_path(text: str) -> tuple[str, Path]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, Path(path)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("evaluate", help="detection metrics, accuracies and figures (results.json/md)")
+    parser.add_argument("--bundle", required=True, type=Path, help="detector bundle written by `clipwatch fit`")
+    parser.add_argument("--data", required=True, type=Path, help="dataset root in the UCF101 layout")
+    parser.add_argument("--out", required=True, type=Path, help="folder for results.json, results.md and PNGs")
+    parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3))
+    parser.add_argument("--novel", type=Path, help="novel-class dataset root (default: DATA/novel when present)")
+    parser.add_argument("--surrogate", default="default-surrogate",
+                        help="model for black-box framing (default: %(default)s; 'none' to skip)")
+    parser.add_argument("--attacks", nargs="*", default=list(ATTACKS), choices=ATTACKS)
+    parser.add_argument("--ood", action="append", type=_named_path, default=[], metavar="NAME=FILE.npz",
+                        help="extra OOD set: attacked clips written by `clipwatch attack` (repeatable)")
+    parser.add_argument("--frame-width", type=int, help="adversarial frame width in px (default: 4 at 112 px, scaled)")
+    parser.add_argument("--framing-epochs", type=int, default=3)
+    parser.add_argument("--fgsm-eps", type=float, default=8 / 255, help="L-inf budget in [0, 1] pixel units")
+    parser.add_argument("--max-clips-per-video", type=int)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = EvaluationSettings(
+        bundle=args.bundle, data=args.data, out=args.out, split=args.split, novel=args.novel,
+        surrogate=None if str(args.surrogate).lower() == "none" else args.surrogate, attacks=tuple(args.attacks),
+        frame_width=args.frame_width, framing_epochs=args.framing_epochs, fgsm_eps=args.fgsm_eps,
+        extra_ood=dict(args.ood), max_clips_per_video=args.max_clips_per_video, batch_size=args.batch_size,
+        seed=args.seed, progress=not args.no_progress)
+    results = evaluate(settings)
+    print("accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in results["accuracy"].items()))
+    for ood, slot in best_rows(results["detection"]).items():
+        cells = ", ".join(f"{d} {row['auroc']:.3f}" for d, row in slot.items())
+        print(f"AUROC {ood}: {cells}")
+    print(f"false alarms {results['false_alarm']['measured']:.4f} (requested {results['false_alarm']['requested']}); "
+          f"{results['seconds']:.0f} s; results in {args.out}")
+    return 0

@@ -1,0 +1,91 @@
+"""``clipwatch fit``: fit a detector bundle (reducers, densities, calibration) for a model on a UCF101-style dataset."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.data import UCF101
+from pipeline.detect import DetectorBundle, extract_video_features
+from pipeline.models import SHIPPED_MODELS, default_layers, file_sha256, load_model, resolve_model_dir
+
+
+def model_reference(name_or_path: str) -> dict:
+    """How a bundle points at its model: shipped name or absolute path, plus the weights' SHA-256."""
+    directory = resolve_model_dir(name_or_path)
+    return {
+        "name": name_or_path if name_or_path in SHIPPED_MODELS else None,
+        "path": str(directory.resolve()),
+        "sha256": file_sha256(directory / "model.safetensors"),
+    }
+
+
+def split_calibration(samples, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out whole UCF101 groups (never clips of a training video) for calibration."""
+    groups = sorted({s.group for s in samples})
+    rng = np.random.default_rng(seed)
+    count = max(1, int(round(fraction * len(groups))))
+    held = set(rng.choice(groups, size=count, replace=False).tolist())
+    return [s for s in samples if s.group not in held], [s for s in samples if s.group in held]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("fit", help="fit a detector bundle for a model on a UCF101-style dataset")
+    parser.add_argument("--model", default="default", help="model directory or shipped name (default: %(default)s)")
+    parser.add_argument("--data", required=True, help="dataset root in the UCF101 layout")
+    parser.add_argument("--out", required=True, help="bundle directory to write")
+    parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3))
+    parser.add_argument("--layers", nargs="+", help="layers to tap (default: the architecture's default layers)")
+    parser.add_argument("--densities", nargs="+", default=["gmm", "sep", "tied"], choices=["gmm", "sep", "tied"])
+    parser.add_argument("--fused-density", default="sep", choices=["gmm", "sep", "tied"])
+    parser.add_argument("--variance", type=float, default=0.995, help="PCA variance kept (default %(default)s)")
+    parser.add_argument("--pool-factor", type=int, default=4)
+    parser.add_argument("--false-alarm", type=float, default=0.01, help="target false-alarm rate (default 1%%)")
+    parser.add_argument("--calibration-fraction", type=float, default=0.2,
+                        help="fraction of training groups held out for calibration (default %(default)s)")
+    parser.add_argument("--stride", type=int, help="frames between clip starts (default: the clip length)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    model, manifest = load_model(args.model)
+    layers = args.layers or default_layers(manifest.architecture)
+    dataset = UCF101(args.data, split=args.split, subset="train", missing="skip")
+    if list(dataset.classes) != list(manifest.class_names):
+        raise ValueError(f"{args.data}: classes {dataset.classes} differ from the model's {list(manifest.class_names)}")
+    train_videos, calibration_videos = split_calibration(dataset.samples, args.calibration_fraction, args.seed)
+    common = dict(batch_size=args.batch_size, pool_factor=args.pool_factor, stride=args.stride,
+                  progress=not args.no_progress)
+    prep = manifest.preprocessing
+    train = extract_video_features(model, prep, [(s.path, s.label) for s in train_videos], layers,
+                                   description="train clips", **common)
+    calibration = extract_video_features(model, prep, [(s.path, s.label) for s in calibration_videos], layers,
+                                         description="calibration clips", **common)
+    for path, reason in train.skipped + calibration.skipped:
+        print(f"skipped {path}: {reason}")
+    bundle = DetectorBundle.fit(
+        train, calibration, model_ref=model_reference(args.model), class_names=list(manifest.class_names),
+        densities=args.densities, fused_density=args.fused_density, variance=args.variance,
+        pool_factor=args.pool_factor, false_alarm=args.false_alarm, seed=args.seed, progress=not args.no_progress)
+    bundle.settings.update({"dataset": str(Path(args.data).resolve()), "split": args.split})
+    bundle.save(args.out)
+    regularised = sorted({f"{key}: {label}" for key, model_ in bundle.densities.items()
+                          for label in model_.regularised_classes_})
+    print(f"bundle written to {args.out}: {len(train)} train clips, {len(calibration)} calibration clips, "
+          f"layers {layers}, {time.perf_counter() - start:.0f} s")
+    for layer in layers:
+        print(f"  {layer}: {bundle.reducers[layer].n_features_in_} -> {bundle.reducers[layer].n_components_} dims")
+    if regularised:
+        print("  regularised covariances: " + "; ".join(regularised))
+    return 0

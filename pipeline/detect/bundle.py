@@ -1,0 +1,167 @@
+"""Detector bundles: everything the streaming pipeline needs to score a clip, in one pickle-free directory.
+
+Layout::
+
+    bundle.json              format + version, model reference (path + SHA-256), layers, class names, settings
+    densities/               per-layer PCA reducers and Tied / Separate / GMM densities (pipeline.density.save)
+    calibration.safetensors  sorted calibration scores, means and deviations
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+from tqdm.auto import tqdm
+
+from pipeline import density as dens
+from pipeline.models import file_sha256, resolve_model_dir
+from pipeline.detect.calibration import Calibration
+from pipeline.detect.features import ClipFeatures
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT = "clipwatch.bundle"
+BUNDLE_VERSION = 1
+DENSITY_NAMES = ("gmm", "sep", "tied")
+
+
+class BundleError(ValueError):
+    """A bundle directory is missing, of another version, incomplete, or does not match its model."""
+
+
+@dataclass
+class BundleScores:
+    """Scores of a batch of clips: ``loglik["layer/density"]`` (N,), fused score, p-value, verdicts, reasons."""
+
+    loglik: dict[str, np.ndarray]
+    fused: np.ndarray
+    p_value: np.ndarray
+    verdicts: list[str]
+    reasons: list[list[str]]
+
+
+class DetectorBundle:
+    """Per-layer reducers and densities of a tapped model, plus their calibration."""
+
+    def __init__(self, model_ref: dict, layers: list[str], class_names: list[str], reducers: dict,
+                 densities: dict, calibration: Calibration, settings: dict):
+        self.model_ref = model_ref
+        self.layers = layers
+        self.class_names = class_names
+        self.reducers = reducers
+        self.densities = densities
+        self.calibration = calibration
+        self.settings = settings
+
+    @classmethod
+    def fit(cls, train: ClipFeatures, calibration: ClipFeatures, *, model_ref: dict, class_names: list[str],
+            densities=DENSITY_NAMES, fused_density: str = "sep", variance: float = 0.995, pool_factor: int = 4,
+            gmm_max_components: int = 4, false_alarm: float = 0.01, seed: int = 0,
+            progress: bool = True) -> DetectorBundle:
+        """Fit reducers and densities on ``train`` clips, calibrate on held-out in-distribution ``calibration`` clips."""
+        unknown = [d for d in densities if d not in dens.DENSITY_TYPES]
+        if unknown or fused_density not in densities:
+            raise ValueError(f"densities must be among {list(dens.DENSITY_TYPES)} and include {fused_density!r}")
+        layers = list(train.layers)
+        reducers, models = {}, {}
+        steps = [(layer, name) for layer in layers for name in densities]
+        bar = tqdm(steps, desc="fit densities", unit="density", disable=not progress)
+        for layer, name in bar:
+            bar.set_postfix_str(f"{layer}/{name}")
+            if layer not in reducers:
+                reducers[layer] = dens.PCAReducer(variance=variance, pool_factor=1).fit(train.layers[layer])
+            reduced = reducers[layer].transform(train.layers[layer])
+            params = {"max_components": gmm_max_components, "random_state": seed} if name == "gmm" else {}
+            models[f"{layer}/{name}"] = dens.DENSITY_TYPES[name](**params).fit(reduced, train.labels)
+        settings = {"densities": list(densities), "fused_density": fused_density, "variance": variance,
+                    "pool_factor": pool_factor, "false_alarm": false_alarm, "seed": seed,
+                    "train_clips": len(train), "calibration_clips": len(calibration)}
+        bundle = cls(model_ref, layers, list(class_names), reducers, models, None, settings)
+        scores = bundle.loglik(calibration.layers)
+        fused_keys = [f"{layer}/{fused_density}" for layer in layers]
+        bundle.calibration = Calibration.fit(scores, calibration.softmax.max(axis=1), fused_keys, false_alarm)
+        return bundle
+
+    def loglik(self, layer_features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``score_samples`` of every (layer, density) for a batch of tapped features."""
+        out = {}
+        for layer in self.layers:
+            reduced = self.reducers[layer].transform(layer_features[layer])
+            for name in self.settings["densities"]:
+                out[f"{layer}/{name}"] = self.densities[f"{layer}/{name}"].score_samples(reduced).astype(np.float64)
+        return out
+
+    def score(self, layer_features: dict[str, np.ndarray], softmax_max: np.ndarray) -> BundleScores:
+        loglik = self.loglik(layer_features)
+        fused, p, results = self.calibration.verdicts(loglik, np.asarray(softmax_max))
+        return BundleScores(loglik, fused, p, [r[0] for r in results], [r[1] for r in results])
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        estimators = {f"{layer}/reducer": self.reducers[layer] for layer in self.layers}
+        estimators.update(self.densities)
+        dens.save(directory / "densities", estimators)
+        arrays = self.calibration.arrays()
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(directory / "calibration.safetensors"))
+        manifest = {
+            "format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "model": self.model_ref,
+            "layers": self.layers, "class_names": self.class_names, "settings": self.settings,
+            "calibration": self.calibration.settings(),
+            "calibration_sha256": file_sha256(directory / "calibration.safetensors"),
+        }
+        (directory / "bundle.json").write_text(json.dumps(manifest, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DetectorBundle:
+        directory = Path(directory)
+        manifest_path = directory / "bundle.json"
+        if not manifest_path.is_file():
+            raise BundleError(f"{directory}: not a detector bundle (no bundle.json)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{manifest_path}: invalid JSON ({exc})") from None
+        if manifest.get("format") != BUNDLE_FORMAT or manifest.get("format_version") != BUNDLE_VERSION:
+            raise BundleError(
+                f"{manifest_path}: unsupported bundle format {manifest.get('format')!r} "
+                f"version {manifest.get('format_version')!r} (expected {BUNDLE_FORMAT!r} {BUNDLE_VERSION})"
+            )
+        calibration_path = directory / "calibration.safetensors"
+        if not calibration_path.is_file():
+            raise BundleError(f"{calibration_path}: missing")
+        if file_sha256(calibration_path) != manifest["calibration_sha256"]:
+            raise BundleError(f"{calibration_path}: does not match its SHA-256 (tampered or corrupt)")
+        try:
+            estimators = dens.load(directory / "densities")
+        except dens.PersistenceError as exc:
+            raise BundleError(str(exc)) from None
+        layers = manifest["layers"]
+        reducers = {layer: estimators.pop(f"{layer}/reducer") for layer in layers}
+        calibration = Calibration.from_saved(manifest["calibration"], load_file(str(calibration_path)))
+        return cls(manifest["model"], layers, manifest["class_names"], reducers, estimators, calibration,
+                   manifest["settings"])
+
+    def resolve_model(self, bundle_dir: str | Path) -> Path:
+        """Path of the bundle's model directory, after checking the weights' SHA-256 against the reference."""
+        ref = self.model_ref
+        candidate = Path(ref["path"])
+        if not candidate.is_absolute() and ref.get("relative_to_bundle"):
+            candidate = Path(bundle_dir) / candidate
+        model_dir = resolve_model_dir(str(candidate) if ref.get("name") is None else ref["name"])
+        weights = model_dir / "model.safetensors"
+        if not weights.is_file():
+            raise BundleError(f"{weights}: model weights of the bundle are missing")
+        actual = file_sha256(weights)
+        if actual != ref["sha256"]:
+            raise BundleError(
+                f"{weights}: SHA-256 {actual[:12]}… does not match the bundle's model {ref['sha256'][:12]}… "
+                "(the bundle was fitted on other weights: refit it with `clipwatch fit`)"
+            )
+        return model_dir

@@ -1,0 +1,167 @@
+"""Layer features of clips: decode, preprocess as the model's manifest says, one tapped forward pass per batch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from pipeline.models import FeatureTap
+from pipeline.video import ClipSplitter, VideoError, iter_file_clips, preprocess
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClipFeatures:
+    """Per-clip outputs of a tapped model: ``layers[name]`` is ``(N, D)`` float32, ``logits`` is ``(N, C)``."""
+
+    layers: dict[str, np.ndarray]
+    logits: np.ndarray
+    labels: np.ndarray
+    videos: list[str] = field(default_factory=list)
+    seqs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.logits.shape[0])
+
+    @property
+    def softmax(self) -> np.ndarray:
+        return torch.softmax(torch.from_numpy(self.logits).double(), dim=1).numpy()
+
+    def subset(self, index: np.ndarray) -> ClipFeatures:
+        """The clips at ``index`` (a boolean mask or integer positions)."""
+        index = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index)
+        return ClipFeatures(
+            {name: values[index] for name, values in self.layers.items()},
+            self.logits[index],
+            self.labels[index],
+            [self.videos[i] for i in index] if self.videos else [],
+            self.seqs[index] if self.seqs.size else self.seqs,
+        )
+
+
+def model_input(frames: np.ndarray | torch.Tensor, preprocessing) -> torch.Tensor:
+    """``(B, T, H, W, 3)`` uint8 clips to the model's normalised input; clips already at crop size are not resized."""
+    frames = torch.as_tensor(frames)
+    crop = preprocessing.crop
+    size = (crop, crop) if tuple(frames.shape[-3:-1]) == (crop, crop) else None
+    return preprocess(frames, preprocessing.short_side, crop, preprocessing.mean, preprocessing.std, size=size)
+
+
+def pixel_input(frames: np.ndarray | torch.Tensor, preprocessing) -> torch.Tensor:
+    """``(B, T, H, W, 3)`` uint8 clips resized and cropped like :func:`model_input`, as ``(B, 3, T, S, S)`` in [0, 1].
+
+    This is the space attacks perturb; ``pipeline.attacks.Normalize`` maps it to the model's input.
+    """
+    identity = type(preprocessing)(**{**preprocessing.model_dump(), "mean": (0.0,) * 3, "std": (1.0,) * 3})
+    return model_input(frames, identity)
+
+
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def extract_from_tensors(
+    model: nn.Module, inputs: Iterable[torch.Tensor], layers: Sequence[str], *, pool_factor: int = 4
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Run normalised input batches through ``model`` with a tap; returns ``(layers, logits)`` as float32 arrays."""
+    model.eval()
+    per_layer: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+    logits_parts = []
+    with FeatureTap(model, list(layers), pool_factor=pool_factor) as tap:
+        for batch in inputs:
+            logits, features = tap(batch)
+            logits_parts.append(logits.float().numpy())
+            for name in layers:
+                per_layer[name].append(features[name].float().numpy())
+    if not logits_parts:
+        raise ValueError("no clips to extract features from")
+    return {name: np.concatenate(parts) for name, parts in per_layer.items()}, np.concatenate(logits_parts)
+
+
+def extract_clip_features(
+    model: nn.Module, preprocessing, clips: np.ndarray, layers: Sequence[str], labels=None, *,
+    batch_size: int = 16, pool_factor: int = 4,
+) -> ClipFeatures:
+    """Features of in-memory uint8 clips ``(N, T, H, W, 3)`` (e.g. attacked clips read back from disk)."""
+    inputs = (model_input(clips[i : i + batch_size], preprocessing) for i in range(0, len(clips), batch_size))
+    feats, logits = extract_from_tensors(model, inputs, layers, pool_factor=pool_factor)
+    labels = np.full(len(clips), -1) if labels is None else np.asarray(labels)
+    return ClipFeatures(feats, logits, labels, seqs=np.arange(len(clips)))
+
+
+def load_clips(
+    videos: Sequence[tuple[str | Path, int]], preprocessing, *, max_clips_per_video: int | None = None,
+    progress: bool = True, description: str = "clips",
+) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[str, str]]]:
+    """Decode videos into uint8 clips at the model's resolution ``(N, T, S, S, 3)``, with labels and video paths.
+
+    Clips are resized and cropped as the model expects and rounded to 8 bits, the space in which attacks
+    perturb them; unreadable videos are skipped and returned as ``(path, reason)``.
+    """
+    splitter = ClipSplitter(preprocessing.clip_len, preprocessing.clip_len, preprocessing.frame_step)
+    clips, labels, paths, skipped = [], [], [], []
+    for path, label in tqdm(videos, desc=description, unit="video", disable=not progress):
+        try:
+            for clip in iter_file_clips(path, splitter):
+                if max_clips_per_video is not None and clip.seq >= max_clips_per_video:
+                    break
+                pixels = pixel_input(clip.frames[None], preprocessing)[0]
+                clips.append((pixels.permute(1, 2, 3, 0) * 255.0).round().clamp(0, 255).to(torch.uint8).numpy())
+                labels.append(int(label))
+                paths.append(str(path))
+        except VideoError as exc:
+            skipped.append((str(path), str(exc)))
+            log.warning("skipping %s", exc)
+    if not clips:
+        raise ValueError(f"no readable clips among {len(videos)} videos")
+    return np.stack(clips), np.array(labels), paths, skipped
+
+
+def extract_video_features(
+    model: nn.Module, preprocessing, videos: Sequence[tuple[str | Path, int]], layers: Sequence[str], *,
+    batch_size: int = 16, pool_factor: int = 4, stride: int | None = None, max_clips_per_video: int | None = None,
+    progress: bool = True, description: str = "features",
+) -> ClipFeatures:
+    """Features of every clip of every ``(path, label)`` video; unreadable videos are skipped and reported."""
+    splitter = ClipSplitter(preprocessing.clip_len, stride or preprocessing.clip_len, preprocessing.frame_step)
+    meta: list[tuple[str, int, int]] = []
+    skipped: list[tuple[str, str]] = []
+
+    def clips() -> Iterator[np.ndarray]:
+        for path, label in tqdm(videos, desc=description, unit="video", disable=not progress):
+            try:
+                for clip in iter_file_clips(path, splitter):
+                    if max_clips_per_video is not None and clip.seq >= max_clips_per_video:
+                        break
+                    meta.append((str(path), int(label), clip.seq))
+                    yield clip.frames
+            except VideoError as exc:
+                skipped.append((str(path), str(exc)))
+                log.warning("skipping %s", exc)
+
+    inputs = (model_input(np.stack(batch), preprocessing) for batch in _batched(clips(), batch_size))
+    feats, logits = extract_from_tensors(model, inputs, layers, pool_factor=pool_factor)
+    return ClipFeatures(
+        feats,
+        logits,
+        np.array([m[1] for m in meta]),
+        [m[0] for m in meta],
+        np.array([m[2] for m in meta]),
+        skipped,
+    )

@@ -1,0 +1,67 @@
+"""Figures of an evaluation: score histograms (the paper's Fig. 5), ROC curves, t-SNE of one layer (Fig. 4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.manifold import TSNE  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+
+def score_histograms(clean: dict[str, np.ndarray], attacked: dict[str, np.ndarray], title: str, path: Path) -> Path:
+    """One panel per score (e.g. softmax, layer/sep): in-distribution in green, OOD/attacked in red."""
+    fig, axes = plt.subplots(1, len(clean), figsize=(4.2 * len(clean), 3.4), squeeze=False)
+    for ax, (name, inside) in zip(axes[0], clean.items()):
+        outside = attacked[name]
+        lo, hi = np.percentile(np.concatenate([inside, outside]), [0.5, 99.5])
+        bins = np.linspace(lo, hi, 40)
+        ax.hist(np.clip(inside, lo, hi), bins=bins, density=True, alpha=0.6, color="tab:green", label="in-distribution")
+        ax.hist(np.clip(outside, lo, hi), bins=bins, density=True, alpha=0.6, color="tab:red", label=title)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("score (higher = more in-distribution)", fontsize=8)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def roc_curves(clean: dict[str, np.ndarray], ood: dict[str, dict[str, np.ndarray]], path: Path) -> Path:
+    """ROC curves (OOD positive) of each score, one panel per OOD set."""
+    fig, axes = plt.subplots(1, len(ood), figsize=(4.2 * len(ood), 3.8), squeeze=False)
+    for ax, (ood_name, scores) in zip(axes[0], ood.items()):
+        for name, inside in clean.items():
+            labels = np.r_[np.zeros(inside.size), np.ones(scores[name].size)]
+            fpr, tpr, _ = roc_curve(labels, -np.r_[inside, scores[name]])
+            ax.plot(fpr, tpr, label=name, lw=1.2)
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls="--")
+        ax.set_title(ood_name, fontsize=9)
+        ax.set_xlabel("false positive rate", fontsize=8)
+        ax.set_ylabel("true positive rate", fontsize=8)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def tsne_embedding(clean: np.ndarray, clean_labels: np.ndarray, attacked: np.ndarray, title: str, path: Path,
+                   seed: int = 0) -> Path:
+    """t-SNE of one layer's features: clean clips coloured by class, attacked clips as black crosses."""
+    data = np.concatenate([clean, attacked]).astype(np.float64)
+    perplexity = float(min(30, max(5, (len(data) - 1) // 4)))
+    embedded = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(data)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.scatter(*embedded[: len(clean)].T, c=clean_labels, cmap="tab10", s=8, label="clean")
+    ax.scatter(*embedded[len(clean):].T, c="black", marker="x", s=10, label="attacked")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,95 @@
+"""The paper's tables for a user's model: detection metrics per OOD set, layer and density; accuracies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.detect import ClipFeatures, DetectorBundle
+from pipeline.metrics import likelihood_accuracy, ood_metrics
+
+METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error")
+
+
+def detection_rows(bundle: DetectorBundle, clean: ClipFeatures, ood_sets: dict[str, ClipFeatures]) -> list[dict]:
+    """One row per (OOD set, layer, density) plus the fused score and the softmax baseline."""
+    clean_scores = bundle.score(clean.layers, clean.softmax.max(axis=1))
+    rows = []
+    for ood_name, ood in ood_sets.items():
+        ood_scores = bundle.score(ood.layers, ood.softmax.max(axis=1))
+        for key, inside in clean_scores.loglik.items():
+            layer, density = key.split("/")
+            rows.append({"ood_set": ood_name, "layer": layer, "density": density,
+                         **ood_metrics(inside, ood_scores.loglik[key])})
+        rows.append({"ood_set": ood_name, "layer": "all", "density": "fused",
+                     **ood_metrics(clean_scores.fused, ood_scores.fused)})
+        rows.append({"ood_set": ood_name, "layer": "output", "density": "softmax",
+                     **ood_metrics(clean.softmax.max(axis=1), ood.softmax.max(axis=1))})
+    return rows
+
+
+def likelihood_accuracy_rows(bundle: DetectorBundle, clean: ClipFeatures) -> list[dict]:
+    """The paper's Table 1: accuracy of the likelihood classifier per layer and density, and of the softmax."""
+    rows = []
+    for layer in bundle.layers:
+        reduced = bundle.reducers[layer].transform(clean.layers[layer])
+        for name in bundle.settings["densities"]:
+            model = bundle.densities[f"{layer}/{name}"]
+            accuracy = likelihood_accuracy(model.class_log_likelihood(reduced), clean.labels, model.classes_)
+            rows.append({"layer": layer, "density": name, "accuracy": accuracy})
+    rows.append({"layer": "output", "density": "softmax", "accuracy": accuracy_of(clean)})
+    return rows
+
+
+def accuracy_of(features: ClipFeatures) -> float:
+    return float(np.mean(np.argmax(features.logits, axis=1) == features.labels))
+
+
+def false_alarm_rate(bundle: DetectorBundle, clean: ClipFeatures) -> float:
+    """Fraction of in-distribution clips (not used for calibration) flagged at the bundle's false-alarm rate."""
+    scores = bundle.score(clean.layers, clean.softmax.max(axis=1))
+    return float(np.mean(np.array(scores.verdicts) != "normal"))
+
+
+def best_rows(rows: list[dict]) -> dict[str, dict]:
+    """Per OOD set, the best layer for each density by AUROC."""
+    best: dict[str, dict] = {}
+    for row in rows:
+        slot = best.setdefault(row["ood_set"], {})
+        current = slot.get(row["density"])
+        if current is None or row["auroc"] > current["auroc"]:
+            slot[row["density"]] = row
+    return best
+
+
+def markdown(results: dict) -> str:
+    """``results.md``: accuracy, best-layer summary, full detection table, likelihood-classifier accuracy."""
+    lines = ["# clipwatch evaluation", ""]
+    lines += ["## Accuracy (clip level)", "", "| set | accuracy |", "|---|---|"]
+    lines += [f"| {name} | {value:.3f} |" for name, value in results["accuracy"].items()]
+    lines += ["", f"False alarms on held-out in-distribution clips: {results['false_alarm']['measured']:.4f} "
+              f"(requested {results['false_alarm']['requested']:.4f})", ""]
+    lines += ["## Best layer per density (AUROC)", ""]
+    densities = ["gmm", "sep", "tied", "fused", "softmax"]
+    lines += ["| OOD set | " + " | ".join(densities) + " |", "|---" * (len(densities) + 1) + "|"]
+    for ood, slot in best_rows(results["detection"]).items():
+        cells = [f"{slot[d]['auroc']:.3f} ({slot[d]['layer']})" if d in slot else "-" for d in densities]
+        lines.append(f"| {ood} | " + " | ".join(cells) + " |")
+    lines += ["", "## All detection metrics", "",
+              "| OOD set | layer | density | " + " | ".join(METRIC_KEYS) + " |", "|---" * (3 + len(METRIC_KEYS)) + "|"]
+    for row in results["detection"]:
+        cells = " | ".join(f"{row[k]:.4f}" for k in METRIC_KEYS)
+        lines.append(f"| {row['ood_set']} | {row['layer']} | {row['density']} | {cells} |")
+    lines += ["", "## Likelihood classifier accuracy (clean test clips)", "", "| layer | density | accuracy |",
+              "|---|---|---|"]
+    lines += [f"| {r['layer']} | {r['density']} | {r['accuracy']:.3f} |" for r in results["likelihood_accuracy"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict, out_dir: str | Path) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "results.md").write_text(markdown(results))

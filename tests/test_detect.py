@@ -1,0 +1,116 @@
+"""Detector bundles end to end on real encoded videos: fit via the CLI, save/load, scoring, calibration, errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cli import main
+from pipeline.data import synthesize
+from pipeline.detect import BundleError, Calibration, DetectorBundle, conformal_p_values, extract_video_features
+from pipeline.models import build_model, load_model, save_model
+from pipeline.data import UCF101
+
+CLASSES = ["MoveLeft", "MoveRight", "Grow"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    synthesize(root, videos_per_class=8, seed=3, width=56, height=32, num_frames=24, classes=CLASSES,
+               novel_classes=["Orbit"], novel_videos_per_class=3, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("r3d-10", len(CLASSES), width=4)
+    directory = tmp_path_factory.mktemp("model")
+    save_model(model, directory, architecture="r3d-10", options={"width": 4}, num_classes=len(CLASSES),
+               class_names=CLASSES, preprocessing={"clip_len": 8, "frame_step": 1, "short_side": 32, "crop": 32,
+                                                   "mean": (0.45, 0.45, 0.45), "std": (0.225, 0.225, 0.225)})
+    return directory
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(dataset, tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle")
+    code = main(["fit", "--model", str(tiny_model), "--data", str(dataset), "--out", str(out),
+                 "--layers", "layer4", "fc", "--no-progress", "--false-alarm", "0.1"])
+    assert code == 0
+    return out
+
+
+def test_fit_cli_writes_a_pickle_free_bundle(bundle_dir, tiny_model):
+    files = {p.name for p in bundle_dir.rglob("*") if p.is_file()}
+    assert files == {"bundle.json", "calibration.safetensors", "manifest.json", "arrays.safetensors"}
+    manifest = json.loads((bundle_dir / "bundle.json").read_text())
+    assert manifest["layers"] == ["layer4", "fc"]
+    assert manifest["model"]["sha256"] == load_model(tiny_model)[1].sha256
+    bundle = DetectorBundle.load(bundle_dir)
+    assert set(bundle.densities) == {f"{l}/{d}" for l in ("layer4", "fc") for d in ("gmm", "sep", "tied")}
+    assert bundle.resolve_model(bundle_dir) == tiny_model
+    assert bundle.settings["train_clips"] > 0 and bundle.settings["calibration_clips"] > 0
+
+
+def test_bundle_scores_are_finite_and_flag_novel_clips_more(bundle_dir, dataset, tiny_model):
+    bundle = DetectorBundle.load(bundle_dir)
+    model, manifest = load_model(tiny_model)
+    test = UCF101(dataset, split=1, subset="test")
+    novel = UCF101(dataset / "novel", split=1, subset="test")
+    layers = bundle.layers
+    clean = extract_video_features(model, manifest.preprocessing, [(s.path, s.label) for s in test.samples], layers,
+                                   progress=False)
+    scores = bundle.score(clean.layers, clean.softmax.max(axis=1))
+    assert len(scores.verdicts) == len(clean)
+    assert all(np.isfinite(v).all() and np.std(v) > 0 for v in scores.loglik.values())
+    assert np.all((scores.p_value > 0) & (scores.p_value <= 1))
+    assert set(scores.verdicts) <= {"normal", "novel", "adversarial"}
+    assert all(reasons for verdict, reasons in zip(scores.verdicts, scores.reasons) if verdict != "normal")
+    shifted = {k: v + 25.0 * np.abs(v).mean() for k, v in clean.layers.items()}
+    far = bundle.score(shifted, clean.softmax.max(axis=1))
+    assert np.all(np.array(far.verdicts) != "normal")
+    assert novel.samples
+
+
+def test_bundle_refuses_other_model_version_and_missing_arrays(bundle_dir, tiny_model, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, copy)
+    bundle = DetectorBundle.load(copy)
+    bundle.model_ref = dict(bundle.model_ref, sha256="0" * 64)
+    with pytest.raises(BundleError, match="does not match the bundle's model"):
+        bundle.resolve_model(copy)
+    manifest = json.loads((copy / "bundle.json").read_text())
+    (copy / "bundle.json").write_text(json.dumps(dict(manifest, format_version=7)))
+    with pytest.raises(BundleError, match="version 7"):
+        DetectorBundle.load(copy)
+    (copy / "bundle.json").write_text(json.dumps(manifest))
+    (copy / "densities" / "arrays.safetensors").unlink()
+    with pytest.raises(BundleError, match="cannot read arrays"):
+        DetectorBundle.load(copy)
+    with pytest.raises(BundleError, match="not a detector bundle"):
+        DetectorBundle.load(tmp_path / "nothing")
+
+
+def test_fit_cli_reports_a_bad_dataset(tiny_model, tmp_path, capsys):
+    assert main(["fit", "--model", str(tiny_model), "--data", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
+    assert "ucfTrainTestlist" in capsys.readouterr().err
+
+
+def test_conformal_p_values_and_false_alarm_rate():
+    rng = np.random.default_rng(0)
+    calibration = rng.normal(size=4000)
+    np.testing.assert_allclose(conformal_p_values(np.sort(calibration), [-100, 100]), [1 / 4001, 1.0])
+    cal = Calibration.fit({"l/sep": calibration}, np.full(4000, 0.9), ["l/sep"], alpha=0.05)
+    fresh = rng.normal(size=20000)
+    _, p, results = cal.verdicts({"l/sep": fresh}, np.full(20000, 0.9))
+    flagged = np.mean([r[0] != "normal" for r in results])
+    assert abs(flagged - 0.05) < 0.01
+    assert cal.threshold == pytest.approx(np.quantile(calibration, 0.05), abs=0.05)
+    _, _, unsure = cal.verdicts({"l/sep": np.array([-10.0])}, np.array([0.2]))
+    _, _, confident = cal.verdicts({"l/sep": np.array([-10.0])}, np.array([0.99]))
+    assert unsure[0][0] == "novel" and confident[0][0] == "adversarial"
