@@ -7,59 +7,27 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.data import synthesize
 from pipeline.detect import BundleError, Calibration, DetectorBundle, conformal_p_values, extract_video_features
-from pipeline.models import build_model, load_model, save_model
 from pipeline.data import UCF101
+from pipeline.models import load_model
 
-CLASSES = ["MoveLeft", "MoveRight", "Grow"]
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    synthesize(root, videos_per_class=8, seed=3, width=56, height=32, num_frames=24, classes=CLASSES,
-               novel_classes=["Orbit"], novel_videos_per_class=3, progress=False)
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("r3d-10", len(CLASSES), width=4)
-    directory = tmp_path_factory.mktemp("model")
-    save_model(model, directory, architecture="r3d-10", options={"width": 4}, num_classes=len(CLASSES),
-               class_names=CLASSES, preprocessing={"clip_len": 8, "frame_step": 1, "short_side": 32, "crop": 32,
-                                                   "mean": (0.45, 0.45, 0.45), "std": (0.225, 0.225, 0.225)})
-    return directory
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(dataset, tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundle")
-    code = main(["fit", "--model", str(tiny_model), "--data", str(dataset), "--out", str(out),
-                 "--layers", "layer4", "fc", "--no-progress", "--false-alarm", "0.1"])
-    assert code == 0
-    return out
-
-
-def test_fit_cli_writes_a_pickle_free_bundle(bundle_dir, tiny_model):
-    files = {p.name for p in bundle_dir.rglob("*") if p.is_file()}
+def test_fit_cli_writes_a_pickle_free_bundle(tiny_bundle, tiny_model):
+    files = {p.name for p in tiny_bundle.rglob("*") if p.is_file()}
     assert files == {"bundle.json", "calibration.safetensors", "manifest.json", "arrays.safetensors"}
-    manifest = json.loads((bundle_dir / "bundle.json").read_text())
+    manifest = json.loads((tiny_bundle / "bundle.json").read_text())
     assert manifest["layers"] == ["layer4", "fc"]
     assert manifest["model"]["sha256"] == load_model(tiny_model)[1].sha256
-    bundle = DetectorBundle.load(bundle_dir)
+    bundle = DetectorBundle.load(tiny_bundle)
     assert set(bundle.densities) == {f"{l}/{d}" for l in ("layer4", "fc") for d in ("gmm", "sep", "tied")}
-    assert bundle.resolve_model(bundle_dir) == tiny_model
+    assert bundle.resolve_model(tiny_bundle) == tiny_model
     assert bundle.settings["train_clips"] > 0 and bundle.settings["calibration_clips"] > 0
 
 
-def test_bundle_scores_are_finite_and_flag_novel_clips_more(bundle_dir, dataset, tiny_model):
-    bundle = DetectorBundle.load(bundle_dir)
+def test_bundle_scores_are_finite_and_flag_shifted_features(tiny_bundle, tiny_dataset, tiny_model):
+    bundle = DetectorBundle.load(tiny_bundle)
     model, manifest = load_model(tiny_model)
-    test = UCF101(dataset, split=1, subset="test")
-    novel = UCF101(dataset / "novel", split=1, subset="test")
+    test = UCF101(tiny_dataset, split=1, subset="test")
+    novel = UCF101(tiny_dataset / "novel", split=1, subset="test")
     layers = bundle.layers
     clean = extract_video_features(model, manifest.preprocessing, [(s.path, s.label) for s in test.samples], layers,
                                    progress=False)
@@ -75,11 +43,11 @@ def test_bundle_scores_are_finite_and_flag_novel_clips_more(bundle_dir, dataset,
     assert novel.samples
 
 
-def test_bundle_refuses_other_model_version_and_missing_arrays(bundle_dir, tiny_model, tmp_path):
+def test_bundle_refuses_other_model_version_and_missing_arrays(tiny_bundle, tiny_model, tmp_path):
     import shutil
 
     copy = tmp_path / "bundle"
-    shutil.copytree(bundle_dir, copy)
+    shutil.copytree(tiny_bundle, copy)
     bundle = DetectorBundle.load(copy)
     bundle.model_ref = dict(bundle.model_ref, sha256="0" * 64)
     with pytest.raises(BundleError, match="does not match the bundle's model"):

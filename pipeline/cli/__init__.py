@@ -13,7 +13,7 @@ import sys
 
 from pipeline import __version__
 
-COMMAND_MODULES = ("synth", "fit", "attack", "evaluate")
+COMMAND_MODULES = ("synth", "fit", "attack", "evaluate", "score")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,212 @@
+"""Offline batch scoring of a video archive: every clip's prediction, scores, p-value and verdict.
+
+Results go to ``scores.jsonl`` (one record per clip) as each video finishes, so an interrupted run resumes
+where it stopped: videos that already have records are skipped, and a torn last line is cut off. At the end
+``scores.csv`` and ``summary.json`` / ``summary.md`` (counts per verdict; accuracy and the in-distribution
+flag rate when labels are known) are written from the JSONL.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pipeline.data import UCF101
+from pipeline.detect import DetectorBundle, extract_from_tensors, model_input
+from pipeline.models import load_model
+from pipeline.video import ClipSplitter, VideoError, iter_file_clips, scan_videos
+
+log = logging.getLogger(__name__)
+RECORDS, TABLE, SUMMARY_JSON, SUMMARY_MD = "scores.jsonl", "scores.csv", "summary.json", "summary.md"
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    path: Path
+    label: int | None = None
+
+
+def list_videos(data: str | Path, split: str | None = None) -> tuple[list[VideoItem], list[str] | None, list]:
+    """Videos to score: a UCF101 root with ``split`` like ``test1``/``train2``, a directory, or a text file list.
+
+    Returns ``(videos, class names or None, [(path, reason) skipped while scanning])``.
+    """
+    data = Path(data)
+    if split:
+        subset, number = split.rstrip("0123456789"), split[len(split.rstrip("0123456789")):]
+        if subset not in ("train", "test") or number not in ("1", "2", "3"):
+            raise ValueError(f"split must be train1..3 or test1..3, got {split!r}")
+        dataset = UCF101(data, split=int(number), subset=subset, missing="skip")
+        skipped = [(str(path), "listed but missing") for path in dataset.skipped]
+        return [VideoItem(s.path, s.label) for s in dataset.samples], list(dataset.classes), skipped
+    if data.is_file():
+        lines = [line.strip() for line in data.read_text().splitlines() if line.strip()]
+        return [VideoItem((data.parent / line).resolve() if not Path(line).is_absolute() else Path(line))
+                for line in lines], None, []
+    if data.is_dir():
+        scan = scan_videos(data)
+        return [VideoItem(Path(p)) for p in scan.paths], None, [(str(b.path), b.reason) for b in scan.bad]
+    raise FileNotFoundError(f"{data}: no such dataset, directory or file list")
+
+
+def _done_videos(path: Path) -> set[str]:
+    """Videos already in ``scores.jsonl``; a torn last line (interrupted write) is truncated away."""
+    if not path.exists():
+        return set()
+    raw = path.read_bytes()
+    good = raw[: raw.rfind(b"\n") + 1]
+    if len(good) != len(raw):
+        with open(path, "r+b") as handle:
+            handle.truncate(len(good))
+    return {json.loads(line)["video"] for line in good.decode().splitlines() if line.strip()}
+
+
+def score_archive(bundle_dir: str | Path, videos: Sequence[VideoItem], out: str | Path, *,
+                  class_names: list[str] | None = None, batch_size: int = 16, progress: bool = True) -> dict:
+    """Score every clip of ``videos`` with the bundle; resumable; returns the summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    bundle = DetectorBundle.load(bundle_dir)
+    model, manifest = load_model(bundle.resolve_model(bundle_dir))
+    if class_names is not None and list(class_names) != list(bundle.class_names):
+        raise ValueError(f"dataset classes {class_names} differ from the bundle's {bundle.class_names}")
+    records_path = out / RECORDS
+    done = _done_videos(records_path)
+    todo = [v for v in videos if str(v.path) not in done]
+    log.info("%d videos, %d already scored", len(videos), len(videos) - len(todo))
+    errors: list[tuple[str, str]] = []
+    started = time.perf_counter()
+    with open(records_path, "a", encoding="utf-8") as sink:
+        for video, records in tqdm(_score_videos(bundle, model, manifest, todo, batch_size, errors),
+                                   total=len(todo), desc="scoring", unit="video", disable=not progress):
+            sink.write("".join(json.dumps(r) + "\n" for r in records))
+            sink.flush()
+            os.fsync(sink.fileno())
+    for path, reason in errors:
+        print(f"skipped {path}: {reason}")
+    summary = summarise(records_path, bundle, errors, time.perf_counter() - started)
+    write_table(records_path, out / TABLE)
+    (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
+    (out / SUMMARY_MD).write_text(summary_markdown(summary))
+    return summary
+
+
+def _clips(todo: Sequence[VideoItem], splitter: ClipSplitter, errors: list) -> Iterator[tuple[int, object, int]]:
+    """``(video index, clip, clips in that video so far)``; ``clip`` is None once a video is exhausted."""
+    for index, video in enumerate(todo):
+        count = 0
+        try:
+            for clip in iter_file_clips(video.path, splitter):
+                count += 1
+                yield index, clip, count
+        except VideoError as exc:
+            errors.append((str(video.path), str(exc)))
+        yield index, None, count
+
+
+def _score_videos(bundle, model, manifest, todo, batch_size, errors) -> Iterator[tuple[VideoItem, list[dict]]]:
+    """Batches clips across videos through the model; yields each video's records once all its clips are scored."""
+    prep = manifest.preprocessing
+    splitter = ClipSplitter(prep.clip_len, prep.clip_len, prep.frame_step)
+    pending: dict[int, list[dict]] = {}
+    finished: dict[int, int] = {}
+    batch: list[tuple[int, object]] = []
+
+    def flush() -> Iterator[tuple[VideoItem, list[dict]]]:
+        if batch:
+            pending_batch = list(batch)
+            batch.clear()
+            for (index, _), record in zip(pending_batch, _score_batch(bundle, model, prep, pending_batch, todo)):
+                pending.setdefault(index, []).append(record)
+        for index in [i for i, total in finished.items() if len(pending.get(i, [])) == total]:
+            del finished[index]
+            records = pending.pop(index, [])
+            if records:
+                yield todo[index], records
+
+    for index, clip, count in _clips(todo, splitter, errors):
+        if clip is None:
+            finished[index] = count
+        else:
+            batch.append((index, clip))
+        if len(batch) >= batch_size or (clip is None and not batch):
+            yield from flush()
+    yield from flush()
+
+
+def _score_batch(bundle, model, prep, batch, todo) -> list[dict]:
+    frames = np.stack([clip.frames for _, clip in batch])
+    layers, logits = extract_from_tensors(model, [model_input(frames, prep)], bundle.layers)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    softmax = shifted / shifted.sum(axis=1, keepdims=True)
+    scores = bundle.score(layers, softmax.max(axis=1))
+    records = []
+    for i, (index, clip) in enumerate(batch):
+        video = todo[index]
+        prediction = int(np.argmax(logits[i]))
+        records.append({
+            "video": str(video.path), "clip_key": clip.key, "seq": clip.seq, "first_frame": clip.first_frame,
+            "last_frame": clip.last_frame, "start_s": float(clip.pts[0]), "end_s": float(clip.pts[-1]),
+            "label": video.label, "prediction": prediction, "class_name": bundle.class_names[prediction],
+            "softmax": float(softmax[i].max()), "scores": {k: float(v[i]) for k, v in scores.loglik.items()},
+            "fused": float(scores.fused[i]), "p_value": float(scores.p_value[i]), "verdict": scores.verdicts[i],
+            "reasons": scores.reasons[i],
+        })
+    return records
+
+
+def _read_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarise(records_path: Path, bundle, errors, seconds: float) -> dict:
+    records = _read_records(records_path)
+    verdicts = [r["verdict"] for r in records]
+    summary = {
+        "clips": len(records), "videos": len({r["video"] for r in records}),
+        "verdicts": {v: verdicts.count(v) for v in ("normal", "novel", "adversarial")},
+        "skipped": [{"path": p, "reason": r} for p, r in errors], "seconds_this_run": round(seconds, 1),
+        "requested_false_alarm": bundle.calibration.alpha,
+    }
+    labelled = [r for r in records if r["label"] is not None]
+    if labelled:
+        summary["accuracy"] = float(np.mean([r["prediction"] == r["label"] for r in labelled]))
+        summary["flag_rate_labelled"] = float(np.mean([r["verdict"] != "normal" for r in labelled]))
+    return summary
+
+
+def write_table(records_path: Path, table_path: Path) -> None:
+    records = _read_records(records_path)
+    score_keys = sorted({k for r in records for k in r["scores"]})
+    columns = ["video", "clip_key", "seq", "first_frame", "last_frame", "start_s", "end_s", "label", "prediction",
+               "class_name", "softmax", "fused", "p_value", "verdict", "reasons"]
+    with open(table_path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns + score_keys)
+        for r in records:
+            writer.writerow([("; ".join(r[c]) if c == "reasons" else r[c]) for c in columns]
+                            + [r["scores"].get(k) for k in score_keys])
+
+
+def summary_markdown(summary: dict) -> str:
+    lines = ["# clipwatch batch scoring", "", f"{summary['clips']} clips from {summary['videos']} videos", "",
+             "| verdict | clips |", "|---|---|"]
+    lines += [f"| {v} | {n} |" for v, n in summary["verdicts"].items()]
+    if "accuracy" in summary:
+        lines += ["", f"Accuracy on labelled clips: {summary['accuracy']:.3f}; flagged: "
+                      f"{summary['flag_rate_labelled']:.3f} (requested false-alarm rate "
+                      f"{summary['requested_false_alarm']})"]
+    if summary["skipped"]:
+        lines += ["", "Skipped:"] + [f"- {s['path']}: {s['reason']}" for s in summary["skipped"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,36 @@
+"""``clipwatch score``: score every clip of a video archive offline (resumable) to JSONL, CSV and a summary."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from pipeline.batch import list_videos, score_archive
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("score", help="score a UCF101 split, a directory or a file list of videos")
+    parser.add_argument("--bundle", required=True, type=Path, help="detector bundle written by `clipwatch fit`")
+    parser.add_argument("--data", required=True, type=Path, help="UCF101 root, video directory, or .txt file list")
+    parser.add_argument("--split", help="with a UCF101 root: train1..3 or test1..3")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (resumes when it has scores.jsonl)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    videos, classes, skipped = list_videos(args.data, args.split)
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}")
+    summary = score_archive(args.bundle, videos, args.out, class_names=classes, batch_size=args.batch_size,
+                            progress=not args.no_progress)
+    counts = ", ".join(f"{v} {n}" for v, n in summary["verdicts"].items())
+    accuracy = f"; accuracy {summary['accuracy']:.3f}" if "accuracy" in summary else ""
+    print(f"{summary['clips']} clips from {summary['videos']} videos: {counts}{accuracy}; results in {args.out}")
+    return 0
