@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from pipeline.cli import main
 from pipeline.detect import BundleError, Calibration, DetectorBundle, conformal_p_values, extract_video_features

@@ -7,19 +7,16 @@ range is exact.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.attacks.errors import AttackError
+from pipeline.fileio import atomic_write, file_sha256  # noqa: F401  (re-exported for attacks.io and attacks.frame)
 from pipeline.models.manifest import ModelManifest, Preprocessing
 
 NormalizeFn = Callable[[torch.Tensor], torch.Tensor]
@@ -171,24 +168,3 @@ def project_to_grid(adversarial: torch.Tensor, clean: torch.Tensor, eps: float) 
     low = torch.ceil(((clean - eps) * PIXEL_LEVELS - tolerance).clamp(min=0))
     high = torch.floor(((clean + eps) * PIXEL_LEVELS + tolerance).clamp(max=PIXEL_LEVELS))
     return torch.minimum(torch.maximum(rounded, low), high) / PIXEL_LEVELS
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Write through a temporary file in the same folder, then rename, so readers never see a partial file."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -8,11 +8,10 @@ through ``torch.load(weights_only=True)``, including Hara et al.'s ``{"state_dic
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import pipeline
+from pipeline.fileio import atomic_write, file_sha256
 from pipeline.models.errors import ModelNotFoundError, WeightsError
 from pipeline.models.manifest import MANIFEST_FILE, WEIGHTS_FILE, ModelManifest, build_manifest, read_manifest
 from pipeline.models.registry import build_model
@@ -68,10 +68,10 @@ def save_model(
     check_state_dict(reference, state, source=f"{directory}: model given as {architecture!r}")
     directory.mkdir(parents=True, exist_ok=True)
     weights_path = directory / WEIGHTS_FILE
-    _atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(weights_path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
     manifest = build_manifest(**{**fields, "sha256": file_sha256(weights_path)})
     text = json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n"
-    _atomic_write(directory / MANIFEST_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(directory / MANIFEST_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return manifest
 
 
@@ -197,15 +197,6 @@ def check_state_dict(
         raise WeightsError(f"{source}: weights do not fit {type(model).__name__}: {'; '.join(problems)}")
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _build_on_meta(architecture: str, num_classes: int, options: Mapping[str, Any], *, source: Path) -> nn.Module:
     try:
         with torch.device("meta"):
@@ -228,12 +219,3 @@ def _strip_prefix(key: str) -> str:
 def _tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     yield from model.named_parameters()
     yield from model.named_buffers()
-
-
-def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
