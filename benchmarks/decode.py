@@ -10,6 +10,9 @@ For each file every contender produces the same 16-frame RGB clips, non-overlapp
     decord       decord.VideoReader(path).get_batch(indices) for each clip
     opencv       cv2.VideoCapture sequential read + BGR->RGB, every frame decoded once, stacked into clips
 
+Each consumer loop holds its current clip while the next one is read, as a pipeline loop does (memory reuse, and so
+the cost of allocating each clip, depends on it).
+
 Rounds are interleaved in shuffled order. Rates: wall-clock, best round. Ratios: median over rounds of the other
 contender's CPU time / the clip reader's (paired and in CPU time, so load from other processes on a shared machine
 disturbs them least; >= 1 means the clip reader costs no more). Target: clip reader / decord >= 0.9.
@@ -61,13 +64,20 @@ def make_inputs(directory: Path, loops: int) -> dict[str, Path]:
 
 
 def clip_reader(path: Path, splitter: ClipSplitter, threads: int) -> int:
+    total = 0
     with open_video(path, num_threads=threads) as reader:
-        return sum(len(clip) for clip in iter_file_clips(reader, splitter))
+        for clip in iter_file_clips(reader, splitter):
+            total += len(clip.frames)
+    return total
 
 
 def raw_decord(path: Path, splitter: ClipSplitter, threads: int) -> int:
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
-    return sum(len(reader.get_batch(indices.tolist()).asnumpy()) for indices in splitter.plan(len(reader)))
+    total = 0
+    for indices in splitter.plan(len(reader)):
+        frames = reader.get_batch(indices.tolist()).asnumpy()
+        total += len(frames)
+    return total
 
 
 def opencv_sequential(path: Path, splitter: ClipSplitter, threads: int) -> int:
@@ -139,7 +149,10 @@ def preprocess_float(clips: np.ndarray) -> torch.Tensor:
 
 
 def time_preprocess(repeats: int) -> dict[str, float]:
-    """Milliseconds per 16-frame 320x240 clip, batch of 8, best of `repeats`."""
+    """CPU milliseconds per 16-frame 320x240 clip in batches of 8, median of `repeats`, one thread for torch and
+    OpenCV alike (their thread pools would otherwise compete with other processes differently)."""
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     clips = np.random.default_rng(0).integers(0, 256, size=(8, 16, 240, 320, 3), dtype=np.uint8)
     contenders = {"preprocess (torch uint8, batched)": preprocess, "cv2 per frame + numpy": preprocess_cv2,
                   "torch float32 interpolate": preprocess_float}
@@ -148,15 +161,15 @@ def time_preprocess(repeats: int) -> dict[str, float]:
     for name, run in contenders.items():
         if not torch.allclose(run(clips), reference, atol=0.05):
             raise RuntimeError(f"{name} disagrees with preprocess")
-        best = min(_timed(run, clips) for _ in range(repeats))
-        results[name] = best / len(clips) * 1000
+        median = float(np.median([_cpu_seconds(run, clips) for _ in range(repeats)]))
+        results[name] = median / len(clips) * 1000
     return results
 
 
-def _timed(run, clips) -> float:
-    started = time.perf_counter()
+def _cpu_seconds(run, clips) -> float:
+    started = time.process_time()
     run(clips)
-    return time.perf_counter() - started
+    return time.process_time() - started
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,13 +189,16 @@ def main(argv: list[str] | None = None) -> int:
               f" {'opencv':>7} {'reader/decord':>14} {'reader/opencv':>14}")
         for name, path in inputs.items():
             with open_video(path) as reader:
-                backend, frames = reader.backend, reader.num_frames
+                backend, frames, reason = reader.backend, reader.num_frames, reader.fallback_reason
+            mark = "*" if reason else " "
             for label, splitter in SPLITTERS.items():
                 rates, ratios = measure(contenders, path, splitter, args.threads, args.repeats)
                 print(f"{name:<10} {backend:<8} {frames:>6} {label:>10} {rates['clip reader']:>7.0f}"
-                      f" {rates['decord']:>7.0f} {rates['opencv']:>7.0f}"
-                      f" {ratios['decord']:>14.2f} {ratios['opencv']:>14.2f}")
-    print("\npreprocess, 8 clips of 16x240x320 -> (8, 3, 16, 112, 112): ms per clip")
+                      f" {rates['decord']:>6.0f}{mark} {rates['opencv']:>7.0f}"
+                      f" {ratios['decord']:>13.2f}{mark} {ratios['opencv']:>14.2f}")
+            if reason:
+                print(f"  * the clip reader does not use decord here ({reason}): raw decord's frames are wrong")
+    print("\npreprocess, 8 clips of 16x240x320 -> (8, 3, 16, 112, 112), one thread: CPU ms per clip (median)")
     timings = time_preprocess(args.repeats)
     ours = timings["preprocess (torch uint8, batched)"]
     for name, ms in timings.items():

@@ -6,7 +6,7 @@ clip splitting, and the standard 3D-CNN preprocessing.
         batch = preprocess(clip.frames)               # (1, 3, 16, 112, 112) float32
 
     with open_source("rtsp://cam2/stream", on_event=publish_health) as source:
-        for clip in ClipSplitter().clips(source, source.stream_id):
+        for clip in ClipSplitter().clips(source):     # clip.key == "rtsp://cam2/stream:0", ...
             ...
 """
 
