@@ -37,6 +37,7 @@ demo: install
 bench: install
 	$(BIN)/python benchmarks/density_scoring.py
 	$(BIN)/python benchmarks/model_forward.py
+	$(BIN)/python benchmarks/decode.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
