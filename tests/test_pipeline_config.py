@@ -1,0 +1,122 @@
+"""Pipeline configs: every section, environment interpolation, relative paths, and one-line errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pipeline_helpers import write_config
+
+from pipeline.config import ConfigError, load_config
+from workers.__main__ import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def base(tiny_bundle):
+    return {"sources": [{"path": "videos"}], "bundle": str(tiny_bundle)}
+
+
+def error_of(tmp_path, data, environ=None) -> str:
+    path = write_config(tmp_path / "pipeline.yaml", data)
+    with pytest.raises(ConfigError) as failure:
+        load_config(path, environ=environ or {})
+    message = str(failure.value)
+    assert "\n" not in message and message.startswith(f"{path}: ")
+    return message.removeprefix(f"{path}: ")
+
+
+def test_a_full_config_loads_with_environment_and_relative_paths(tmp_path, tiny_bundle):
+    data = {
+        "sources": [{"id": "lobby", "path": "videos/lobby.mp4", "loop": True, "pace": 1.0},
+                    {"uri": "rtsp://cam:${CAM_PASSWORD}@10.0.0.7/stream", "stall_timeout_s": 3, "max_reconnects": 4},
+                    {"webcam": 0, "stride": 4}],
+        "bundle": str(tiny_bundle),
+        "bus": {"url": "${REDIS_URL:-redis://127.0.0.1:6379/0}", "max_backlog": 128, "visibility_timeout_ms": 5000},
+        "classifier": {"max_batch": 16, "max_wait_ms": 20, "threads": 2, "thumbnail_size": 0},
+        "density": {"alpha": 0.05},
+        "alerts": {"rules": {"kinds": {"novel": {"k": 2, "n": 3, "cooldown_s": 10}}},
+                   "jsonl": "${OUT}/alerts.jsonl", "thumbnails_dir": "/var/thumbs",
+                   "webhooks": {"urls": ["https://hooks.example/a"], "secret_env": "HOOK_SECRET",
+                                "retry": {"max_attempts": 3}}},
+        "ops": {"base_port": 9400, "ports": {"sink": 9999}, "log_format": "json"},
+    }
+    path = write_config(tmp_path / "pipeline.yaml", data)
+    config = load_config(path, environ={"CAM_PASSWORD": "s3cret", "OUT": "out", "HOOK_SECRET": "k"})
+    assert config.sources[0].path == tmp_path / "videos" / "lobby.mp4"
+    assert config.sources[0].is_live and config.sources[1].is_live
+    assert config.sources[1].uri == "rtsp://cam:s3cret@10.0.0.7/stream"
+    assert config.bus.url == "redis://127.0.0.1:6379/0"
+    assert config.alerts.jsonl == tmp_path / "out" / "alerts.jsonl"
+    assert config.alerts.thumbnails_dir == Path("/var/thumbs")
+    assert config.alerts.rules.kinds["novel"].k == 2
+    assert [config.ops.port_for(name) for name in ("decoder", "classifier", "density", "sink")] == \
+        [9400, 9401, 9402, 9999]
+    with pytest.raises(ConfigError, match=r"alerts\.webhooks\.secret_env: environment variable HOOK_SECRET"):
+        config.webhook_config({})
+    webhook = config.webhook_config({"HOOK_SECRET": "k"})
+    assert webhook.secret.get_secret_value() == "k" and webhook.retry.max_attempts == 3
+    assert webhook.ledger_path == tmp_path / "webhook-ledger.jsonl"
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"sourcess": []}, "sourcess: unknown key (did you mean 'sources'?)"),
+    ({"sources": [{"urii": "rtsp://a/b"}]}, "sources.0.urii: unknown key (did you mean 'uri'?)"),
+    ({"alerts": {"rules": {"kinds": {"novel": {"kk": 2}}}}},
+     "alerts.rules.kinds.novel.kk: unknown key (did you mean 'k'?)"),
+    ({"alerts": {"webhooks": {"urls": ["http://h/x"], "secret": "inline"}}},
+     "alerts.webhooks.secret: unknown key (did you mean 'secret_env'?)"),
+    ({"sources": [{"uri": "ftp://cam/stream"}]}, "sources.0.uri: unsupported scheme 'ftp'"),
+    ({"bus": {"url": "amqp://broker"}}, "bus.url: unsupported bus scheme 'amqp'"),
+    ({"classifier": {"max_batch": 0}}, "classifier.max_batch: Input should be greater than or equal to 1"),
+    ({"density": {"alpha": 1.5}}, "density.alpha: Input should be less than 1"),
+    ({"sources": [{"path": "a.mp4", "uri": "rtsp://a/b"}]}, "sources.0: give exactly one of path, uri, webcam"),
+    ({"sources": [{"uri": "udp://127.0.0.1:5000", "loop": True}]}, "sources.0: loop and pace apply to path sources"),
+    ({"sources": [{"id": "a", "webcam": 0}, {"id": "a", "webcam": 1}]}, "sources: stream ids must be unique, repeated: a"),
+    ({"alerts": {"reorder_window_s": 40}}, "alerts.reorder_window_s (40 s) must be shorter than bus.visibility"),
+    ({"alerts": {"webhooks": {"urls": ["ftp://h/x"]}}},
+     "alerts.webhooks.urls: 'ftp://h/x': a webhook URL must be http(s)://host/..."),
+    ({"ops": {"log_format": "xml"}}, "ops.log_format: Input should be 'text' or 'json'"),
+    ({"bus": {"url": "${REDIS_URL}"}}, "bus.url: environment variable REDIS_URL is not set"),
+])
+def test_a_bad_config_fails_with_one_line_naming_the_key(tmp_path, base, change, expected):
+    assert error_of(tmp_path, {**base, **change}).startswith(expected)
+
+
+def test_bundle_must_be_a_bundle_directory(tmp_path, base):
+    assert error_of(tmp_path, {**base, "bundle": "missing"}).startswith(f"bundle: {tmp_path / 'missing'}: no such")
+    (tmp_path / "empty").mkdir()
+    assert "not a detector bundle (no bundle.json" in error_of(tmp_path, {**base, "bundle": "empty"})
+    assert error_of(tmp_path, {"sources": []}) == "bundle: required key is missing"
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing\.yaml: cannot read config: No such file"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("sources:\n  - path: a\n bundle: [\n")
+    with pytest.raises(ConfigError, match=r"broken\.yaml: line \d+: invalid YAML"):
+        load_config(broken)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="a config must be a mapping of sections, got list"):
+        load_config(listed)
+
+
+def test_the_shipped_configs_load(tiny_bundle):
+    environ = {"CLIPWATCH_BUNDLE": str(tiny_bundle)}
+    local = load_config(REPO / "configs" / "local.yaml", environ=environ)
+    assert local.bus.url == "memory://" and local.bundle == tiny_bundle
+    redis = load_config(REPO / "configs" / "redis.yaml", environ={**environ, "REDIS_URL": "redis://cache:6380/1"})
+    assert redis.bus.url == "redis://cache:6380/1" and redis.ops.port_for("density") == 9402
+    assert redis.alerts.jsonl == REPO / "runs" / "redis" / "alerts.jsonl"
+
+
+def test_the_commands_print_one_error_line_and_exit_2(tmp_path, base, capsys):
+    path = write_config(tmp_path / "typo.yaml", {**base, "classifer": {"max_batch": 4}})
+    assert main(["run", "--config", str(path)]) == 2
+    assert main(["worker", "density", "--config", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"clipwatch run: error: {path}: classifer: unknown key (did you mean 'classifier'?)",
+                     f"clipwatch worker: error: {path}: classifer: unknown key (did you mean 'classifier'?)"]

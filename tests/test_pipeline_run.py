@@ -1,0 +1,141 @@
+"""`clipwatch run`: the four stages in one process on real video files, a corrupt file and an unreachable stream."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pipeline_helpers import read_jsonl, wait_for, write_config
+from redis_server import free_port
+
+from pipeline.config import load_config
+from pipeline.detect import DetectorBundle, extract_video_features
+from pipeline.models import load_model
+from pipeline.video import ClipSplitter, iter_file_clips
+from workers.launch import run_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = {"kinds": {"novel": {"k": 1, "n": 1}, "adversarial": {"k": 1, "n": 1}}}
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_dataset, tmp_path_factory):
+    """A directory with two good videos and a corrupt one, and a third good video on its own."""
+    root = tmp_path_factory.mktemp("inputs")
+    (root / "cams").mkdir()
+    shutil.copy(sorted((tiny_dataset / "Grow").glob("*.avi"))[0], root / "cams" / "grow.avi")
+    shutil.copy(sorted((tiny_dataset / "novel" / "Orbit").glob("*.avi"))[0], root / "cams" / "orbit.avi")
+    (root / "cams" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    shutil.copy(sorted((tiny_dataset / "MoveLeft").glob("*.avi"))[0], root / "left.avi")
+    return root
+
+
+def offline_verdicts(bundle_dir, videos: dict[str, Path], alpha: float) -> dict[str, tuple[float, str]]:
+    """{clip key: (fused score, verdict)} computed in one batch pass, as `clipwatch score` would."""
+    bundle = DetectorBundle.load(bundle_dir)
+    bundle.calibration.alpha = alpha
+    model, manifest = load_model(bundle.resolve_model(bundle_dir))
+    names = list(videos)
+    features = extract_video_features(model, manifest.preprocessing, [(videos[n], 0) for n in names],
+                                      bundle.layers, progress=False)
+    scores = bundle.score(features.layers, features.softmax.max(axis=1))
+    name_of = {str(path): name for name, path in videos.items()}
+    keys = [f"{name_of[path]}:{seq}" for path, seq in zip(features.videos, features.seqs, strict=True)]
+    return {key: (float(scores.fused[i]), scores.verdicts[i]) for i, key in enumerate(keys)}
+
+
+def test_run_scores_every_clip_once_and_alerts_on_the_flagged_ones(inputs, tiny_bundle, tmp_path, caplog):
+    closed_port = free_port()
+    path = write_config(tmp_path / "local.yaml", {
+        "sources": [{"path": str(inputs / "cams")}, {"id": "left", "path": str(inputs / "left.avi")},
+                    {"id": "gate", "uri": f"rtsp://127.0.0.1:{closed_port}/stream", "open_timeout_s": 1,
+                     "max_reconnects": 1, "backoff_initial_s": 0.1, "backoff_max_s": 0.2}],
+        "bundle": str(tiny_bundle),
+        "classifier": {"max_batch": 4, "max_wait_ms": 20},
+        "density": {"alpha": 0.5},
+        "alerts": {"rules": RULES, "jsonl": "out/alerts.jsonl", "verdicts_jsonl": "out/verdicts.jsonl",
+                   "health_jsonl": "out/health.jsonl", "thumbnails_dir": "out/thumbs"},
+    })
+    out = io.StringIO()
+    with caplog.at_level(logging.INFO):
+        summary = run_pipeline(load_config(path), out=out, drain_timeout_s=60)
+
+    videos = {"cams/grow": inputs / "cams" / "grow.avi", "cams/orbit": inputs / "cams" / "orbit.avi",
+              "left": inputs / "left.avi"}
+    expected = {f"{name}:{clip.seq}" for name, video in videos.items()
+                for clip in iter_file_clips(video, ClipSplitter(8, 8))}
+    assert summary.published == {name: 3 for name in videos} and not summary.stopped
+    verdicts = read_jsonl(tmp_path / "out" / "verdicts.jsonl")
+    counts = Counter(record["clip_key"] for record in verdicts)
+    assert set(counts) == expected and set(counts.values()) == {1}
+
+    offline = offline_verdicts(tiny_bundle, videos, alpha=0.5)
+    for record in verdicts:
+        fused, verdict = offline[record["clip_key"]]
+        assert record["fused_score"] == pytest.approx(fused, rel=1e-4, abs=1e-5)
+        assert record["verdict"] == verdict
+    flagged = {f"{r['clip_key']}:{r['verdict']}" for r in verdicts if r["verdict"] != "normal"}
+    assert flagged, "alpha 0.5 flags about half the clips"
+
+    alerts = read_jsonl(tmp_path / "out" / "alerts.jsonl")
+    assert {a["idempotency_key"] for a in alerts} == flagged and len(alerts) == len(flagged)
+    assert all(Path(a["thumbnail"]["uri"]).is_file() for a in alerts)
+    printed = [line for line in out.getvalue().splitlines() if line.startswith("ALERT ")]
+    assert len(printed) == summary.alerts == len(alerts)
+
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "corrupt.mp4" in errors[0] and "\n" not in errors[0]
+    assert summary.skipped == [errors[0].removeprefix("decoder: skipping ")]
+    health = read_jsonl(tmp_path / "out" / "health.jsonl")
+    gate = [event["state"] for event in health if event["stream_id"] == "gate"]
+    assert "reconnecting" in gate and gate[-1] == "ended"
+    assert any("gave up after 1 reconnect" in e["detail"] for e in health if e["stream_id"] == "gate")
+    assert [e["state"] for e in health if e["stream_id"] == "left"] == ["up", "ended"]
+    assert [e["state"] for e in health if e["stream_id"] == "cams/corrupt"] == ["down"]
+
+    again = run_pipeline(load_config(path), out=io.StringIO(), drain_timeout_s=60)
+    assert again.alerts == 0 and len(read_jsonl(tmp_path / "out" / "verdicts.jsonl")) == len(expected)
+
+
+def test_run_command_serves_ops_and_stops_gracefully_on_sigterm(inputs, tiny_bundle, tmp_path):
+    path = write_config(tmp_path / "live.yaml", {
+        "sources": [{"id": "replay", "path": str(inputs / "left.avi"), "loop": True, "pace": 2.0}],
+        "bundle": str(tiny_bundle),
+        "alerts": {"rules": RULES, "jsonl": "alerts.jsonl", "verdicts_jsonl": "verdicts.jsonl"},
+        "ops": {"log_format": "json"},
+    })
+    log = tmp_path / "run.log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "workers", "run", "--config", str(path)], cwd=REPO,
+                                   stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        port = wait_for(lambda: next((json.loads(line).get("ops_port") for line in log.read_text().splitlines()
+                                      if '"ops_port"' in line), None), 60, what="ops port in the JSON log")
+        wait_for(lambda: len(read_jsonl(tmp_path / "verdicts.jsonl")) >= 4, 60, what="4 verdicts")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            health = json.load(response)
+        assert health["status"] == "ok" and health["components"]["decoder"] == "ok"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert 'clipwatch_clips_published_total{stream="replay"}' in metrics
+        process.send_signal(signal.SIGTERM)
+        stdout, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0
+    assert stdout.strip().splitlines()[-1].startswith("run stopped: ")
+    seqs = [record["seq"] for record in read_jsonl(tmp_path / "verdicts.jsonl")]
+    assert len(seqs) == len(set(seqs)) >= 4 and min(seqs) > 10**12  # looped files count from the time in ms
+    assert np.all(np.diff(sorted(seqs)) == 1)
+    assert "SIGTERM: finishing the batch in flight" in log.read_text()

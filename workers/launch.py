@@ -1,0 +1,199 @@
+"""Start the pipeline: all stages in one process (`run_pipeline`), or one stage per process (`run_worker`).
+
+Both build the same stages and loops from a `PipelineConfig`; only the bus differs (in-process queues or Redis
+Streams, from ``bus.url``). Each process serves /healthz and /metrics and stops gracefully on SIGTERM/SIGINT: the
+decoder stops reading, each stage finishes its batch in flight, publishes, acknowledges, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from pipeline.alerts import Alert
+from pipeline.bus import Bus, open_bus
+from pipeline.config import STAGES, PipelineConfig
+from workers.ops import HealthBoard, OpsServer, PipelineMetrics, handle_signals
+from workers.runtime import Stage, StageLoop
+from workers.sink import HealthStage, SinkStage, SinkStep, format_alert
+
+logger = logging.getLogger(__name__)
+
+DRAIN_TOPICS = (("clips", "classifier"), ("embeddings", "density"), ("verdicts", "sink"), ("health", "health"))
+
+
+def open_config_bus(config: PipelineConfig) -> Bus:
+    """The bus of ``config.bus``."""
+    bus = config.bus
+    options = dict(max_backlog=bus.max_backlog, visibility_timeout_ms=bus.visibility_timeout_ms,
+                   max_deliveries=bus.max_deliveries, publish_timeout=bus.publish_timeout_s)
+    if bus.url != "memory://":
+        options.update(namespace=bus.namespace, reconnect_timeout=bus.reconnect_timeout_s)
+    return open_bus(bus.url, **options)
+
+
+def build_stages(name: str, config: PipelineConfig, metrics: PipelineMetrics,
+                 on_alert: Callable[[Alert], None] | None = None) -> list[Stage]:
+    """The consuming stages of worker `name` (the sink also runs the health log).
+
+    Stage modules are imported here, so a sink process never loads torch.
+    """
+    if name == "classifier":
+        from workers.classifier import ClassifierStage
+
+        return [ClassifierStage.from_config(config.bundle, config.classifier)]
+    if name == "density":
+        from workers.density import DensityStage
+
+        return [DensityStage.from_config(config.bundle, config.density)]
+    if name == "sink":
+        alerts = config.alerts
+        step = SinkStep.from_config(alerts, config.webhook_config(), on_alert=on_alert, metrics=metrics)
+        flush = alerts.webhooks.flush_timeout_s if alerts.webhooks is not None else 0.0
+        return [SinkStage(step, reorder_window_s=alerts.reorder_window_s, flush_timeout_s=flush, metrics=metrics),
+                HealthStage(alerts.health_jsonl, metrics)]
+    raise ValueError(f"unknown worker {name!r}: expected one of {', '.join(STAGES)}")
+
+
+def stage_loop(stage: Stage, bus: Bus, config: PipelineConfig, *, stop: threading.Event, metrics: PipelineMetrics,
+               board: HealthBoard) -> StageLoop:
+    consumer = f"{stage.name}-{socket.gethostname()}-{os.getpid()}"
+    return StageLoop(stage, bus, consumer=consumer, stop=stop, metrics=metrics.stage(stage.name), board=board,
+                     dedupe_keys=config.bus.dedupe_keys, max_bytes=config.bus.max_bytes,
+                     lag_interval_s=config.ops.lag_interval_s)
+
+
+def alert_printer(out: TextIO) -> Callable[[Alert], None]:
+    lock = threading.Lock()
+
+    def show(alert: Alert) -> None:
+        with lock:
+            print(format_alert(alert), file=out, flush=True)
+
+    return show
+
+
+@dataclass
+class RunSummary:
+    """What one `run_pipeline` did: clips published per stream, inputs skipped (one line each), alerts raised."""
+
+    published: dict[str, int] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    alerts: int = 0
+    seconds: float = 0.0
+    stopped: bool = False
+
+
+def run_pipeline(config: PipelineConfig, *, stop: threading.Event | None = None, out: TextIO | None = None,
+                 drain_timeout_s: float | None = None) -> RunSummary:
+    """All four stages in this process, one thread each, until every file source is done and the bus drained.
+
+    Live sources run until `stop` is set (SIGTERM/SIGINT when called from the main thread). Alerts are printed
+    to `out` (stdout) as they fire when ``alerts.print`` is on.
+    """
+    if not config.sources:
+        raise ValueError(f"{config.source_file}: sources: nothing to run (no sources configured)")
+    stop = stop or threading.Event()
+    with handle_signals(stop):
+        return _run_pipeline(config, stop, out or sys.stdout, drain_timeout_s)
+
+
+def _run_pipeline(config: PipelineConfig, stop: threading.Event, out: TextIO,
+                  drain_timeout_s: float | None) -> RunSummary:
+    started = time.monotonic()
+    config.webhook_config()  # a missing webhook secret fails now, before any model is loaded
+    metrics, board = PipelineMetrics(), HealthBoard()
+    summary = RunSummary()
+    bus = open_config_bus(config)
+    printer = alert_printer(out) if config.alerts.print else None
+
+    def on_alert(alert: Alert) -> None:
+        summary.alerts += 1
+        if printer is not None:
+            printer(alert)
+
+    stages_stop = threading.Event()
+    stages = [stage for name in STAGES[1:] for stage in build_stages(name, config, metrics, on_alert)]
+    loops = [stage_loop(stage, bus, config, stop=stages_stop, metrics=metrics, board=board) for stage in stages]
+    threads = [threading.Thread(target=loop.run, name=f"stage-{loop.stage.name}", daemon=True) for loop in loops]
+    ops = OpsServer(config.ops.host, config.ops.port_for("run"), metrics, board, "run").start()
+    try:
+        for thread in threads:
+            thread.start()
+        for topic, group in DRAIN_TOPICS:
+            bus.ensure_group(topic, group)
+        from workers.decoder import DecoderWorker
+
+        report = DecoderWorker(config, bus, stop=stop, metrics=metrics, board=board).run()
+        summary.published, summary.skipped = report.published, report.skipped
+        summary.stopped = stop.is_set()
+        if not summary.stopped:
+            _wait_drained(bus, stop, drain_timeout_s)
+    finally:
+        stages_stop.set()
+        for thread in threads:
+            thread.join()
+        ops.close()
+        bus.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _wait_drained(bus: Bus, stop: threading.Event, timeout_s: float | None) -> None:
+    """Wait until every stage's group has acknowledged everything (or `stop`, or the timeout)."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while not stop.is_set():
+        if all(bus.lag(topic, group) == 0 for topic, group in DRAIN_TOPICS):
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            logger.warning("run: pipeline not drained after %.0f s; stopping anyway", timeout_s)
+            return
+        stop.wait(0.05)
+
+
+def run_worker(name: str, config: PipelineConfig, *, stop: threading.Event | None = None,
+               port: int | None = None) -> int:
+    """One stage in this process over the configured bus, until SIGTERM/SIGINT (the decoder: until its files end).
+
+    Returns the exit code: 0 after a clean stop; 1 for a decoder that lost the bus or whose every source failed.
+    """
+    if name not in STAGES:
+        raise ValueError(f"unknown worker {name!r}: expected one of {', '.join(STAGES)}")
+    stop = stop or threading.Event()
+    with handle_signals(stop):
+        return _run_worker(name, config, stop, port)
+
+
+def _run_worker(name: str, config: PipelineConfig, stop: threading.Event, port: int | None) -> int:
+    metrics, board = PipelineMetrics(), HealthBoard()
+    bus = open_config_bus(config)
+    ops = OpsServer(config.ops.host, config.ops.port_for(name) if port is None else port, metrics, board, name)
+    ops.start()
+    try:
+        if name == "decoder":
+            from workers.decoder import DecoderWorker
+
+            if not config.sources:
+                raise ValueError(f"{config.source_file}: sources: the decoder has no sources to read")
+            report = DecoderWorker(config, bus, stop=stop, metrics=metrics, board=board).run()
+            return 1 if report.failed or (report.skipped and not report.published) else 0
+        printer = alert_printer(sys.stdout) if config.alerts.print else None
+        loops = [stage_loop(stage, bus, config, stop=stop, metrics=metrics, board=board)
+                 for stage in build_stages(name, config, metrics, printer)]
+        threads = [threading.Thread(target=loop.run, name=f"stage-{loop.stage.name}") for loop in loops]
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):
+            for thread in threads:
+                thread.join(0.2)
+        return 0
+    finally:
+        ops.close()
+        bus.close()

@@ -1,0 +1,234 @@
+"""Sink stage: verdicts → alert rules → durable alert log, thumbnails, signed webhooks; plus the health log.
+
+`SinkStep` handles one verdict: record it in the verdict log (optional, once per clip key), evaluate the alert
+rules, and for an alert store its thumbnail, append it to the alert JSONL (once per idempotency key, fsync'd) and
+hand it to the webhook sink (whose ledger is written before `submit` returns). Only then does the loop acknowledge
+the verdict, so an alert is never lost to a crash, and the idempotency keys keep a redelivered verdict from
+alerting twice. `SinkStage` puts each stream's verdicts back in order first (`ReorderBuffer`), because the rules
+are a state machine over each stream's clips in sequence.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.alerts import Alert, AlertInputError, AlertRules, JsonlSink, ScoredClip, WebhookSink, store_thumbnail
+from pipeline.alerts.journal import JsonlJournal
+from pipeline.bus import HealthMessage, VerdictMessage
+from pipeline.config import AlertsConfig
+from workers.ops import PipelineMetrics
+from workers.reorder import ReorderBuffer
+from workers.runtime import Inbound, Outcome, Stage
+
+logger = logging.getLogger(__name__)
+
+INPUT_TOPIC, HEALTH_TOPIC = "verdicts", "health"
+
+
+def scored_clip(verdict: VerdictMessage) -> ScoredClip:
+    """What the alert rules read; a live clip without timestamps is placed at its decode time."""
+    data: dict[str, Any] = verdict.model_dump()
+    if not all(math.isfinite(p) for p in verdict.pts):
+        moment = verdict.timestamps.get("decoder", verdict.timestamps.get("density"))
+        data["clip_start"] = data["clip_end"] = moment
+    return ScoredClip.from_mapping(data)
+
+
+def verdict_record(verdict: VerdictMessage) -> dict[str, Any]:
+    """The verdict log line of a verdict: everything but the thumbnail bytes; non-finite times become null."""
+    finite = [p for p in verdict.pts if math.isfinite(p)]
+    return {
+        "clip_key": verdict.key, "stream_id": verdict.stream_id, "seq": verdict.seq, "verdict": verdict.verdict,
+        "fused_score": verdict.fused_score, "p_value": verdict.p_value, "reasons": verdict.reasons,
+        "prediction": verdict.class_name, "prediction_index": verdict.prediction,
+        "softmax_max": verdict.softmax_max, "log_likelihoods": verdict.log_likelihoods,
+        "clip_start": finite[0] if finite else None, "clip_end": finite[-1] if finite else None,
+        "label": verdict.label, "source": verdict.source, "model_id": verdict.model_id,
+        "timestamps": verdict.timestamps,
+    }
+
+
+class VerdictLog:
+    """Every verdict as one JSON line, once per clip key (keys already in the file are known after a restart)."""
+
+    def __init__(self, path: str | Path):
+        self._journal = JsonlJournal(path)
+        self.path = self._journal.path
+        self._keys = {record.get("clip_key") for record in self._journal.existing}
+        self._journal.existing = []
+
+    def write(self, verdict: VerdictMessage) -> bool:
+        """Append the verdict unless its clip key is already in the log; returns whether it was written."""
+        if verdict.key in self._keys:
+            return False
+        self._journal.append(verdict_record(verdict))
+        self._keys.add(verdict.key)
+        return True
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def close(self) -> None:
+        self._journal.close()
+
+
+def format_alert(alert: Alert) -> str:
+    """One line for a terminal: kind, clip, p-value, fused score, prediction and the reasons."""
+    clip = alert.clip
+    p_value = "n/a" if clip.p_value is None else f"{clip.p_value:.4f}"
+    softmax = "" if clip.softmax is None else f" ({clip.softmax:.2f})"
+    reasons = "; ".join(clip.reasons)
+    return (f"ALERT {alert.kind} {clip.clip_key} p={p_value} fused={clip.fused_score:.3f} "
+            f"prediction={clip.prediction}{softmax}" + (f": {reasons}" if reasons else ""))
+
+
+class SinkStep:
+    """One verdict → verdict log, alert rules, and for an alert: thumbnail, alert log, webhooks."""
+
+    def __init__(self, rules: AlertRules, alert_log: JsonlSink, *, webhooks: WebhookSink | None = None,
+                 thumbnails_dir: str | Path | None = None, verdict_log: VerdictLog | None = None,
+                 on_alert: Callable[[Alert], None] | None = None, metrics: PipelineMetrics | None = None):
+        self.rules = rules
+        self.alert_log = alert_log
+        self.webhooks = webhooks
+        self.thumbnails_dir = Path(thumbnails_dir) if thumbnails_dir is not None else None
+        self.verdict_log = verdict_log
+        self.on_alert = on_alert
+        self.metrics = metrics
+
+    def __call__(self, verdict: VerdictMessage) -> Alert | None:
+        """Record one verdict durably; returns the alert it raised (None if none). AlertInputError if malformed."""
+        clip = scored_clip(verdict)
+        fresh = self.verdict_log.write(verdict) if self.verdict_log is not None else True
+        if fresh and self.metrics is not None:
+            self.metrics.verdicts.labels(verdict.verdict).inc()
+            started = verdict.timestamps.get("decoder")
+            if started is not None:
+                self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - started))
+        alert = self.rules.evaluate(clip)
+        if alert is None:
+            return None
+        if self.thumbnails_dir is not None:
+            alert = store_thumbnail(alert, self.thumbnails_dir)
+        written = self.alert_log.write(alert)
+        if self.webhooks is not None:
+            self.webhooks.submit(alert)
+        if written:
+            if self.metrics is not None:
+                self.metrics.alerts.labels(alert.kind).inc()
+            if self.on_alert is not None:
+                self.on_alert(alert)
+        return alert
+
+    @classmethod
+    def from_config(cls, config: AlertsConfig, webhook_config=None, *, on_alert=None,
+                    metrics: PipelineMetrics | None = None) -> SinkStep:
+        return cls(AlertRules(config.rules), JsonlSink(config.jsonl),
+                   webhooks=WebhookSink(webhook_config) if webhook_config is not None else None,
+                   thumbnails_dir=config.thumbnails_dir,
+                   verdict_log=VerdictLog(config.verdicts_jsonl) if config.verdicts_jsonl is not None else None,
+                   on_alert=on_alert, metrics=metrics)
+
+    def close(self, flush_timeout_s: float = 30.0) -> None:
+        """Flush webhooks (up to the timeout; the rest stays in the ledger for a restart) and close the logs."""
+        if self.webhooks is not None and not self.webhooks.close(flush_timeout_s):
+            logger.warning("sink: %d webhook deliveries left in the ledger for the next start",
+                           self.webhooks.stats.pending)
+        self.alert_log.close()
+        if self.verdict_log is not None:
+            self.verdict_log.close()
+
+
+class SinkStage(Stage):
+    """`SinkStep` on the "verdicts" topic, in order per stream; nothing is published (the sink is the end)."""
+
+    name = "sink"
+    input_topic = INPUT_TOPIC
+    input_type = VerdictMessage
+    max_batch = 64
+    max_wait_s = 0.0
+
+    def __init__(self, step: SinkStep, *, reorder_window_s: float = 2.0, flush_timeout_s: float = 30.0,
+                 metrics: PipelineMetrics | None = None):
+        self.record = step
+        self.buffer: ReorderBuffer[Inbound] = ReorderBuffer(reorder_window_s)
+        self.flush_timeout_s = flush_timeout_s
+        self.metrics = metrics
+
+    def step(self, items: list[Inbound]) -> list[Outcome]:
+        ready, outcomes = [], []
+        for item in items:
+            verdict = item.message
+            held = self.buffer.held(verdict.stream_id, verdict.seq)
+            if held is not None:
+                if held.delivery.id != item.delivery.id:
+                    outcomes.append(Outcome(item))
+                continue
+            ready += self.buffer.push(verdict.stream_id, verdict.seq, item)
+        return outcomes + self._record(ready)
+
+    def poll(self) -> list[Outcome]:
+        outcomes = self._record(self.buffer.expire())
+        if self.metrics is not None and self.record.webhooks is not None:
+            stats = self.record.webhooks.stats
+            self.metrics.webhook_pending.set(stats.pending)
+            self.metrics.webhook_delivered.set(stats.delivered)
+            self.metrics.webhook_dead_lettered.set(stats.dead_lettered)
+        return outcomes
+
+    def drain(self) -> list[Outcome]:
+        return self._record(self.buffer.drain())
+
+    def close(self) -> None:
+        self.record.close(self.flush_timeout_s)
+
+    def _record(self, items: list[Inbound]) -> list[Outcome]:
+        late_before = self.buffer.late
+        outcomes = []
+        for item in items:
+            try:
+                self.record(item.message)
+            except AlertInputError as error:
+                outcomes.append(Outcome(item, error=str(error)))
+            else:
+                outcomes.append(Outcome(item))
+        if self.metrics is not None and self.buffer.late > late_before:
+            self.metrics.late_verdicts.inc(self.buffer.late - late_before)
+        return outcomes
+
+
+class HealthStage(Stage):
+    """Stream health events: logged, exported as ``clipwatch_stream_up``, optionally appended to a JSONL."""
+
+    name = "health"
+    input_topic = HEALTH_TOPIC
+    input_type = HealthMessage
+    max_batch = 64
+
+    def __init__(self, path: str | Path | None = None, metrics: PipelineMetrics | None = None):
+        self.journal = JsonlJournal(path) if path is not None else None
+        if self.journal is not None:
+            self.journal.existing = []
+        self.metrics = metrics
+
+    def step(self, items: list[Inbound]) -> list[Outcome]:
+        for item in items:
+            event: HealthMessage = item.message
+            level = logging.INFO if event.state in ("up", "ended") else logging.WARNING
+            logger.log(level, "stream %s %s%s", event.stream_id, event.state,
+                       f": {event.detail}" if event.detail else "")
+            if self.metrics is not None:
+                self.metrics.stream_up.labels(event.stream_id).set(1 if event.state == "up" else 0)
+            if self.journal is not None:
+                self.journal.append({"stream_id": event.stream_id, "state": event.state, "detail": event.detail,
+                                     "time": event.time})
+        return [Outcome(item) for item in items]
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
