@@ -1,0 +1,90 @@
+"""Simulated camera feeds for the demo: recordings of known activity, of a novel activity, and an attacked feed.
+
+Each camera is a folder of short motion-triggered recordings (every file is one stream for the pipeline):
+
+* ``lobby``: activities the model was trained on (normal traffic);
+* ``yard``: activities it never saw (the synthetic *novel* classes);
+* ``gate``: known activities whose frames carry a universal adversarial frame painted around the border.
+  This camera records at the model's input resolution (a square of the model's short side) and is encoded
+  losslessly (FFV1), so the frame painted on the model's centre-crop window reaches the classifier
+  pixel-exact. At other resolutions the resize would blur the pattern.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from pipeline.attacks import AdversarialFrame
+from pipeline.data import SYNTH_CLASSES, SYNTH_NOVEL_CLASSES
+from pipeline.data.motions import sample_spec
+from pipeline.data.render import SourceImagery, render_video
+from pipeline.data.synth import write_video
+
+CAMERAS = ("lobby", "yard", "gate")
+
+
+def write_lossless(path: Path, frames: np.ndarray, fps: float) -> None:
+    """Encode ``(T, H, W, 3)`` uint8 RGB frames with FFV1 (lossless) in Matroska."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("ffv1", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "bgr0"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def _resize_crop(frames: np.ndarray, side: int) -> np.ndarray:
+    """Frames scaled so the short side is ``side`` and centre-cropped to ``side x side`` (uint8)."""
+    from pipeline.video import preprocess
+
+    pixels = preprocess(frames, short_side=side, crop=side, mean=(0.0,) * 3, std=(1 / 255,) * 3)[0]
+    return pixels.permute(1, 2, 3, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def paint_frame(frames: np.ndarray, frame: AdversarialFrame, crop: int) -> np.ndarray:
+    """Paint the adversarial border onto the centred ``crop`` window of ``(T, S, S, 3)`` uint8 frames.
+
+    The window is what the model sees after its centre crop; the frame's time pattern repeats over the video.
+    """
+    offset = (frames.shape[1] - crop) // 2
+    window = frames[:, offset : offset + crop, offset : offset + crop]
+    clip = torch.from_numpy(np.ascontiguousarray(window)).permute(3, 0, 1, 2).float().div(255.0)[None]
+    length = frame.pixels.shape[1]
+    painted = []
+    for start in range(0, clip.shape[2], length):
+        part = clip[:, :, start : start + length]
+        if part.shape[2] < length:
+            part = torch.cat([part, part[:, :, -1:].expand(-1, -1, length - part.shape[2], -1, -1)], dim=2)
+        painted.append(frame.apply(part)[:, :, : min(length, clip.shape[2] - start)])
+    out = torch.cat(painted, dim=2)[0].permute(1, 2, 3, 0)
+    result = frames.copy()
+    result[:, offset : offset + crop, offset : offset + crop] = out.mul(255.0).round().clamp(0, 255).byte().numpy()
+    return result
+
+
+def write_feeds(out: Path, frame: AdversarialFrame, *, short_side: int, crop: int, recordings: int = 4, num_frames: int = 48,
+                width: int = 320, height: int = 240, fps: float = 25.0, seed: int = 7) -> dict[str, Path]:
+    """Write the three cameras' recordings under ``out/<camera>/``; returns the folders."""
+    rng = np.random.default_rng(seed)
+    imagery = SourceImagery(height)
+    folders = {camera: out / camera for camera in CAMERAS}
+    for index in range(recordings):
+        known = SYNTH_CLASSES[int(rng.integers(len(SYNTH_CLASSES)))]
+        frames, _ = render_video(sample_spec(known, rng, width, height, num_frames), imagery)
+        write_video(folders["lobby"] / f"lobby-{index:02d}-{known}.avi", frames, fps, quality=3)
+
+        novel = SYNTH_NOVEL_CLASSES[index % len(SYNTH_NOVEL_CLASSES)]
+        frames, _ = render_video(sample_spec(novel, rng, width, height, num_frames), imagery)
+        write_video(folders["yard"] / f"yard-{index:02d}-{novel}.avi", frames, fps, quality=3)
+
+        known = SYNTH_CLASSES[int(rng.integers(len(SYNTH_CLASSES)))]
+        frames, _ = render_video(sample_spec(known, rng, width, height, num_frames), imagery)
+        attacked = paint_frame(_resize_crop(frames, short_side), frame, crop)
+        write_lossless(folders["gate"] / f"gate-{index:02d}-{known}.mkv", attacked, fps)
+    return folders

@@ -1,0 +1,42 @@
+"""The demo end to end on the tiny model: feeds written as real files, every clip scored, a report with thumbnails."""
+
+import numpy as np
+import torch
+
+from pipeline.attacks import AdversarialFrame
+from pipeline.demo import paint_frame, run_demo
+from pipeline.video import open_video
+
+
+def test_paint_frame_changes_only_the_border_of_the_crop_window():
+    frames = np.full((5, 40, 40, 3), 100, dtype=np.uint8)
+    frame = AdversarialFrame(torch.ones(3, 1, 32, 32), width=2)
+    painted = paint_frame(frames, frame, crop=32)
+    changed = np.any(painted != frames, axis=(0, 3))
+    expected = np.zeros((40, 40), dtype=bool)
+    expected[4:36, 4:36] = True
+    expected[6:34, 6:34] = False
+    np.testing.assert_array_equal(changed, expected)
+    assert painted[:, 4, 4:36].min() == 255
+
+
+def test_demo_runs_the_pipeline_and_writes_a_report(tiny_bundle, tmp_path, capsys):
+    frame_path = AdversarialFrame(torch.rand(3, 8, 32, 32, generator=torch.Generator().manual_seed(0)),
+                                  width=2).save(tmp_path / "frame")
+    summary = run_demo(tmp_path / "demo", bundle=tiny_bundle, frame=frame_path, recordings=1, progress=False)
+    out = tmp_path / "demo"
+    assert len(summary["verdicts"]) == summary["expected_clips"] > 0
+    cameras = [v["stream_id"].split("/")[0] for v in summary["verdicts"]]
+    assert set(cameras) == {"lobby", "yard", "gate"}
+    for path in ("report.html", "report.md", "timeline.png", "verdicts.jsonl"):
+        assert (out / path).stat().st_size > 0
+    gate = next((out / "feeds" / "gate").iterdir())
+    with open_video(gate) as reader:
+        assert (reader.height, reader.width) == (32, 32)
+    html = (out / "report.html").read_text()
+    for camera in ("lobby", "yard", "gate"):
+        assert f"<td>{camera}</td><td>{cameras.count(camera)}</td>" in html
+    for alert in summary["alerts"]:
+        assert alert["thumbnail"] and (out / "thumbnails").is_dir()
+        assert alert["thumbnail"]["uri"].split("/")[-1] in html
+    assert "clips scored" in capsys.readouterr().out
