@@ -1,0 +1,151 @@
+"""End-to-end pipeline speed, measured side by side in one run.
+
+1. Throughput: ``clipwatch run`` (in-process bus, all four stages) over N video files, against the bare model
+   forward pass over the same clips at the same batch size (already decoded and preprocessed).
+2. Latency: p50 / p95 from the end of a clip (when its last frame would be shown, real-time replay) to its verdict.
+3. Real time: how many 25-fps 320x240 camera streams (clips back to back) the pipeline keeps up with: streams are
+   replayed at real time, in growing numbers, until the p95 latency passes ``--max-latency`` or clips go missing.
+4. The bare forward throughput of a full-width ``r3d-18`` (16x112x112) and the stream count it implies.
+
+    python benchmarks/pipeline.py [--bundle pipeline/assets/bundles/default] [--files 8] [--batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# This file is named like the package it measures: import from the repository root, not from its own folder.
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [str(_ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != _ROOT / "benchmarks"]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pipeline.config import parse_config  # noqa: E402
+from pipeline.data import SYNTH_CLASSES  # noqa: E402
+from pipeline.data.motions import sample_spec  # noqa: E402
+from pipeline.data.render import SourceImagery, render_video  # noqa: E402
+from pipeline.data.synth import write_video  # noqa: E402
+from pipeline.demo.run import DEFAULT_BUNDLE  # noqa: E402
+from pipeline.detect import DetectorBundle, model_input  # noqa: E402
+from pipeline.models import build_model, load_model  # noqa: E402
+from pipeline.video import ClipSplitter, iter_file_clips  # noqa: E402
+from workers import run_pipeline  # noqa: E402
+
+FPS = 25.0
+
+
+def write_files(folder: Path, count: int, frames: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    imagery = SourceImagery(240)
+    paths = []
+    for index in range(count):
+        name = SYNTH_CLASSES[index % len(SYNTH_CLASSES)]
+        video, _ = render_video(sample_spec(name, rng, 320, 240, frames), imagery)
+        path = folder / f"cam{index:02d}.avi"
+        write_video(path, video, FPS, quality=3)
+        paths.append(path)
+    return paths
+
+
+def bare_forward(model, prep, files: list[Path], batch: int, stride: int) -> tuple[float, int]:
+    """Clips/s of the model alone over every clip of ``files`` (decoding and preprocessing done beforehand)."""
+    splitter = ClipSplitter(prep.clip_len, stride, prep.frame_step)
+    clips = np.stack([clip.frames for path in files for clip in iter_file_clips(path, splitter)])
+    inputs = [model_input(clips[i : i + batch], prep) for i in range(0, len(clips), batch)]
+    with torch.inference_mode():
+        model(inputs[0])
+        start = time.perf_counter()
+        for x in inputs:
+            model(x)
+    return len(clips) / (time.perf_counter() - start), len(clips)
+
+
+def run_files(bundle: Path, folder: Path, out: Path, batch: int, stride: int, pace: float | None) -> list[dict]:
+    config = parse_config({
+        "sources": [{"id": "bench", "path": str(folder), "stride": stride, **({"pace": pace} if pace else {})}],
+        "bundle": str(bundle),
+        "bus": {"url": "memory://", "max_backlog": 64},
+        "classifier": {"max_batch": batch, "max_wait_ms": 20},
+        "alerts": {"verdicts_jsonl": str(out / "verdicts.jsonl"), "jsonl": str(out / "alerts.jsonl"),
+                   "print": False},
+        "ops": {"base_port": 0, "log_level": "ERROR"},
+    }, source="benchmark")
+    run_pipeline(config)
+    return [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
+
+
+def latencies(verdicts: list[dict]) -> np.ndarray:
+    return np.array([v["timestamps"]["density"] - v["timestamps"]["decoder"] for v in verdicts])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    parser.add_argument("--files", type=int, default=8, help="files for the throughput run")
+    parser.add_argument("--frames", type=int, default=256, help="frames per file (25 fps)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--streams", type=int, nargs="+", default=[5, 10, 15, 20, 30, 40])
+    parser.add_argument("--max-latency", type=float, default=2.0, help="p95 seconds still counted as real time")
+    parser.add_argument("--skip-full-width", action="store_true")
+    args = parser.parse_args()
+
+    bundle = DetectorBundle.load(args.bundle)
+    model, manifest = load_model(bundle.resolve_model(args.bundle))
+    prep = manifest.preprocessing
+    stride = prep.clip_len * prep.frame_step
+    clip_rate = FPS / stride
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        files = write_files(tmp / "files", args.files, args.frames)
+        forward, n_clips = bare_forward(model, prep, files, args.batch, stride)
+        start = time.perf_counter()
+        verdicts = run_files(args.bundle, tmp / "files", tmp / "run", args.batch, stride, pace=None)
+        wall = time.perf_counter() - start
+        first = min(v["timestamps"]["decoder"] for v in verdicts)
+        last = max(v["timestamps"]["density"] for v in verdicts)
+        e2e = len(verdicts) / (last - first)
+        print(f"throughput over {args.files} files ({n_clips} clips, batch {args.batch}, threads "
+              f"{torch.get_num_threads()}):")
+        print(f"  bare model forward      {forward:8.1f} clips/s")
+        print(f"  clipwatch run (e2e)     {e2e:8.1f} clips/s   ratio {e2e / forward:.2f} (target >= 0.9); from the first "
+              f"clip decoded to the last verdict ({wall:.1f} s wall with start-up)")
+        print(f"real-time streams: 25 fps, clips back to back (stride {stride} frames = {clip_rate:.2f} clips/s each)")
+        sustained = 0
+        for count in args.streams:
+            live = tmp / f"live{count}"
+            for i in range(count):
+                live.mkdir(exist_ok=True)
+                (live / f"cam{i:02d}.avi").symlink_to(files[i % len(files)])
+            verdicts = run_files(args.bundle, live, tmp / f"live-run{count}", args.batch, stride, pace=1.0)
+            lat = latencies(verdicts)
+            expected = count * (n_clips // len(files))
+            ok = len(verdicts) == expected and np.percentile(lat, 95) <= args.max_latency
+            print(f"  {count:3d} streams: {len(verdicts)}/{expected} clips, latency clip end -> verdict "
+                  f"p50 {np.percentile(lat, 50):.3f} s, p95 {np.percentile(lat, 95):.3f} s  "
+                  f"{'real time' if ok else 'falls behind'}")
+            if not ok:
+                break
+            sustained = count
+        print(f"  sustained: {sustained} streams with the bundle's model (target >= 10)")
+    if not args.skip_full_width:
+        full = build_model("r3d-18", len(bundle.class_names)).eval()
+        x = torch.randn(args.batch, 3, 16, 112, 112)
+        with torch.inference_mode():
+            full(x)
+            start = time.perf_counter()
+            for _ in range(3):
+                full(x)
+        rate = 3 * args.batch / (time.perf_counter() - start)
+        per_stream = FPS / 16
+        print(f"full-width r3d-18 (16x112x112, frame step 1): bare forward {rate:.1f} clips/s -> at most "
+              f"{rate / per_stream:.1f} streams of {per_stream:.2f} clips/s (upper bound, model alone)")
+
+
+if __name__ == "__main__":
+    main()
