@@ -28,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=50, help="optimisation steps (framing) or PGD steps")
     parser.add_argument("--epochs", type=int, default=3, help="epochs for a universal frame")
     parser.add_argument("--eps", type=float, default=8 / 255, help="L-inf budget for FGSM/PGD in [0, 1] units")
+    parser.add_argument("--save-frame", type=Path, help="with framing-universal: also save the learned frame here")
     parser.add_argument("--max-clips-per-video", type=int)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -52,8 +53,11 @@ def run(args: argparse.Namespace) -> int:
         params.update(attack.params())
         if args.attack == "framing-universal":
             params["epochs"] = args.epochs
-            adversarial = attack.fit_universal(model, clips01, targets, normalize, epochs=args.epochs,
-                                               progress=not args.no_progress).apply(clips01)
+            frame = attack.fit_universal(model, clips01, targets, normalize, epochs=args.epochs,
+                                         progress=not args.no_progress)
+            if args.save_frame:
+                print(f"universal frame saved to {frame.save(args.save_frame)}")
+            adversarial = frame.apply(clips01)
         else:
             adversarial = _batched(lambda x, y: attack.attack_batch(model, x, y, normalize), clips01, targets,
                                    args.batch_size)
