@@ -35,7 +35,7 @@ from pipeline.demo.run import DEFAULT_BUNDLE  # noqa: E402
 from pipeline.detect import DetectorBundle, model_input  # noqa: E402
 from pipeline.models import build_model, load_model  # noqa: E402
 from pipeline.video import ClipSplitter, iter_file_clips  # noqa: E402
-from workers import run_pipeline  # noqa: E402
+from workers.launch import run_pipeline  # noqa: E402
 
 FPS = 25.0
 

@@ -13,7 +13,7 @@ import sys
 
 from pipeline import __version__
 
-COMMAND_MODULES = ("synth", "fit", "attack", "evaluate", "score", "run", "worker", "demo")
+COMMAND_MODULES = ("synth", "train", "fit", "attack", "evaluate", "score", "run", "worker", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

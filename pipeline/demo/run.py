@@ -64,7 +64,7 @@ def _progress(path: Path, total: int, done: threading.Event, enabled: bool) -> N
 def run_demo(out: str | Path, *, bundle: str | Path = DEFAULT_BUNDLE, frame: str | Path = DEFAULT_FRAME,
              recordings: int = 4, seed: int = 7, progress: bool = True, stdout: TextIO | None = None) -> dict:
     """Generate the feeds, run the pipeline, write ``report.html`` / ``report.md``; returns the summary."""
-    from workers import run_pipeline
+    from workers.launch import run_pipeline
 
     stdout = stdout or sys.stdout
     out, bundle = Path(out), Path(bundle)

@@ -1,0 +1,60 @@
+"""What a training run leaves behind besides the model: ``metrics.json`` and ``training_curve.png``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+from pipeline.training.evaluation import Evaluation  # noqa: E402
+
+METRICS_FILE = "metrics.json"
+CURVE_FILE = "training_curve.png"
+
+
+def evaluation_json(evaluation: Evaluation, classes: Sequence[str]) -> dict[str, Any]:
+    return {
+        "clip_accuracy": evaluation.clip_accuracy,
+        "video_accuracy": evaluation.video_accuracy,
+        "loss": evaluation.loss,
+        "num_clips": evaluation.num_clips,
+        "num_videos": evaluation.num_videos,
+        "per_class_clip_accuracy": dict(zip(classes, evaluation.per_class_accuracy(), strict=True)),
+        "confusion": evaluation.confusion.tolist(),
+    }
+
+
+def write_metrics(out: Path, metrics: dict[str, Any]) -> Path:
+    path = out / METRICS_FILE
+    path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def plot_curve(out: Path, history: Sequence[dict[str, Any]], title: str) -> Path:
+    """Loss and accuracy per epoch (training batches and test clips) as a two-panel PNG."""
+    epochs = [row["epoch"] for row in history]
+    tested = [row for row in history if row["test_loss"] is not None]
+    tested_epochs = [row["epoch"] for row in tested]
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axis.plot(epochs, [row["train_loss"] for row in history], label="train")
+    loss_axis.plot(tested_epochs, [row["test_loss"] for row in tested], "o-", label="test clips")
+    loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    accuracy_axis.plot(epochs, [row["train_accuracy"] for row in history], label="train (augmented)")
+    accuracy_axis.plot(tested_epochs, [row["test_clip_accuracy"] for row in tested], "o-", label="test clips")
+    accuracy_axis.plot(tested_epochs, [row["test_video_accuracy"] for row in tested], "o-", label="test videos")
+    accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for axis in (loss_axis, accuracy_axis):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    path = out / CURVE_FILE
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path

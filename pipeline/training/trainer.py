@@ -1,0 +1,271 @@
+"""``train(config)``: decode once, train on augmented cached clips, checkpoint every epoch, evaluate, save the model.
+
+The run is a pure function of its config: every random draw comes from the seeded global torch generator (model
+initialisation) or from one seeded ``torch.Generator`` (clip order, starts, crops, jitter), and both are saved in
+each checkpoint, so ``train(config, resume=True)`` after an interruption ends with the same weights as a run that
+was never interrupted (same thread count).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pipeline.data import UCF101
+from pipeline.models import build_model, save_model
+from pipeline.models.manifest import MANIFEST_FILE, WEIGHTS_FILE
+from pipeline.training.augment import ClipSampler
+from pipeline.training.cache import ClipCache, SkippedVideo
+from pipeline.training.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_checkpoint, restore, save_checkpoint
+from pipeline.training.config import TrainConfig
+from pipeline.training.errors import TrainingError
+from pipeline.training.evaluation import Evaluation, evaluate
+from pipeline.training.init import motion_energy_init
+from pipeline.training.optim import learning_rate, make_optimizer, set_bn_momentum
+from pipeline.training.report import CURVE_FILE, METRICS_FILE, evaluation_json, plot_curve, write_metrics
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = (MANIFEST_FILE, WEIGHTS_FILE, METRICS_FILE, CURVE_FILE, CHECKPOINT_DIR)
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    """Outcome of :func:`train`: where the model is, its test accuracies, epochs, wall time and skipped videos."""
+
+    out: Path
+    clip_accuracy: float
+    video_accuracy: float
+    epochs: int
+    seconds: float
+    resumed_from_epoch: int | None
+    metrics: dict[str, Any]
+    skipped: list[SkippedVideo] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(config: TrainConfig, *, progress: bool = True, resume: bool = False) -> TrainReport:
+    """Train ``config.model`` on split ``config.split`` of ``config.data`` and save it in ``config.out``.
+
+    Writes ``model.safetensors`` + ``model.json`` (``load_model(config.out)`` reads them), ``metrics.json``,
+    ``training_curve.png`` and ``checkpoints/``. With ``resume``, continues from the newest checkpoint, whose
+    config must match ``config`` (threads and other bookkeeping fields aside). Raises :class:`TrainingError`
+    (or the dataset's and model registry's ValueErrors) with a one-line message.
+    """
+    started = time.perf_counter()
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    train_set = UCF101(config.data, split=config.split, subset="train")
+    test_set = UCF101(config.data, split=config.split, subset="test")
+    classes = train_set.classes
+    seed_everything(config.seed)
+    model = _build_model(config, len(classes))
+    checkpoint = _prepare_output(config, resume)
+
+    decode_started = time.perf_counter()
+    train_cache = ClipCache.build(train_set.samples, config.short_side, config.span, desc="decode train",
+                                  progress=progress)
+    test_cache = ClipCache.build(test_set.samples, config.short_side, config.span, desc="decode test",
+                                 progress=progress)
+    decode_seconds = time.perf_counter() - decode_started
+    _check_caches(config, train_cache, test_cache)
+    loop = _Loop(config, model, ClipSampler(train_cache, config, classes), progress)
+
+    history: list[dict[str, Any]] = []
+    elapsed = {"decode": 0.0, "train": 0.0, "eval": 0.0, "total": 0.0}
+    first_epoch = 0
+    if checkpoint is not None:
+        try:
+            restore(checkpoint, model, loop.optimizer, loop.rng)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise TrainingError(f"{config.out}: checkpoint does not fit this model ({str(exc).splitlines()[0]})") \
+                from None
+        first_epoch, loop.step, history, elapsed = checkpoint.epoch, checkpoint.step, checkpoint.history, \
+            checkpoint.elapsed
+    elapsed["decode"] += decode_seconds
+    session_base = elapsed["total"]
+
+    evaluation: Evaluation | None = None
+    for epoch in range(first_epoch, config.epochs):
+        epoch_started = time.perf_counter()
+        row = loop.run_epoch(epoch)
+        train_seconds = time.perf_counter() - epoch_started
+        last = epoch + 1 == config.epochs
+        evaluation = evaluate(model, test_cache, config, len(classes)) \
+            if last or (epoch + 1) % config.eval_every == 0 else None
+        eval_seconds = time.perf_counter() - epoch_started - train_seconds
+        loop.show(evaluation)
+        elapsed["train"] += train_seconds
+        elapsed["eval"] += eval_seconds
+        elapsed["total"] = session_base + time.perf_counter() - started
+        scores = {"test_loss": None, "test_clip_accuracy": None, "test_video_accuracy": None}
+        if evaluation is not None:
+            scores = {"test_loss": evaluation.loss, "test_clip_accuracy": evaluation.clip_accuracy,
+                      "test_video_accuracy": evaluation.video_accuracy}
+        history.append({**row, **scores, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+                        "elapsed_seconds": elapsed["total"]})
+        save_checkpoint(config.out, epoch=epoch + 1, step=loop.step, model=model, optimizer=loop.optimizer,
+                        sampler_rng=loop.rng, config=config.to_json(), history=history, elapsed=elapsed,
+                        keep=config.keep_checkpoints)
+    if evaluation is None:
+        evaluation = evaluate(model, test_cache, config, len(classes))
+    elapsed["total"] = session_base + time.perf_counter() - started
+    metrics = _metrics(config, classes, model, evaluation, history, elapsed, train_cache, test_cache)
+    save_model(model.eval(), config.out, architecture=config.model, options=config.model_options,
+               num_classes=len(classes), class_names=classes, preprocessing=config.preprocessing(),
+               extra={"training": metrics_summary(metrics)})
+    metrics["weights_bytes"] = (config.out / WEIGHTS_FILE).stat().st_size
+    write_metrics(config.out, metrics)
+    plot_curve(config.out, history, f"{config.model} {config.model_options} seed {config.seed}")
+    return TrainReport(out=config.out, clip_accuracy=evaluation.clip_accuracy,
+                       video_accuracy=evaluation.video_accuracy, epochs=config.epochs, seconds=elapsed["total"],
+                       resumed_from_epoch=None if checkpoint is None else checkpoint.epoch, metrics=metrics,
+                       skipped=train_cache.skipped + test_cache.skipped)
+
+
+class _Loop:
+    """The optimisation state of a run (optimizer, sampler generator, step) and one epoch of it."""
+
+    def __init__(self, config: TrainConfig, model: torch.nn.Module, sampler: ClipSampler, progress: bool) -> None:
+        self.config, self.model, self.sampler, self.progress = config, model, sampler, progress
+        self.optimizer = make_optimizer(model, config)
+        self.rng = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.videos = len(sampler.cache)
+        self.draws_per_batch = config.batch_size // 2 if config.paired_symmetries else config.batch_size
+        self.steps_per_epoch = self.videos * config.clips_per_video // self.draws_per_batch
+        if self.steps_per_epoch == 0:
+            raise TrainingError(f"{config.data}: {self.videos} training videos x {config.clips_per_video} clips "
+                                f"do not fill one batch of {config.batch_size}")
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
+        self._bar: tqdm | None = None
+        self._postfix: dict[str, str] = {}
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch (a shuffled pass drawing ``clips_per_video`` clips per video); its history row."""
+        config, model = self.config, self.model
+        model.train()
+        order = torch.randperm(self.videos * config.clips_per_video, generator=self.rng) % self.videos
+        loss_sum, correct, seen, lr = 0.0, 0, 0, 0.0
+        self._bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                         disable=not self.progress, leave=True)
+        for index in self._bar:
+            clips, labels = self.sampler.batch(order[index * self.draws_per_batch:(index + 1) * self.draws_per_batch],
+                                               self.rng)
+            lr = learning_rate(self.step, self.total_steps, self.warmup_steps, config)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            logits = model(clips)
+            loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"training diverged: loss {loss.item()} at epoch {epoch + 1}, step {self.step} "
+                                    "(try a lower --lr)")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            loss_sum += loss.item() * len(labels)
+            correct += int((logits.argmax(dim=1) == labels).sum())
+            seen += len(labels)
+            self._postfix = {"loss": f"{loss_sum / seen:.3f}", "acc": f"{correct / seen:.3f}", "lr": f"{lr:.2e}"}
+            self._bar.set_postfix(self._postfix)
+        return {"epoch": epoch + 1, "step": self.step, "lr": lr, "train_loss": loss_sum / seen,
+                "train_accuracy": correct / seen}
+
+    def show(self, evaluation: Evaluation | None) -> None:
+        """Close the epoch's progress bar, with the test accuracies in its summary when there are any."""
+        if self._bar is not None:
+            if evaluation is not None:
+                self._bar.set_postfix({**self._postfix, "test_clip": f"{evaluation.clip_accuracy:.3f}",
+                                       "test_video": f"{evaluation.video_accuracy:.3f}"})
+            self._bar.close()
+
+
+def _build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
+    model = build_model(config.model, num_classes, **config.model_options)
+    if config.motion_init:
+        first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv3d))
+        motion_energy_init(first_conv, speed=config.motion_init_speed,
+                           wavelength=max(6.0, 4.0 * config.motion_init_speed))
+    if config.bn_momentum is not None:
+        set_bn_momentum(model, config.bn_momentum)
+    return model
+
+
+def metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The part of ``metrics.json`` stored in the model manifest's ``extra``: config, accuracies, times, seed."""
+    keys = ("config", "seed", "split", "test_clip_accuracy", "test_video_accuracy", "seconds", "threads",
+            "torch_version", "num_parameters", "train_videos", "test_videos")
+    return {key: metrics[key] for key in keys}
+
+
+def _prepare_output(config: TrainConfig, resume: bool) -> Any:
+    out = config.out
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--out {out} exists and is not a directory")
+    if resume:
+        found = latest_checkpoint(out)
+        if found is None:
+            raise TrainingError(f"{out}: nothing to resume (no checkpoints/epoch-*.json)")
+        checkpoint = load_checkpoint(found)
+        differing = config.differences(TrainConfig.parse(checkpoint.config))
+        if differing:
+            raise TrainingError(f"{found}: cannot resume with a different config ({', '.join(differing)} differ)")
+        return checkpoint
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing:
+        raise TrainingError(f"{out} already holds a training run ({', '.join(existing)}); "
+                            "resume it or choose another output folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _check_caches(config: TrainConfig, train_cache: ClipCache, test_cache: ClipCache) -> None:
+    for name, cache in (("train", train_cache), ("test", test_cache)):
+        if len(cache) == 0:
+            raise TrainingError(f"{config.data}: no usable {name} videos in split {config.split} "
+                                f"({len(cache.skipped)} skipped)")
+        narrowest = min(min(frames.shape[1], frames.shape[2]) for frames in cache.frames)
+        if narrowest < config.crop:
+            raise TrainingError(f"{config.data}: frames resized to short side {config.short_side} are "
+                                f"{narrowest} px, smaller than crop {config.crop}")
+
+
+def _metrics(config: TrainConfig, classes: list[str], model: torch.nn.Module, evaluation: Evaluation,
+             history: list[dict[str, Any]], elapsed: dict[str, float], train_cache: ClipCache,
+             test_cache: ClipCache) -> dict[str, Any]:
+    return {
+        "config": config.to_json(),
+        "seed": config.seed,
+        "split": config.split,
+        "classes": list(classes),
+        "test_clip_accuracy": evaluation.clip_accuracy,
+        "test_video_accuracy": evaluation.video_accuracy,
+        "test": evaluation_json(evaluation, classes),
+        "history": history,
+        "seconds": dict(elapsed),
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "train_videos": len(train_cache),
+        "test_videos": len(test_cache),
+        "skipped_videos": [{"path": s.path, "reason": s.reason} for s in train_cache.skipped + test_cache.skipped],
+    }

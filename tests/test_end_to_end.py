@@ -1,0 +1,55 @@
+"""synth -> train -> fit -> attack -> evaluate through the CLI: structure and sanity of the results.
+
+The train step runs the tiny ``smoke`` preset (seconds; it cannot learn much); fit, attack and evaluate use the
+shipped ``default`` model, trained by the same command, so that attacks have accuracy to destroy.
+"""
+
+import json
+
+import numpy as np
+
+from pipeline.attacks import load_attacked_clips
+from pipeline.cli import main
+from pipeline.models import load_model
+
+DENSITIES = {"gmm", "sep", "tied", "fused", "softmax"}
+
+
+def test_synth_train_fit_attack_evaluate(tmp_path):
+    data, model, bundle, results = (tmp_path / name for name in ("data", "model", "bundle", "results"))
+    assert main(["synth", str(data), "--videos-per-class", "4", "--novel-classes", "Orbit", "ZigZag",
+                 "--novel-videos-per-class", "2", "--seed", "11", "--no-progress"]) == 0
+    assert main(["train", str(data), "--out", str(model), "--preset", "smoke", "--seed", "0", "--no-progress"]) == 0
+    trained, manifest = load_model(model)
+    assert manifest.extra["training"]["seed"] == 0 and (model / "metrics.json").exists()
+
+    assert main(["fit", "--model", "default", "--data", str(data), "--out", str(bundle), "--layers", "layer3",
+                 "avgpool", "fc", "--stride", "8", "--false-alarm", "0.1", "--no-progress"]) == 0
+    attacked = tmp_path / "fgsm.npz"
+    assert main(["attack", "--model", "default", "--data", str(data), "--attack", "fgsm", "--out", str(attacked),
+                 "--no-progress"]) == 0
+    assert load_attacked_clips(attacked).frames.dtype == np.uint8
+    assert main(["evaluate", "--bundle", str(bundle), "--data", str(data), "--out", str(results),
+                 "--surrogate", "default-surrogate", "--ood", f"user_fgsm={attacked}", "--framing-epochs", "2",
+                 "--no-progress"]) == 0
+
+    report = json.loads((results / "results.json").read_text())
+    accuracy = report["accuracy"]
+    assert set(accuracy) == {"clean", "framing_whitebox", "framing_blackbox", "fgsm", "user_fgsm"}
+    assert accuracy["clean"] >= 0.6
+    assert accuracy["framing_whitebox"] < accuracy["clean"] - 0.2
+    assert accuracy["fgsm"] < accuracy["clean"] - 0.2
+    rows = report["detection"]
+    assert {r["ood_set"] for r in rows} == {"novel", "framing_whitebox", "framing_blackbox", "fgsm", "user_fgsm"}
+    assert {r["density"] for r in rows} == DENSITIES
+    for row in rows:
+        assert 0.0 <= row["auroc"] <= 1.0 and 0.0 <= row["fpr95"] <= 1.0
+        assert 0.0 <= row["detection_error"] <= 0.5
+    assert len({round(r["auroc"], 6) for r in rows}) > 5, "scores must not be constant"
+    whitebox = [r for r in rows if r["ood_set"] == "framing_whitebox" and r["density"] in ("sep", "gmm")]
+    assert max(r["auroc"] for r in whitebox) > 0.8
+    assert {r["layer"] for r in report["likelihood_accuracy"]} == {"layer3", "avgpool", "fc", "output"}
+    assert 0.0 <= report["false_alarm"]["measured"] <= 1.0
+    for figure in report["figures"]:
+        assert (results / figure).stat().st_size > 1000
+    assert "| framing_whitebox |" in (results / "results.md").read_text()

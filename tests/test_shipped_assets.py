@@ -1,0 +1,22 @@
+"""The shipped bundle and adversarial frame belong to the shipped default model (what the demo relies on)."""
+
+from pipeline.attacks import AdversarialFrame
+from pipeline.demo import DEFAULT_BUNDLE, DEFAULT_FRAME
+from pipeline.detect import DetectorBundle
+from pipeline.models import load_model, shipped_model_dir
+
+
+def test_default_bundle_matches_the_default_model():
+    bundle = DetectorBundle.load(DEFAULT_BUNDLE)
+    assert bundle.resolve_model(DEFAULT_BUNDLE) == shipped_model_dir("default")
+    _, manifest = load_model("default")
+    assert bundle.class_names == list(manifest.class_names)
+    assert bundle.calibration.alpha == 0.01
+    assert sum(p.stat().st_size for p in DEFAULT_BUNDLE.rglob("*") if p.is_file()) <= 12 * 2**20
+
+
+def test_default_frame_fits_the_default_model_input():
+    frame = AdversarialFrame.load(DEFAULT_FRAME)
+    _, manifest = load_model("default")
+    assert frame.pixels.shape[-2:] == (manifest.preprocessing.crop, manifest.preprocessing.crop)
+    assert frame.pixels.min() >= 0 and frame.pixels.max() <= 1
