@@ -30,14 +30,15 @@ system-deps:
 test: install system-deps
 	$(BIN)/python -m pytest -q
 
-# Until the streaming pipeline lands, the main job is the density scoring benchmark.
+# The main job: simulated cameras through the whole pipeline with the shipped model and bundle.
 demo: install
-	$(BIN)/python benchmarks/density_scoring.py
+	$(BIN)/clipwatch demo
 
 bench: install
 	$(BIN)/python benchmarks/density_scoring.py
 	$(BIN)/python benchmarks/model_forward.py
 	$(BIN)/python benchmarks/decode.py
+	$(BIN)/python benchmarks/pipeline.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
