@@ -7,35 +7,30 @@
    replayed at real time, in growing numbers, until the p95 latency passes ``--max-latency`` or clips go missing.
 4. The bare forward throughput of a full-width ``r3d-18`` (16x112x112) and the stream count it implies.
 
-    python benchmarks/pipeline.py [--bundle pipeline/assets/bundles/default] [--files 8] [--batch 8]
+    python benchmarks/streaming.py [--bundle pipeline/assets/bundles/default] [--files 8] [--batch 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# This file is named like the package it measures: import from the repository root, not from its own folder.
-_ROOT = Path(__file__).resolve().parent.parent
-sys.path[:] = [str(_ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != _ROOT / "benchmarks"]
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from pipeline.config import parse_config  # noqa: E402
-from pipeline.data import SYNTH_CLASSES  # noqa: E402
-from pipeline.data.motions import sample_spec  # noqa: E402
-from pipeline.data.render import SourceImagery, render_video  # noqa: E402
-from pipeline.data.synth import write_video  # noqa: E402
-from pipeline.demo.run import DEFAULT_BUNDLE  # noqa: E402
-from pipeline.detect import DetectorBundle, model_input  # noqa: E402
-from pipeline.models import build_model, load_model  # noqa: E402
-from pipeline.video import ClipSplitter, iter_file_clips  # noqa: E402
-from workers.launch import run_pipeline  # noqa: E402
+from pipeline.config import parse_config
+from pipeline.data import SYNTH_CLASSES
+from pipeline.data.motions import sample_spec
+from pipeline.data.render import SourceImagery, render_video
+from pipeline.data.synth import write_video
+from pipeline.demo.run import DEFAULT_BUNDLE
+from pipeline.detect import DetectorBundle, model_input
+from pipeline.models import build_model, load_model
+from pipeline.video import ClipSplitter, iter_file_clips
+from workers.launch import run_pipeline
 
 FPS = 25.0
 
