@@ -42,7 +42,7 @@ def plot_curve(out: Path, history: Sequence[dict[str, Any]], title: str) -> Path
     tested = [row for row in history if row["test_loss"] is not None]
     tested_epochs = [row["epoch"] for row in tested]
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_axis.plot(epochs, [row["train_loss"] for row in history], label="train")
+    loss_axis.plot(epochs, [row["train_loss"] for row in history], label="train (label-smoothed)")
     loss_axis.plot(tested_epochs, [row["test_loss"] for row in tested], "o-", label="test clips")
     loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     accuracy_axis.plot(epochs, [row["train_accuracy"] for row in history], label="train (augmented)")
