@@ -126,8 +126,11 @@ def test_workers_survive_crashes_a_redis_restart_and_a_failing_webhook(camera_vi
             probe.publish("clips", b"\xc1 this is not a clip", key="garbage:0")
         verdicts = lambda: read_jsonl(state / "verdicts.jsonl")  # noqa: E731
         try:
-            for worker in workers.values():
-                worker.start()
+            for name in ("sink", "density", "classifier"):
+                workers[name].start()
+            for name in ("sink", "density", "classifier"):  # ready before the cameras start streaming
+                assert workers[name].healthz()["status"] == "ok"
+            workers["decoder"].start()
             wait_for(lambda: len(verdicts()) >= 12, 90, what="12 verdicts")
             assert all(workers[name].healthz()["status"] == "ok" for name in workers)
 
