@@ -92,7 +92,7 @@ def tiny_config(data: Path, out: Path, **changes) -> TrainConfig:
 
 def test_presets_and_one_line_config_errors(tmp_path):
     config = TrainConfig.preset("default", data=tmp_path, out=tmp_path / "run")
-    assert (config.model, config.model_options["width"], config.clip_len, config.crop) == ("r3d-18", 16, 16, 80)
+    assert (config.model, config.model_options["width"], config.clip_len, config.crop) == ("r3d-18", 12, 16, 80)
     assert config.model_options["zero_init_residual"] is True
     assert config.preprocessing()["clip_len"] == 16 and config.span == 31
     assert TrainConfig.parse(config.to_json()) == config
@@ -422,9 +422,9 @@ def run_cli(*argv: str) -> int:
 
 def test_cli_options_override_the_preset(tmp_path):
     default = TrainConfig.preset("default", data=tmp_path, out=tmp_path / "o")
-    config = build_config(parse_cli(str(tmp_path), "--out", str(tmp_path / "o"), "--model", "r3d-10", "--width", "12",
+    config = build_config(parse_cli(str(tmp_path), "--out", str(tmp_path / "o"), "--model", "r3d-10", "--width", "20",
                                     "--lr", "0.01", "--optimizer", "sgd", "--seed", "5", "--split", "2"))
-    assert config.model_options == {**default.model_options, "width": 12}
+    assert config.model_options == {**default.model_options, "width": 20}
     assert (config.model, config.lr, config.optimizer, config.seed, config.split) == ("r3d-10", 0.01, "sgd", 5, 2)
     assert config.differences(default) == ["split", "model", "model_options", "optimizer", "lr", "seed"]
     c3d = build_config(parse_cli(str(tmp_path), "--out", str(tmp_path / "o"), "--model", "c3d"))

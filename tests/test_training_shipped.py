@@ -17,10 +17,10 @@ from pipeline.video import ClipSplitter, iter_file_clips, open_video, preprocess
 torch.set_num_threads(1)
 
 MAX_BYTES = 10 * 1024 * 1024
-FRESH_SEED = 2024  # the shipped models were trained on seed 0
-# Regression floors of test accuracy: the default model is the detector's classifier (target 0.9); the surrogate
-# only has to be a different, reasonable model for black-box attacks.
-ACCURACY_FLOOR = {"default": 0.85, "default-surrogate": 0.6}
+FRESH_SEED = 2024  # the shipped models' training data is seed 0
+# Regression floors of the recorded test clip accuracy: the default (default preset, seed 1) has 0.936 against the
+# 0.9 target; the surrogate (default-v1 recipe, seed 0) has 0.893. Fresh videos are held to the floor minus 0.1.
+ACCURACY_FLOOR = {"default": 0.9, "default-surrogate": 0.85}
 
 
 @pytest.fixture(scope="module")
