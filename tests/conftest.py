@@ -33,6 +33,6 @@ def tiny_model(tmp_path_factory):
 def tiny_bundle(tiny_dataset, tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle")
     code = main(["fit", "--model", str(tiny_model), "--data", str(tiny_dataset), "--out", str(out),
-                 "--layers", "layer4", "fc", "--no-progress", "--false-alarm", "0.1"])
+                 "--layers", "layer3", "layer4", "fc", "--no-progress", "--false-alarm", "0.1"])
     assert code == 0
     return out

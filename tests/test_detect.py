@@ -14,10 +14,11 @@ def test_fit_cli_writes_a_pickle_free_bundle(tiny_bundle, tiny_model):
     files = {p.name for p in tiny_bundle.rglob("*") if p.is_file()}
     assert files == {"bundle.json", "calibration.safetensors", "manifest.json", "arrays.safetensors"}
     manifest = json.loads((tiny_bundle / "bundle.json").read_text())
-    assert manifest["layers"] == ["layer4", "fc"]
+    assert manifest["layers"] == ["layer3", "layer4", "fc"]
+    assert manifest["calibration"]["low_level_keys"] == ["layer3/sep"]
     assert manifest["model"]["sha256"] == load_model(tiny_model)[1].sha256
     bundle = DetectorBundle.load(tiny_bundle)
-    assert set(bundle.densities) == {f"{l}/{d}" for l in ("layer4", "fc") for d in ("gmm", "sep", "tied")}
+    assert set(bundle.densities) == {f"{l}/{d}" for l in ("layer3", "layer4", "fc") for d in ("gmm", "sep", "tied")}
     assert bundle.resolve_model(tiny_bundle) == tiny_model
     assert bundle.settings["train_clips"] > 0 and bundle.settings["calibration_clips"] > 0
 
@@ -81,3 +82,24 @@ def test_conformal_p_values_and_false_alarm_rate():
     _, _, unsure = cal.verdicts({"l/sep": np.array([-10.0])}, np.array([0.2]))
     _, _, confident = cal.verdicts({"l/sep": np.array([-10.0])}, np.array([0.99]))
     assert unsure[0][0] == "novel" and confident[0][0] == "adversarial"
+
+
+def test_low_level_and_semantic_groups_fuse_to_the_most_unusual_view():
+    rng = np.random.default_rng(1)
+    calibration = {"layer1/sep": rng.normal(size=4000), "fc/sep": rng.normal(50.0, 10.0, size=4000)}
+    cal = Calibration.fit(calibration, np.full(4000, 0.9), ["layer1/sep", "fc/sep"], alpha=0.05,
+                          low_level_keys=["layer1/sep"])
+    assert cal.groups == {"low-level": ["layer1/sep"], "semantic": ["fc/sep"]}
+    fresh = {"layer1/sep": rng.normal(size=20000), "fc/sep": rng.normal(50.0, 10.0, size=20000)}
+    _, _, results = cal.verdicts(fresh, np.full(20000, 0.9))
+    assert abs(np.mean([r[0] != "normal" for r in results]) - 0.05) < 0.01, "conformal on the fused minimum"
+    painted = {"layer1/sep": np.array([-8.0]), "fc/sep": np.array([50.0])}
+    unseen = {"layer1/sep": np.array([0.0]), "fc/sep": np.array([-30.0])}
+    _, _, tampered = cal.verdicts(painted, np.array([0.2]))
+    _, _, novel = cal.verdicts(unseen, np.array([0.2]))
+    _, _, fooled = cal.verdicts(unseen, np.array([0.99]))
+    assert tampered[0][0] == "adversarial" and "low-level" in " ".join(tampered[0][1])
+    assert novel[0][0] == "novel" and "semantic" in novel[0][1][0]
+    assert fooled[0][0] == "adversarial"
+    with pytest.raises(ValueError, match="not among the fused"):
+        Calibration.fit(calibration, np.full(4000, 0.9), ["fc/sep"], low_level_keys=["layer1/sep"])

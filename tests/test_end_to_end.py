@@ -7,6 +7,7 @@ shipped ``default`` model, trained by the same command, so that attacks have acc
 import json
 
 import numpy as np
+import pytest
 
 from pipeline.attacks import load_attacked_clips
 from pipeline.cli import main
@@ -50,6 +51,12 @@ def test_synth_train_fit_attack_evaluate(tmp_path):
     assert max(r["auroc"] for r in whitebox) > 0.5
     assert {r["layer"] for r in report["likelihood_accuracy"]} == {"layer3", "avgpool", "fc", "output"}
     assert 0.0 <= report["false_alarm"]["measured"] <= 1.0
+    verdicts = {r["set"]: r for r in report["verdicts"]}
+    assert set(verdicts) == {"clean", "novel", "framing_whitebox", "framing_blackbox", "fgsm", "user_fgsm"}
+    for row in verdicts.values():
+        assert row["normal"] + row["novel"] + row["adversarial"] == pytest.approx(1.0)
+        assert row["flagged"] == pytest.approx(1.0 - row["normal"])
+    assert verdicts["framing_whitebox"]["flagged"] > verdicts["clean"]["flagged"]
     for figure in report["figures"]:
         assert (results / figure).stat().st_size > 1000
     assert "| framing_whitebox |" in (results / "results.md").read_text()

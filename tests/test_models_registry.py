@@ -82,8 +82,8 @@ def hara_keys(depth: int) -> set[str]:
 
 def test_registry_names_and_default_layers():
     assert available_models() == ["c3d", "r3d-10", "r3d-18", "r3d-34", "r3d-50", "r3d-101"]
-    assert default_layers("c3d") == ["conv5b", "fc6", "fc7", "fc8"]
-    assert default_layers("r3d-50") == ["layer3", "layer4", "avgpool", "fc"]
+    assert default_layers("c3d") == ["conv4b", "conv5b", "fc7", "fc8"]
+    assert default_layers("r3d-50") == ["layer2", "layer3", "avgpool", "fc"]
     assert isinstance(build_model("c3d", 3, width=4, fc_dim=8), C3D)
     assert isinstance(build_model("r3d-10", 3, width=4), ResNet3D)
 

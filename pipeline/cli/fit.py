@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="bundle directory to write")
     parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3))
     parser.add_argument("--layers", nargs="+", help="layers to tap (default: the architecture's default layers)")
+    parser.add_argument("--low-level-layers", nargs="*",
+                        help="tapped layers fused apart as low-level evidence (default: all but the last two)")
     parser.add_argument("--densities", nargs="+", default=["gmm", "sep", "tied"], choices=["gmm", "sep", "tied"])
     parser.add_argument("--fused-density", default="sep", choices=["gmm", "sep", "tied"])
     parser.add_argument("--variance", type=float, default=0.995, help="PCA variance kept (default %(default)s)")
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = UCF101(args.data, split=args.split, subset="train", missing="skip")
     if list(dataset.classes) != list(manifest.class_names):
         raise ValueError(f"{args.data}: classes {dataset.classes} differ from the model's {list(manifest.class_names)}")
+    low_level = layers[:-2] if args.low_level_layers is None else args.low_level_layers
     train_videos, calibration_videos = split_calibration(dataset.samples, args.calibration_fraction, args.seed)
     common = dict(batch_size=args.batch_size, pool_factor=args.pool_factor, stride=args.stride,
                   progress=not args.no_progress)
@@ -77,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     bundle = DetectorBundle.fit(
         train, calibration, model_ref=model_reference(args.model), class_names=list(manifest.class_names),
         densities=args.densities, fused_density=args.fused_density, variance=args.variance,
-        pool_factor=args.pool_factor, false_alarm=args.false_alarm, seed=args.seed, progress=not args.no_progress)
+        pool_factor=args.pool_factor, false_alarm=args.false_alarm, seed=args.seed, low_level_layers=low_level,
+        progress=not args.no_progress)
     bundle.settings.update({"dataset": str(Path(args.data).resolve()), "split": args.split})
     bundle.save(args.out)
     regularised = sorted({f"{key}: {label}" for key, model_ in bundle.densities.items()

@@ -26,7 +26,7 @@ from pipeline.detect.features import ClipFeatures
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "clipwatch.bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
 DENSITY_NAMES = ("gmm", "sep", "tied")
 
 
@@ -61,13 +61,18 @@ class DetectorBundle:
     @classmethod
     def fit(cls, train: ClipFeatures, calibration: ClipFeatures, *, model_ref: dict, class_names: list[str],
             densities=DENSITY_NAMES, fused_density: str = "sep", variance: float = 0.995, pool_factor: int = 4,
-            gmm_max_components: int = 4, false_alarm: float = 0.01, seed: int = 0,
+            gmm_max_components: int = 4, false_alarm: float = 0.01, seed: int = 0, low_level_layers=(),
             progress: bool = True) -> DetectorBundle:
-        """Fit reducers and densities on ``train`` clips, calibrate on held-out in-distribution ``calibration`` clips."""
+        """Fit reducers and densities on ``train`` clips, calibrate on held-out in-distribution ``calibration`` clips.
+
+        ``low_level_layers`` (early convolutions) are fused apart from the others (see ``detect.calibration``).
+        """
         unknown = [d for d in densities if d not in dens.DENSITY_TYPES]
         if unknown or fused_density not in densities:
             raise ValueError(f"densities must be among {list(dens.DENSITY_TYPES)} and include {fused_density!r}")
         layers = list(train.layers)
+        if [layer for layer in low_level_layers if layer not in layers]:
+            raise ValueError(f"low-level layers {list(low_level_layers)} must be among the tapped layers {layers}")
         reducers, models = {}, {}
         steps = [(layer, name) for layer in layers for name in densities]
         bar = tqdm(steps, desc="fit densities", unit="density", disable=not progress)
@@ -80,11 +85,14 @@ class DetectorBundle:
             models[f"{layer}/{name}"] = dens.DENSITY_TYPES[name](**params).fit(reduced, train.labels)
         settings = {"densities": list(densities), "fused_density": fused_density, "variance": variance,
                     "pool_factor": pool_factor, "false_alarm": false_alarm, "seed": seed,
+                    "low_level_layers": list(low_level_layers),
                     "train_clips": len(train), "calibration_clips": len(calibration)}
         bundle = cls(model_ref, layers, list(class_names), reducers, models, None, settings)
         scores = bundle.loglik(calibration.layers)
         fused_keys = [f"{layer}/{fused_density}" for layer in layers]
-        bundle.calibration = Calibration.fit(scores, calibration.softmax.max(axis=1), fused_keys, false_alarm)
+        low_level_keys = [f"{layer}/{fused_density}" for layer in low_level_layers]
+        bundle.calibration = Calibration.fit(scores, calibration.softmax.max(axis=1), fused_keys, false_alarm,
+                                             low_level_keys)
         return bundle
 
     def loglik(self, layer_features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,24 +1,30 @@
 """Calibration of detector scores on held-out in-distribution clips: standardisation, fusion, p-values, verdicts.
 
-Each (layer, density) score is standardised by its calibration mean and deviation; the **fused** score is the
-mean of the standardised scores of the fused densities over all layers. A score's conformal **p-value** is
+Each (layer, density) score is standardised by its calibration mean and deviation. The fused keys form up to two
+**groups**: *low-level* layers (early convolutions: texture, edges, local motion) and *semantic* ones (the
+embedding and the logits). A group's score is the mean of its standardised scores, standardised again on the
+calibration set; the **fused** score is the lower of the group scores, so a clip is as unusual as its most unusual
+view (on the synthetic benchmark, novel activities look ordinary to early layers and a painted frame looks glaring
+to them, so averaging all layers into one score would bury one or the other). A score's conformal **p-value** is
 ``(1 + #{calibration scores <= s}) / (n + 1)``: under exchangeability, flagging ``p <= alpha`` raises false
 alarms on in-distribution clips at rate ``alpha``. The threshold reported is the corresponding score.
 
-Verdicts: a clip is ``normal`` when its fused p-value exceeds ``alpha``. An outlier whose softmax confidence
-is at least as high as that of a typical in-distribution clip (the calibration median) is ``adversarial``
-(confident prediction on improbable features, the signature of an attack that fools softmax); any other
-outlier is ``novel``. This split is a heuristic: the likelihood says *that* a clip is unusual, the softmax
-only suggests *why*.
+Verdicts: a clip is ``normal`` when its fused p-value exceeds ``alpha``. An outlier flagged by its low-level
+group is ``adversarial`` (the pixels themselves are improbable: a painted frame, a perturbation, tampering);
+one flagged by its semantic group is ``adversarial`` when its softmax confidence is at least that of a typical
+in-distribution clip (the calibration median: a confident prediction on improbable features, the signature of an
+attack that fools softmax), and ``novel`` otherwise. This split is a heuristic: the likelihood says *that* a
+clip is unusual, which layers and the softmax only suggest *why*.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 NORMAL, NOVEL, ADVERSARIAL = "normal", "novel", "adversarial"
+LOW_LEVEL, SEMANTIC = "low-level", "semantic"
 
 
 def conformal_p_values(sorted_calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -39,15 +45,23 @@ class Calibration:
     sorted_fused: np.ndarray
     sorted_softmax: np.ndarray
     alpha: float
+    low_level_keys: list[str] = field(default_factory=list)
+    group_means: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    group_stds: np.ndarray = field(default_factory=lambda: np.ones(1))
 
     @classmethod
-    def fit(cls, scores: dict[str, np.ndarray], softmax_max: np.ndarray, fused_keys: list[str], alpha: float = 0.01):
+    def fit(cls, scores: dict[str, np.ndarray], softmax_max: np.ndarray, fused_keys: list[str], alpha: float = 0.01,
+            low_level_keys: list[str] = ()):
+        """Calibrate on in-distribution ``scores``; ``low_level_keys`` (a subset of ``fused_keys``) form their own group."""
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"false-alarm rate must be in (0, 1), got {alpha}")
         keys = list(scores)
         missing = [k for k in fused_keys if k not in scores]
         if missing:
             raise ValueError(f"fused scores {missing} were not calibrated")
+        stray = [k for k in low_level_keys if k not in fused_keys]
+        if stray:
+            raise ValueError(f"low-level scores {stray} are not among the fused scores {list(fused_keys)}")
         n = len(next(iter(scores.values())))
         if n < 2:
             raise ValueError(f"calibration needs at least 2 clips, got {n}")
@@ -55,7 +69,11 @@ class Calibration:
         stds = np.array([np.std(scores[k]) for k in keys])
         stds = np.where(stds > 0, stds, 1.0)
         calibration = cls(keys, means, stds, {k: np.sort(scores[k]) for k in keys}, list(fused_keys),
-                          np.empty(0), np.sort(np.asarray(softmax_max, dtype=np.float64)), float(alpha))
+                          np.empty(0), np.sort(np.asarray(softmax_max, dtype=np.float64)), float(alpha),
+                          list(low_level_keys))
+        groups = calibration._group_means(scores)
+        calibration.group_means = np.array([np.mean(g) for g in groups.values()])
+        calibration.group_stds = np.array([np.std(g) if np.std(g) > 0 else 1.0 for g in groups.values()])
         calibration.sorted_fused = np.sort(calibration.fuse(scores))
         return calibration
 
@@ -63,9 +81,25 @@ class Calibration:
         i = self.keys.index(key)
         return (np.asarray(scores, dtype=np.float64) - self.means[i]) / self.stds[i]
 
+    @property
+    def groups(self) -> dict[str, list[str]]:
+        """Fused keys by group: ``low-level`` and ``semantic``, empty groups left out."""
+        low = [k for k in self.fused_keys if k in self.low_level_keys]
+        high = [k for k in self.fused_keys if k not in self.low_level_keys]
+        return {name: keys for name, keys in ((LOW_LEVEL, low), (SEMANTIC, high)) if keys}
+
+    def _group_means(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: np.mean([self.standardise(k, scores[k]) for k in keys], axis=0)
+                for name, keys in self.groups.items()}
+
+    def group_scores(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each group's mean standardised score, standardised on the calibration set (higher = more in-distribution)."""
+        means = self._group_means(scores)
+        return {name: (values - self.group_means[i]) / self.group_stds[i] for i, (name, values) in enumerate(means.items())}
+
     def fuse(self, scores: dict[str, np.ndarray]) -> np.ndarray:
-        """Mean standardised score over ``fused_keys`` (higher = more in-distribution)."""
-        return np.mean([self.standardise(k, scores[k]) for k in self.fused_keys], axis=0)
+        """The lowest group score (higher = more in-distribution)."""
+        return np.min(np.stack(list(self.group_scores(scores).values())), axis=0)
 
     def p_value(self, key: str, scores: np.ndarray) -> np.ndarray:
         return conformal_p_values(self.sorted_scores[key], scores)
@@ -86,7 +120,11 @@ class Calibration:
 
     def verdicts(self, scores: dict[str, np.ndarray], softmax_max: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
         """``(fused, p_value, [(verdict, reasons), ...])`` for a batch of clips."""
-        fused = self.fuse(scores)
+        groups = self.group_scores(scores)
+        names = list(groups)
+        stacked = np.stack([groups[name] for name in names])
+        fused = stacked.min(axis=0)
+        culprits = stacked.argmin(axis=0)
         p = self.fused_p_value(fused)
         per_key_p = {k: self.p_value(k, scores[k]) for k in self.fused_keys}
         results = []
@@ -94,9 +132,13 @@ class Calibration:
             if p[i] > self.alpha:
                 results.append((NORMAL, []))
                 continue
-            reasons = [f"fused likelihood p={p[i]:.4f} <= {self.alpha:g}"]
+            culprit = names[culprits[i]]
+            reasons = [f"fused likelihood p={p[i]:.4f} <= {self.alpha:g}, lowest in the {culprit} layers"]
             reasons += [f"{k} p={per_key_p[k][i]:.4f}" for k in self.fused_keys if per_key_p[k][i] <= self.alpha]
-            if softmax_max[i] >= self.confident_softmax:
+            if culprit == LOW_LEVEL:
+                reasons.append("low-level features improbable: the pixels were tampered with (e.g. a painted frame)")
+                results.append((ADVERSARIAL, reasons))
+            elif softmax_max[i] >= self.confident_softmax:
                 reasons.append(f"softmax confident ({softmax_max[i]:.3f}) on improbable features")
                 results.append((ADVERSARIAL, reasons))
             else:
@@ -105,15 +147,18 @@ class Calibration:
         return fused, p, results
 
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {"means": self.means, "stds": self.stds, "fused": self.sorted_fused, "softmax": self.sorted_softmax}
+        out = {"means": self.means, "stds": self.stds, "fused": self.sorted_fused, "softmax": self.sorted_softmax,
+               "group_means": self.group_means, "group_stds": self.group_stds}
         out.update({f"scores/{k}": v for k, v in self.sorted_scores.items()})
         return out
 
     def settings(self) -> dict:
-        return {"keys": self.keys, "fused_keys": self.fused_keys, "alpha": self.alpha}
+        return {"keys": self.keys, "fused_keys": self.fused_keys, "low_level_keys": self.low_level_keys,
+                "groups": list(self.groups), "alpha": self.alpha}
 
     @classmethod
     def from_saved(cls, settings: dict, arrays: dict[str, np.ndarray]) -> Calibration:
         keys = list(settings["keys"])
         return cls(keys, arrays["means"], arrays["stds"], {k: arrays[f"scores/{k}"] for k in keys},
-                   list(settings["fused_keys"]), arrays["fused"], arrays["softmax"], float(settings["alpha"]))
+                   list(settings["fused_keys"]), arrays["fused"], arrays["softmax"], float(settings["alpha"]),
+                   list(settings["low_level_keys"]), arrays["group_means"], arrays["group_stds"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.detect import ClipFeatures, DetectorBundle
+from pipeline.detect import ADVERSARIAL, NORMAL, NOVEL, ClipFeatures, DetectorBundle
 from pipeline.metrics import likelihood_accuracy, ood_metrics
 
 METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error")
@@ -53,6 +53,16 @@ def false_alarm_rate(bundle: DetectorBundle, clean: ClipFeatures) -> float:
     return float(np.mean(np.array(scores.verdicts) != "normal"))
 
 
+def verdict_rows(bundle: DetectorBundle, sets: dict[str, ClipFeatures]) -> list[dict]:
+    """At the bundle's calibrated operating point: the share of each set's clips per verdict (what an operator sees)."""
+    rows = []
+    for name, features in sets.items():
+        verdicts = np.array(bundle.score(features.layers, features.softmax.max(axis=1)).verdicts)
+        rows.append({"set": name, "clips": int(verdicts.size), "flagged": float(np.mean(verdicts != NORMAL)),
+                     **{label: float(np.mean(verdicts == label)) for label in (NORMAL, NOVEL, ADVERSARIAL)}})
+    return rows
+
+
 def best_rows(rows: list[dict]) -> dict[str, dict]:
     """Per OOD set, the best layer for each density by AUROC."""
     best: dict[str, dict] = {}
@@ -71,6 +81,13 @@ def markdown(results: dict) -> str:
     lines += [f"| {name} | {value:.3f} |" for name, value in results["accuracy"].items()]
     lines += ["", f"False alarms on held-out in-distribution clips: {results['false_alarm']['measured']:.4f} "
               f"(requested {results['false_alarm']['requested']:.4f})", ""]
+    if results.get("verdicts"):
+        lines += [f"## Verdicts at the calibrated operating point (false-alarm rate "
+                  f"{results['false_alarm']['requested']:g})", "",
+                  "| set | clips | flagged | normal | novel | adversarial |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['set']} | {r['clips']} | {r['flagged']:.3f} | {r['normal']:.3f} | {r['novel']:.3f} | "
+                  f"{r['adversarial']:.3f} |" for r in results["verdicts"]]
+        lines.append("")
     lines += ["## Best layer per density (AUROC)", ""]
     densities = ["gmm", "sep", "tied", "fused", "softmax"]
     lines += ["| OOD set | " + " | ".join(densities) + " |", "|---" * (len(densities) + 1) + "|"]

@@ -27,6 +27,7 @@ from pipeline.evaluation.report import (
     detection_rows,
     false_alarm_rate,
     likelihood_accuracy_rows,
+    verdict_rows,
     write_results,
 )
 from pipeline.models import load_model
@@ -146,6 +147,7 @@ def evaluate(settings: EvaluationSettings) -> dict:
         "accuracy": accuracy,
         "detection": detection_rows(bundle, clean, ood),
         "likelihood_accuracy": likelihood_accuracy_rows(bundle, clean),
+        "verdicts": verdict_rows(bundle, {"clean": clean, **ood}),
         "false_alarm": {"requested": bundle.calibration.alpha, "measured": false_alarm_rate(bundle, clean),
                         "clips": len(clean)},
         "counts": {"clean": len(clean), **{name: len(f) for name, f in ood.items()}},

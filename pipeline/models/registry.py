@@ -14,8 +14,8 @@ from pipeline.models.c3d import C3D
 from pipeline.models.errors import UnknownModelError
 from pipeline.models.resnet3d import ResNet3D
 
-RESNET_LAYERS = ("layer3", "layer4", "avgpool", "fc")
-C3D_LAYERS = ("conv5b", "fc6", "fc7", "fc8")
+RESNET_LAYERS = ("layer2", "layer3", "avgpool", "fc")
+C3D_LAYERS = ("conv4b", "conv5b", "fc7", "fc8")
 
 
 @dataclass(frozen=True)
