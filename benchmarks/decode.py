@@ -5,8 +5,9 @@ and MJPEG (.avi), looped to `--loops` times its 250 frames, plus an MPEG-TS copy
 For each file every contender produces the same 16-frame RGB clips, non-overlapping (16/16) and half-overlapping
 (16/8, ClipSplitter(16, 8).plan), opening the file included:
 
-    clip reader  open_video + iter_file_clips: validation, one get_frames per clip (decord get_batch, or the PyAV
-                 fallback), frames shared with the next clip kept rather than decoded again, Clip objects
+    clip reader  open_video(access="sequential") + iter_file_clips, as iter_file_clips opens a path: validation,
+                 one get_frames per clip (OpenCV in file order for clean files, decord get_batch where OpenCV
+                 disagrees, or the PyAV fallback), frames shared with the next clip kept, Clip objects
     decord       decord.VideoReader(path).get_batch(indices) for each clip
     opencv       cv2.VideoCapture sequential read + BGR->RGB, every frame decoded once, stacked into clips
 
@@ -65,7 +66,7 @@ def make_inputs(directory: Path, loops: int) -> dict[str, Path]:
 
 def clip_reader(path: Path, splitter: ClipSplitter, threads: int) -> int:
     total = 0
-    with open_video(path, num_threads=threads) as reader:
+    with open_video(path, num_threads=threads, access="sequential") as reader:
         for clip in iter_file_clips(reader, splitter):
             total += len(clip.frames)
     return total

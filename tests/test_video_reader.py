@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.video import VideoError, VideoReader, open_video
+from pipeline.video import ClipSplitter, VideoError, VideoReader, iter_file_clips, open_video
 from videos import index_frame, read_index, read_indices, write_indexed_video
 
 NUM_FRAMES = 60
@@ -152,3 +152,25 @@ def test_info_describes_the_file(videos):
 def test_missing_file_is_a_video_error(tmp_path):
     with pytest.raises(VideoError, match="nothing.mp4: no such file"):
         open_video(tmp_path / "nothing.mp4")
+
+
+@pytest.mark.parametrize("name", ["h264.mp4", "mjpeg.avi", "opencv_mjpg.avi", "h264.mkv"])
+def test_sequential_access_decodes_clean_files_with_opencv_exactly(videos, name):
+    with open_video(videos[name], access="sequential") as reader:
+        assert reader.backend == "opencv" and reader.fallback_reason is None
+        assert read_indices(reader.get_frames(range(0, 16))) == list(range(16))
+        assert read_indices(reader.get_frames([20, 21, 40, 59])) == [20, 21, 40, 59]
+        assert read_indices(reader.get_frames([3, 4])) == [3, 4], "an earlier frame reopens the file"
+    clips = list(iter_file_clips(videos[name], ClipSplitter(16, 8)))
+    assert [read_indices(clip.frames) for clip in clips] == [list(range(s, s + 16)) for s in range(0, 45, 8)]
+
+
+@pytest.mark.parametrize("name", ["h264_bframes.avi", "mpeg4_bframes.avi", "h264.ts", "cut_editlist.mp4",
+                                  "rotated.mp4"])
+def test_sequential_access_is_exact_on_decord_pitfall_files(videos, name):
+    """In file order OpenCV needs no seek index: it may serve these files, but only with the exact frames."""
+    with open_video(videos[name]) as random_reader:
+        expected = read_indices(random_reader.get_frames(range(random_reader.num_frames)))
+    with open_video(videos[name], access="sequential") as reader:
+        assert reader.backend in ("opencv", "pyav")
+        assert read_indices(reader.get_frames(range(reader.num_frames))) == expected

@@ -1,4 +1,5 @@
-"""The two decoders behind VideoReader: decord random access, and PyAV sequential decoding as the safe fallback.
+"""The decoders behind VideoReader: decord random access, OpenCV for forward sweeps over clean files, and PyAV
+sequential decoding as the safe fallback.
 
 Both take sorted, unique, in-range frame indices and return (T, H, W, 3) uint8 RGB frames in that order.
 """
@@ -9,6 +10,7 @@ import re
 from typing import Iterator
 
 import av
+import cv2
 import decord
 import numpy as np
 from av.video.reformatter import VideoReformatter
@@ -56,6 +58,53 @@ class DecordBackend:
 
     def close(self) -> None:
         self._reader = None
+
+
+class OpenCVBackend:
+    """OpenCV (FFmpeg) decoding in file order: the cheapest way through a whole clean file, every frame decoded once.
+
+    Only used for files whose packet table holds one frame per packet and whose first frame OpenCV decodes as
+    FFmpeg does (VideoReader checks both), so the n-th frame read is frame n. Frames that are not wanted are
+    grabbed (decoded, not converted); asking for an earlier frame reopens the file.
+    """
+
+    name = "opencv"
+
+    def __init__(self, path: str, num_frames: int, num_threads: int):
+        self._path = path
+        self._threads = num_threads
+        self._capture: cv2.VideoCapture | None = None
+        self._position = 0
+        self.num_frames = num_frames
+        self._open()
+
+    def _open(self) -> None:
+        self.close()
+        capture = cv2.VideoCapture(self._path, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, self._threads])
+        if not capture.isOpened():
+            raise RuntimeError("OpenCV cannot open the file")
+        self._capture, self._position = capture, 0
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        if self._capture is None or indices[0] < self._position:
+            self._open()
+        frames = []
+        for target in indices.tolist():
+            while self._position < target:
+                if not self._capture.grab():
+                    raise RuntimeError(f"OpenCV stops at frame {self._position}")
+                self._position += 1
+            ok, image = self._capture.read()
+            if not ok:
+                raise RuntimeError(f"OpenCV stops at frame {self._position}")
+            self._position += 1
+            frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+        return np.stack(frames)
+
+    def close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+        self._capture = None
 
 
 class SequentialBackend:

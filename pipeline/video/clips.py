@@ -147,11 +147,11 @@ def iter_file_clips(source: str | os.PathLike | VideoReader, splitter: ClipSplit
     """Clips of a video file in plan order, one `get_frames` call per clip.
 
     Frames shared with the next clip (stride < span) are kept and not decoded again, so the reader only ever moves
-    forward and decord never seeks back. `source` is a path (opened, validated and closed here; VideoError if
-    unusable) or an open VideoReader (left open). `stream_id` defaults to the file's stem.
+    forward and decord never seeks back. `source` is a path (opened for sequential access, validated and closed
+    here; VideoError if unusable) or an open VideoReader (left open). `stream_id` defaults to the file's stem.
     """
     splitter = splitter or ClipSplitter()
-    reader = source if isinstance(source, VideoReader) else open_video(source)
+    reader = source if isinstance(source, VideoReader) else open_video(source, access="sequential")
     stream_id = stream_id if stream_id is not None else Path(reader.path).stem
     try:
         plan = splitter.plan(reader.num_frames)

@@ -7,10 +7,11 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
+import cv2
 import decord
 import numpy as np
 
-from pipeline.video.backends import DecordBackend, SequentialBackend, decord_reason, same_frame
+from pipeline.video.backends import DecordBackend, OpenCVBackend, SequentialBackend, decord_reason, same_frame
 from pipeline.video.errors import VideoError
 from pipeline.video.probe import ContainerScan, scan_container
 
@@ -50,9 +51,15 @@ class VideoReader:
         num_threads: decoder threads for decord (0: FFmpeg's choice).
         strict: raise VideoError for truncated or corrupt files; with False, read the frames that do decode.
         min_side: smallest accepted frame width and height in pixels.
+        access: "random" (decord, any order) or "sequential" (frames asked for in increasing order, e.g. by
+            `iter_file_clips`): then a clean file is decoded by OpenCV, each frame once, which is cheaper than
+            decord's seek-and-decode; anything OpenCV cannot be trusted with takes the "random" route.
     """
 
-    def __init__(self, path: str | os.PathLike, *, num_threads: int = 0, strict: bool = True, min_side: int = 1):
+    def __init__(self, path: str | os.PathLike, *, num_threads: int = 0, strict: bool = True, min_side: int = 1,
+                 access: str = "random"):
+        if access not in ("random", "sequential"):
+            raise ValueError(f"access must be 'random' or 'sequential', got {access!r}")
         self.path = os.fspath(path)
         scan = scan_container(self.path)
         if min(scan.width, scan.height) < min_side:
@@ -70,7 +77,11 @@ class VideoReader:
                                     and bool(scan.keyframes[0]) and scan.first_frame is not None)
         self._backend: DecordBackend | SequentialBackend | None = None
         self._cached_first: np.ndarray | None = None
-        first = self._open_decord(scan, num_threads) if self.fallback_reason is None else None
+        first = None
+        if self.fallback_reason is None and access == "sequential" and self._packets_are_frames:
+            first = self._open_opencv(scan, num_threads)
+        if first is None and self.fallback_reason is None:
+            first = self._open_decord(scan, num_threads)
         if first is None:
             self._use_sequential()
         self.height, self.width = (scan.height, scan.width) if first is None else first.shape[:2]
@@ -81,7 +92,7 @@ class VideoReader:
 
     @property
     def backend(self) -> str:
-        """Which decoder serves frames: "decord" or "pyav"."""
+        """Which decoder serves frames: "decord", "opencv" or "pyav"."""
         return self._backend.name
 
     @property
@@ -142,6 +153,20 @@ class VideoReader:
         self._cached_first = first
         return first
 
+    def _open_opencv(self, scan: ContainerScan, num_threads: int) -> np.ndarray | None:
+        """Use OpenCV if it decodes the first frame as FFmpeg does; returns that frame, or None (then decord is tried)."""
+        try:
+            backend = OpenCVBackend(self.path, scan.num_packets, max(num_threads, 1))
+            first = backend.read(np.zeros(1, dtype=np.int64))[0]
+        except (RuntimeError, cv2.error):
+            return None
+        if scan.first_frame is None or not same_frame(first, scan.first_frame):
+            backend.close()
+            return None
+        self._backend = backend
+        self._cached_first = first
+        return first
+
     def _use_sequential(self) -> None:
         if self._backend is not None:
             self._backend.close()
@@ -150,20 +175,20 @@ class VideoReader:
         self._times = self._backend.frame_times
 
     def _read(self, indices: np.ndarray) -> np.ndarray:
-        if self._backend.name == "decord":
+        if self._backend.name in ("decord", "opencv"):
             try:
                 if self._cached_first is not None:
                     return self._read_after_first(indices)
                 return self._backend.read(indices)
-            except (decord.DECORDError, RuntimeError) as error:
-                self.fallback_reason = f"decord failed reading frames ({decord_reason(error)})"
+            except (decord.DECORDError, RuntimeError, cv2.error) as error:
+                self.fallback_reason = f"{self._backend.name} failed reading frames ({decord_reason(error)})"
                 self._use_sequential()
         if indices[-1] >= self.num_frames:
             raise VideoError(self.path, f"frame {int(indices[-1])} does not decode ({self.num_frames} frames do)")
         return self._backend.read(indices)
 
     def _read_after_first(self, indices: np.ndarray) -> np.ndarray:
-        """The first read after opening: decord stands just past frame 0, which validation already decoded."""
+        """The first read after opening: the decoder stands just past frame 0, which validation already decoded."""
         first, self._cached_first = self._cached_first, None
         if indices[0] != 0:
             return self._backend.read(indices)
@@ -183,7 +208,7 @@ class VideoReader:
         return wanted
 
 
-def open_video(path: str | os.PathLike, *, num_threads: int = 0, strict: bool = True,
-               min_side: int = 1) -> VideoReader:
+def open_video(path: str | os.PathLike, *, num_threads: int = 0, strict: bool = True, min_side: int = 1,
+               access: str = "random") -> VideoReader:
     """Open and validate a video file (see VideoReader); raises VideoError with a one-line reason naming it."""
-    return VideoReader(path, num_threads=num_threads, strict=strict, min_side=min_side)
+    return VideoReader(path, num_threads=num_threads, strict=strict, min_side=min_side, access=access)
