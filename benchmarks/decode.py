@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'file':<10} {'backend':<8} {'frames':>6} {'len/stride':>10} {'reader':>7} {'decord':>7}"
               f" {'opencv':>7} {'reader/decord':>14} {'reader/opencv':>14}")
         for name, path in inputs.items():
-            with open_video(path) as reader:
+            with open_video(path, access="sequential") as reader:
                 backend, frames, reason = reader.backend, reader.num_frames, reader.fallback_reason
             mark = "*" if reason else " "
             for label, splitter in SPLITTERS.items():

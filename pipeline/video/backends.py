@@ -88,8 +88,8 @@ class OpenCVBackend:
     def read(self, indices: np.ndarray) -> np.ndarray:
         if self._capture is None or indices[0] < self._position:
             self._open()
-        frames = []
-        for target in indices.tolist():
+        out: np.ndarray | None = None
+        for i, target in enumerate(indices.tolist()):
             while self._position < target:
                 if not self._capture.grab():
                     raise RuntimeError(f"OpenCV stops at frame {self._position}")
@@ -98,8 +98,10 @@ class OpenCVBackend:
             if not ok:
                 raise RuntimeError(f"OpenCV stops at frame {self._position}")
             self._position += 1
-            frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-        return np.stack(frames)
+            if out is None:
+                out = np.empty((indices.size, *image.shape), dtype=np.uint8)
+            cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=out[i])
+        return out
 
     def close(self) -> None:
         if self._capture is not None:

@@ -147,7 +147,8 @@ def iter_file_clips(source: str | os.PathLike | VideoReader, splitter: ClipSplit
     """Clips of a video file in plan order, one `get_frames` call per clip.
 
     Frames shared with the next clip (stride < span) are kept and not decoded again, so the reader only ever moves
-    forward and decord never seeks back. `source` is a path (opened for sequential access, validated and closed
+    forward and decord never seeks back; they are kept as a view of the clip's array, so treat `clip.frames` as
+    read-only until the next clip has been drawn. `source` is a path (opened for sequential access, validated and closed
     here; VideoError if unusable) or an open VideoReader (left open). `stream_id` defaults to the file's stem.
     """
     splitter = splitter or ClipSplitter()
@@ -160,7 +161,7 @@ def iter_file_clips(source: str | os.PathLike | VideoReader, splitter: ClipSplit
             frames = _frames_for(reader, indices, kept_indices, kept)
             if seq + 1 < len(plan):
                 kept_indices = np.intersect1d(indices, plan[seq + 1])
-                kept = frames[np.searchsorted(indices, kept_indices)] if kept_indices.size else None
+                kept = _rows(frames, np.searchsorted(indices, kept_indices)) if kept_indices.size else None
             yield Clip(stream_id, seq, frames, int(indices[0]), int(indices[-1]), reader.get_timestamps(indices))
             # Let a clip the consumer has dropped be freed before the next read, which can then reuse its memory.
             del frames
@@ -169,12 +170,24 @@ def iter_file_clips(source: str | os.PathLike | VideoReader, splitter: ClipSplit
             reader.close()
 
 
+def _rows(frames: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``frames[positions]``, as a view (no copy) when the positions are consecutive."""
+    if positions[-1] - positions[0] + 1 == positions.size:
+        return frames[positions[0] : positions[-1] + 1]
+    return frames[positions]
+
+
 def _frames_for(reader: VideoReader, indices: np.ndarray, kept_indices: np.ndarray,
                 kept: np.ndarray | None) -> np.ndarray:
     """The frames at `indices`, taking those in `kept_indices` from `kept` and reading only the others."""
     if kept is None:
         return reader.get_frames(indices)
     known = np.isin(indices, kept_indices)
+    shared = int(known.sum())
+    if known[:shared].all() and shared < indices.size:
+        # The usual forward sweep: the kept frames open the clip; one copy joins them to the new ones.
+        return np.concatenate((_rows(kept, np.searchsorted(kept_indices, indices[:shared])),
+                               reader.get_frames(indices[shared:])))
     frames = np.empty((indices.size, reader.height, reader.width, 3), dtype=np.uint8)
     frames[known] = kept[np.searchsorted(kept_indices, indices[known])]
     if not known.all():

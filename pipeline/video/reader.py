@@ -52,8 +52,8 @@ class VideoReader:
         strict: raise VideoError for truncated or corrupt files; with False, read the frames that do decode.
         min_side: smallest accepted frame width and height in pixels.
         access: "random" (decord, any order) or "sequential" (frames asked for in increasing order, e.g. by
-            `iter_file_clips`): then a clean file is decoded by OpenCV, each frame once, which is cheaper than
-            decord's seek-and-decode; anything OpenCV cannot be trusted with takes the "random" route.
+            `iter_file_clips`): then a file with one frame per packet is decoded by OpenCV, each frame once, which
+            is cheaper than decord's seek-and-decode and needs no seek index; anything else takes the other routes.
     """
 
     def __init__(self, path: str | os.PathLike, *, num_threads: int = 0, strict: bool = True, min_side: int = 1,
@@ -78,7 +78,8 @@ class VideoReader:
         self._backend: DecordBackend | SequentialBackend | None = None
         self._cached_first: np.ndarray | None = None
         first = None
-        if self.fallback_reason is None and access == "sequential" and self._packets_are_frames:
+        if access == "sequential" and self._packets_are_frames:
+            # In file order nothing seeks: decord's seek-index and timestamp pitfalls do not apply, damage does.
             first = self._open_opencv(scan, num_threads)
         if first is None and self.fallback_reason is None:
             first = self._open_decord(scan, num_threads)
