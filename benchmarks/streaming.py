@@ -1,13 +1,14 @@
 """End-to-end pipeline speed, measured side by side in one run.
 
 1. Throughput: ``clipwatch run`` (in-process bus, all four stages) over N video files, against the bare model
-   forward pass over the same clips at the same batch size (already decoded and preprocessed).
+   forward pass over the same clips at the same batch size (already decoded and preprocessed), and against
+   decoding + preprocessing alone: with a small model the decoder, not the model, bounds the pipeline.
 2. Latency: p50 / p95 from the end of a clip (when its last frame would be shown, real-time replay) to its verdict.
 3. Real time: how many 25-fps 320x240 camera streams (clips back to back) the pipeline keeps up with: streams are
    replayed at real time, in growing numbers, until the p95 latency passes ``--max-latency`` or clips go missing.
 4. The bare forward throughput of a full-width ``r3d-18`` (16x112x112) and the stream count it implies.
 
-    python benchmarks/streaming.py [--bundle pipeline/assets/bundles/default] [--files 8] [--batch 8]
+    python benchmarks/streaming.py [--bundle pipeline/assets/bundles/default] [--files 24] [--batch 8] [--streams 10 20 40]
 """
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ def bare_forward(model, prep, files: list[Path], batch: int, stride: int) -> tup
     return len(clips) / best, len(clips)
 
 
+def bare_decode(prep, files: list[Path], batch: int, stride: int) -> float:
+    """Clips/s of decoding and preprocessing alone (no model), one thread, as the decoder stage does it."""
+    splitter = ClipSplitter(prep.clip_len, stride, prep.frame_step)
+    start, count = time.perf_counter(), 0
+    for path in files:
+        clips = [clip.frames for clip in iter_file_clips(path, splitter)]
+        for i in range(0, len(clips), batch):
+            model_input(np.stack(clips[i : i + batch]), prep)
+        count += len(clips)
+    return count / (time.perf_counter() - start)
+
+
 def run_files(bundle: Path, folder: Path, out: Path, batch: int, stride: int, pace: float | None) -> list[dict]:
     config = parse_config({
         "sources": [{"id": "bench", "path": str(folder), "stride": stride, **({"pace": pace} if pace else {})}],
@@ -85,7 +98,7 @@ def latencies(verdicts: list[dict]) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
-    parser.add_argument("--files", type=int, default=8, help="files for the throughput run")
+    parser.add_argument("--files", type=int, default=24, help="files for the throughput run")
     parser.add_argument("--frames", type=int, default=256, help="frames per file (25 fps)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--streams", type=int, nargs="+", default=[5, 10, 15, 20, 30, 40])
@@ -102,6 +115,7 @@ def main() -> None:
         tmp = Path(tmp)
         files = write_files(tmp / "files", args.files, args.frames)
         forward, n_clips = bare_forward(model, prep, files, args.batch, stride)
+        decode = bare_decode(prep, files, args.batch, stride)
         start = time.perf_counter()
         verdicts = run_files(args.bundle, tmp / "files", tmp / "run", args.batch, stride, pace=None)
         wall = time.perf_counter() - start
@@ -111,8 +125,11 @@ def main() -> None:
         print(f"throughput over {args.files} files ({n_clips} clips, batch {args.batch}, threads "
               f"{torch.get_num_threads()}):")
         print(f"  bare model forward      {forward:8.1f} clips/s")
+        print(f"  bare decode + preprocess {decode:7.1f} clips/s   (320x240 frames, no model)")
         print(f"  clipwatch run (e2e)     {e2e:8.1f} clips/s   ratio {e2e / forward:.2f} (target >= 0.9); from the first "
               f"clip decoded to the last verdict ({wall:.1f} s wall with start-up)")
+        print(f"  e2e / slowest bare stage {e2e / min(forward, decode):7.2f}   (1.0: the pipeline adds nothing to its "
+              f"bottleneck)")
         print(f"real-time streams: 25 fps, clips back to back (stride {stride} frames = {clip_rate:.2f} clips/s each)")
         sustained = 0
         for count in args.streams:

@@ -269,7 +269,7 @@ class DecoderWorker:
             seq_offset = live_seq_start() if plan.source.loop else 0
         count = 0
         try:
-            with open_video(plan.target) as reader:
+            with open_video(plan.target, access="sequential") as reader:
                 self.health.emit(plan.stream_id, "up", f"{reader.num_frames} frames")
                 for message in file_clip_messages(reader, self.splitter(plan.source), plan.stream_id,
                                                   short_side=self.short_side, seq_offset=seq_offset,
