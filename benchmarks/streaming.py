@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.cli.fit import model_reference
 from pipeline.config import parse_config
 from pipeline.data import SYNTH_CLASSES
 from pipeline.data.motions import sample_spec
 from pipeline.data.render import SourceImagery, render_video
 from pipeline.data.synth import write_video
 from pipeline.demo.run import DEFAULT_BUNDLE
-from pipeline.cli.fit import model_reference
 from pipeline.detect import DetectorBundle, extract_video_features, model_input
 from pipeline.models import build_model, default_layers, load_model, save_model
 from pipeline.video import KINETICS_MEAN, KINETICS_STD, ClipSplitter, iter_file_clips

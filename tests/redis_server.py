@@ -91,7 +91,7 @@ class RedisServer:
         """A plain redis-py client for this server (for inspecting state from a test)."""
         return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         """Start (or restart) the server on the same port and directory; returns once it answers PING."""
         if self.running:
             raise RuntimeError(f"redis-server on port {self.port} is already running")
@@ -128,7 +128,7 @@ class RedisServer:
         if self._owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> "RedisServer":
+    def __enter__(self) -> RedisServer:
         return self.start() if not self.running else self
 
     def __exit__(self, *exc_info) -> None:

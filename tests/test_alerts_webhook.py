@@ -8,6 +8,7 @@ import time
 from collections import defaultdict
 
 import pytest
+from webhook_server import RecordedRequest, Reply, WebhookServer, refused_url
 
 from pipeline.alerts import (
     IDEMPOTENCY_HEADER,
@@ -23,7 +24,6 @@ from pipeline.alerts import (
     validate_alert_body,
     verify_signature,
 )
-from webhook_server import RecordedRequest, Reply, WebhookServer, refused_url
 
 SECRET = "test-shared-secret"
 

@@ -9,10 +9,21 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
-from pipeline.bus import (BackpressureTimeout, Bus, BusClosed, ClipMessage, EmbeddingMessage, InProcessBus,
-                          MessageError, RedisBus, decode, encode, open_bus)
 from redis_server import RedisServer
+
+from pipeline.bus import (
+    BackpressureTimeout,
+    Bus,
+    BusClosed,
+    ClipMessage,
+    EmbeddingMessage,
+    InProcessBus,
+    MessageError,
+    RedisBus,
+    decode,
+    encode,
+    open_bus,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,20 @@ import msgpack
 import numpy as np
 import pytest
 
-from pipeline.bus import (DEFAULT_MAX_BYTES, SCHEMA_VERSION, AlertMessage, ClipMessage, EmbeddingMessage,
-                          HealthMessage, MessageError, VerdictMessage, clip_key, decode, encode, split_clip_key)
+from pipeline.bus import (
+    DEFAULT_MAX_BYTES,
+    SCHEMA_VERSION,
+    AlertMessage,
+    ClipMessage,
+    EmbeddingMessage,
+    HealthMessage,
+    MessageError,
+    VerdictMessage,
+    clip_key,
+    decode,
+    encode,
+    split_clip_key,
+)
 from pipeline.bus.messages import MAX_THUMBNAIL_BYTES
 from pipeline.video import Clip, Health, StreamEvent
 

@@ -11,8 +11,9 @@ import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from pipeline.bus import RedisBus
 from redis_server import RedisServer
+
+from pipeline.bus import RedisBus
 
 JOBS = 300
 BACKLOG = 40

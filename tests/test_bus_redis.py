@@ -8,9 +8,9 @@ import time
 import uuid
 
 import pytest
+from redis_server import RedisServer
 
 from pipeline.bus import BusUnavailable, RedisBus
-from redis_server import RedisServer
 
 NODE = 4  # small stream nodes, so approximate (~) trimming acts at a scale a test can see
 

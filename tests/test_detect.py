@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.detect import BundleError, Calibration, DetectorBundle, conformal_p_values, extract_video_features
 from pipeline.data import UCF101
+from pipeline.detect import BundleError, Calibration, DetectorBundle, conformal_p_values, extract_video_features
 from pipeline.models import load_model
+
 
 def test_fit_cli_writes_a_pickle_free_bundle(tiny_bundle, tiny_model):
     files = {p.name for p in tiny_bundle.rglob("*") if p.is_file()}

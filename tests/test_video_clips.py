@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from videos import index_frame, read_indices, write_indexed_video
 
 from pipeline.video import Clip, ClipSplitter, Frame, Health, iter_file_clips, open_source, open_video
-from videos import index_frame, read_indices, write_indexed_video
 
 NUM_FRAMES = 70
 

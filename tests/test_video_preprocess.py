@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from videos import random_frames
 
 from pipeline.video import KINETICS_MEAN, KINETICS_STD, preprocess
-from videos import random_frames
 
 MEAN = np.array(KINETICS_MEAN)
 STD = np.array(KINETICS_STD)

@@ -7,9 +7,9 @@ import subprocess
 import cv2
 import numpy as np
 import pytest
+from videos import index_frame, read_index, read_indices, write_indexed_video
 
 from pipeline.video import ClipSplitter, VideoError, VideoReader, iter_file_clips, open_video
-from videos import index_frame, read_index, read_indices, write_indexed_video
 
 NUM_FRAMES = 60
 SCATTERED = [59, 3, 40, 41, 0, 17, 59, 30, 12, 11]

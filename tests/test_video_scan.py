@@ -8,9 +8,9 @@ import subprocess
 import cv2
 import numpy as np
 import pytest
+from videos import read_indices, write_frames, write_indexed_video
 
 from pipeline.video import VideoError, open_video, scan_videos
-from videos import read_indices, write_frames, write_indexed_video
 
 
 def truncate(source, target, fraction=0.6):

@@ -6,9 +6,9 @@ import time
 
 import numpy as np
 import pytest
+from videos import UdpPublisher, free_udp_port, read_index, wait_until, write_indexed_video
 
 from pipeline.video import ClipSplitter, FileSource, Health, StreamReader, VideoError, open_source
-from videos import UdpPublisher, free_udp_port, read_index, wait_until, write_indexed_video
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,8 +11,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -104,7 +104,7 @@ class UdpPublisher:
         ]
         self._process: subprocess.Popen | None = None
 
-    def start(self) -> "UdpPublisher":
+    def start(self) -> UdpPublisher:
         self.kill()
         self._process = subprocess.Popen(self._command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)
@@ -116,7 +116,7 @@ class UdpPublisher:
             self._process.wait(timeout=10)
         self._process = None
 
-    def __enter__(self) -> "UdpPublisher":
+    def __enter__(self) -> UdpPublisher:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:

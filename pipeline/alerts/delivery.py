@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema
 
 from pipeline import __version__
 from pipeline.alerts.errors import one_line

@@ -12,8 +12,9 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from pipeline.alerts.alert import canonical_json
 from pipeline.alerts.errors import JournalError

@@ -11,13 +11,35 @@ Delivery is at-least-once with redelivery of unacknowledged entries, dead letter
 back-pressure (publish blocks) instead of dropping; `pipeline.bus.base` spells out the contract.
 """
 
-from pipeline.bus.base import (BackpressureTimeout, Bus, BusClosed, BusError, BusUnavailable, DeadLetter, Delivery,
-                               dead_topic)
+from pipeline.bus.base import (
+                               BackpressureTimeout,
+                               Bus,
+                               BusClosed,
+                               BusError,
+                               BusUnavailable,
+                               DeadLetter,
+                               Delivery,
+                               dead_topic,
+)
 from pipeline.bus.factory import open_bus
 from pipeline.bus.memory import InProcessBus
-from pipeline.bus.messages import (DEFAULT_MAX_BYTES, MESSAGE_TYPES, SCHEMA_VERSION, AlertMessage, ClipMessage,
-                                   EmbeddingMessage, HealthMessage, LayerFeatures, Message, MessageError,
-                                   VerdictMessage, clip_key, decode, encode, split_clip_key)
+from pipeline.bus.messages import (
+                               DEFAULT_MAX_BYTES,
+                               MESSAGE_TYPES,
+                               SCHEMA_VERSION,
+                               AlertMessage,
+                               ClipMessage,
+                               EmbeddingMessage,
+                               HealthMessage,
+                               LayerFeatures,
+                               Message,
+                               MessageError,
+                               VerdictMessage,
+                               clip_key,
+                               decode,
+                               encode,
+                               split_clip_key,
+)
 from pipeline.bus.redis_streams import RedisBus
 
 __all__ = [

@@ -10,11 +10,19 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
-from pipeline.bus.base import (BackpressureTimeout, BusClosed, DeadLetter, Delivery, check_options, check_payload,
-                               dead_topic, overdue_reason)
+from pipeline.bus.base import (
+    BackpressureTimeout,
+    BusClosed,
+    DeadLetter,
+    Delivery,
+    check_options,
+    check_payload,
+    dead_topic,
+    overdue_reason,
+)
 
 
 @dataclass(slots=True)
@@ -192,7 +200,7 @@ class InProcessBus:
             self._closed = True
             self._changed.notify_all()
 
-    def __enter__(self) -> "InProcessBus":
+    def __enter__(self) -> InProcessBus:
         return self
 
     def __exit__(self, *exc_info) -> None:

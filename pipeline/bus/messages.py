@@ -18,8 +18,17 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgpack
 import numpy as np
-from pydantic import (BaseModel, ConfigDict, Field, StrictBytes, StrictFloat, StrictInt, StrictStr,
-                      ValidationError, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBytes,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 """Wire schema version, the ``v`` field of every payload; bump it on any incompatible field change."""
@@ -96,7 +105,7 @@ class ClipMessage(ClipRef):
     frames: StrictBytes
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ClipMessage":
+    def _consistent(self) -> ClipMessage:
         if self.last_frame < self.first_frame:
             raise ValueError(f"last_frame {self.last_frame} < first_frame {self.first_frame}")
         if len(self.pts) != self.shape[0]:
@@ -113,7 +122,7 @@ class ClipMessage(ClipRef):
 
     @classmethod
     def from_array(cls, frames: np.ndarray, *, stream_id: str, seq: int, first_frame: int, last_frame: int,
-                   pts: Sequence[float], **metadata: Any) -> "ClipMessage":
+                   pts: Sequence[float], **metadata: Any) -> ClipMessage:
         """Build from a (T, H, W, C) uint8 array; `metadata` sets label, source or timestamps."""
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4:
             got = f"{frames.dtype} array of shape {frames.shape}" if isinstance(frames, np.ndarray) else type(frames)
@@ -123,7 +132,7 @@ class ClipMessage(ClipRef):
                    frames=np.ascontiguousarray(frames).tobytes(), **metadata)
 
     @classmethod
-    def from_clip(cls, clip: Any, **metadata: Any) -> "ClipMessage":
+    def from_clip(cls, clip: Any, **metadata: Any) -> ClipMessage:
         """Build from a `pipeline.video.Clip` (or anything with its attributes)."""
         return cls.from_array(clip.frames, stream_id=clip.stream_id, seq=clip.seq, first_frame=clip.first_frame,
                               last_frame=clip.last_frame, pts=clip.pts, **metadata)
@@ -136,7 +145,7 @@ class LayerFeatures(Message):
     dim: Size
 
     @model_validator(mode="after")
-    def _consistent(self) -> "LayerFeatures":
+    def _consistent(self) -> LayerFeatures:
         if len(self.data) != 4 * self.dim:
             raise ValueError(f"feature data holds {len(self.data)} bytes but dim {self.dim} needs {4 * self.dim}")
         return self
@@ -147,7 +156,7 @@ class LayerFeatures(Message):
         return np.frombuffer(self.data, dtype="<f4")
 
     @classmethod
-    def from_array(cls, vector: np.ndarray) -> "LayerFeatures":
+    def from_array(cls, vector: np.ndarray) -> LayerFeatures:
         flat = np.ascontiguousarray(np.asarray(vector).reshape(-1), dtype="<f4")
         return cls(data=flat.tobytes(), dim=int(flat.size))
 
@@ -165,7 +174,7 @@ class EmbeddingMessage(ClipRef):
     thumbnail: StrictBytes | None = Field(None, description="small JPEG of the clip, for the sink")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "EmbeddingMessage":
+    def _consistent(self) -> EmbeddingMessage:
         _check_thumbnail(self.thumbnail)
         return self
 
@@ -179,7 +188,7 @@ class EmbeddingMessage(ClipRef):
         return {layer: item.array for layer, item in self.features.items()}
 
     @classmethod
-    def from_arrays(cls, features: Mapping[str, np.ndarray], **fields: Any) -> "EmbeddingMessage":
+    def from_arrays(cls, features: Mapping[str, np.ndarray], **fields: Any) -> EmbeddingMessage:
         """Build from ``{layer: vector}`` arrays (any float dtype; flattened to float32) plus the other fields."""
         return cls(features={layer: LayerFeatures.from_array(v) for layer, v in features.items()}, **fields)
 
@@ -201,7 +210,7 @@ class VerdictMessage(ClipRef):
     thumbnail: StrictBytes | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "VerdictMessage":
+    def _consistent(self) -> VerdictMessage:
         _check_thumbnail(self.thumbnail)
         return self
 
@@ -236,7 +245,7 @@ class HealthMessage(Message):
     time: StrictFloat = Field(default_factory=time.time)
 
     @classmethod
-    def from_event(cls, event: Any) -> "HealthMessage":
+    def from_event(cls, event: Any) -> HealthMessage:
         """Build from a `pipeline.video.StreamEvent`."""
         state = getattr(event.health, "value", event.health)
         return cls(stream_id=event.stream_id, state=state, detail=event.detail, time=float(event.time))

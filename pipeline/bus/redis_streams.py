@@ -24,14 +24,25 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pipeline.bus.base import (BackpressureTimeout, Backoff, BusClosed, BusUnavailable, DeadLetter, Delivery,
-                               check_options, check_payload, dead_topic, overdue_reason)
+from pipeline.bus.base import (
+    Backoff,
+    BackpressureTimeout,
+    BusClosed,
+    BusUnavailable,
+    DeadLetter,
+    Delivery,
+    check_options,
+    check_payload,
+    dead_topic,
+    overdue_reason,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +221,7 @@ class RedisBus:
         self._closed = True
         self._client.close()
 
-    def __enter__(self) -> "RedisBus":
+    def __enter__(self) -> RedisBus:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -7,8 +7,16 @@ from pathlib import Path
 
 import torch
 
-from pipeline.attacks import FramingAttack, Normalize, fgsm, from_uint8, pgd, save_attacked_clips, scaled_frame_width
-from pipeline.attacks import to_uint8
+from pipeline.attacks import (
+    FramingAttack,
+    Normalize,
+    fgsm,
+    from_uint8,
+    pgd,
+    save_attacked_clips,
+    scaled_frame_width,
+    to_uint8,
+)
 from pipeline.data import UCF101
 from pipeline.detect import load_clips
 from pipeline.models import load_model

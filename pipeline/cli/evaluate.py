@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.evaluation.run import ATTACKS, EvaluationSettings, evaluate
 from pipeline.evaluation.report import best_rows
+from pipeline.evaluation.run import ATTACKS, EvaluationSettings, evaluate
 
 
 def _named_path(text: str) -> tuple[str, Path]:

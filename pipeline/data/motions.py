@@ -94,7 +94,7 @@ class VideoSpec:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "VideoSpec":
+    def from_json(cls, data: dict[str, Any]) -> VideoSpec:
         known = {f.name for f in fields(cls)}
         values = {key: tuple(value) if isinstance(value, list) else value
                   for key, value in data.items() if key in known}

@@ -19,9 +19,9 @@ from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from pipeline import density as dens
-from pipeline.models import file_sha256, resolve_model_dir
 from pipeline.detect.calibration import Calibration
 from pipeline.detect.features import ClipFeatures
+from pipeline.models import file_sha256, resolve_model_dir
 
 log = logging.getLogger(__name__)
 

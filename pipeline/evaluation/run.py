@@ -17,8 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.attacks import FramingAttack, Normalize, fgsm, from_uint8, load_attacked_clips, scaled_frame_width
-from pipeline.attacks import to_uint8
+from pipeline.attacks import (
+    FramingAttack,
+    Normalize,
+    fgsm,
+    from_uint8,
+    load_attacked_clips,
+    scaled_frame_width,
+    to_uint8,
+)
 from pipeline.data import UCF101
 from pipeline.detect import ClipFeatures, DetectorBundle, extract_clip_features, load_clips
 from pipeline.evaluation import plots

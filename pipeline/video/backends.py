@@ -7,7 +7,7 @@ Both take sorted, unique, in-range frame indices and return (T, H, W, 3) uint8 R
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import av
 import cv2

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -71,7 +71,7 @@ class ClipSplitter:
         offsets = np.arange(self.clip_len, dtype=np.int64) * self.frame_step
         return [start + offsets for start in starts]
 
-    def assembler(self, stream_id: str, first_seq: int = 0) -> "ClipAssembler":
+    def assembler(self, stream_id: str, first_seq: int = 0) -> ClipAssembler:
         """A push-style builder of clips from a live feed, one frame at a time."""
         return ClipAssembler(self, stream_id, first_seq)
 

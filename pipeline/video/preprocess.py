@@ -7,7 +7,7 @@ on one CPU thread that measured about 2x faster than OpenCV frame by frame and 9
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

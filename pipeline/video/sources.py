@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from pipeline.video.events import EventCallback, Frame, Health, HealthReporter, StreamEvent
 from pipeline.video.reader import VideoReader
@@ -73,7 +74,7 @@ class FileSource:
             self.reader.close()
             self._reporter.emit(Health.ENDED, reason)
 
-    def __enter__(self) -> "FileSource":
+    def __enter__(self) -> FileSource:
         return self
 
     def __exit__(self, *exc_info) -> None:

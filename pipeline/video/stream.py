@@ -12,7 +12,7 @@ import queue
 import random
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from pipeline.video.errors import VideoError, describe_source, error_reason
@@ -99,7 +99,7 @@ class StreamReader:
         """Recent health events, oldest first."""
         return self._reporter.events
 
-    def start(self) -> "StreamReader":
+    def start(self) -> StreamReader:
         """Start the reader thread (idempotent; iterating starts it too)."""
         with self._lock:
             if self._thread is None:
@@ -130,7 +130,7 @@ class StreamReader:
         if thread is not None and thread is not threading.current_thread():
             thread.join(self.stall_timeout + 1.0 if timeout is None else timeout)
 
-    def __enter__(self) -> "StreamReader":
+    def __enter__(self) -> StreamReader:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
