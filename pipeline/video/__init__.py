@@ -1,7 +1,7 @@
-"""Video input: exact-frame file reading (decord, PyAV fallback), live streams with reconnects and health events,
-clip splitting, and the standard 3D-CNN preprocessing.
+"""Video input: exact-frame file reading (OpenCV for sequential sweeps, decord for random access, PyAV fallback),
+live streams with reconnects and health events, clip splitting, and the standard 3D-CNN preprocessing.
 
-    reader = open_video("cam1.mp4")                  # validated; VideoError names the file and the reason
+    reader = open_video("cam1.mp4", access="sequential")  # validated; VideoError names the file and the reason
     for clip in iter_file_clips(reader, ClipSplitter(16, 16)):
         batch = preprocess(clip.frames)               # (1, 3, 16, 112, 112) float32
 
