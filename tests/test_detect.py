@@ -57,6 +57,10 @@ def test_bundle_refuses_other_model_version_and_missing_arrays(tiny_bundle, tiny
     (copy / "bundle.json").write_text(json.dumps(dict(manifest, format_version=7)))
     with pytest.raises(BundleError, match="version 7"):
         DetectorBundle.load(copy)
+    edited = dict(manifest, calibration=dict(manifest["calibration"], low_level_keys=[]))
+    (copy / "bundle.json").write_text(json.dumps(edited))
+    with pytest.raises(BundleError, match="statistics for 2 groups, its settings name 1"):
+        DetectorBundle.load(copy)
     (copy / "bundle.json").write_text(json.dumps(manifest))
     (copy / "densities" / "arrays.safetensors").unlink()
     with pytest.raises(BundleError, match="cannot read arrays"):

@@ -152,7 +152,10 @@ class DetectorBundle:
             raise BundleError(str(exc)) from None
         layers = manifest["layers"]
         reducers = {layer: estimators.pop(f"{layer}/reducer") for layer in layers}
-        calibration = Calibration.from_saved(manifest["calibration"], load_file(str(calibration_path)))
+        try:
+            calibration = Calibration.from_saved(manifest["calibration"], load_file(str(calibration_path)))
+        except (KeyError, ValueError) as exc:
+            raise BundleError(f"{calibration_path}: calibration does not match bundle.json ({exc})") from None
         return cls(manifest["model"], layers, manifest["class_names"], reducers, estimators, calibration,
                    manifest["settings"])
 

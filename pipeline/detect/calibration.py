@@ -159,6 +159,10 @@ class Calibration:
     @classmethod
     def from_saved(cls, settings: dict, arrays: dict[str, np.ndarray]) -> Calibration:
         keys = list(settings["keys"])
-        return cls(keys, arrays["means"], arrays["stds"], {k: arrays[f"scores/{k}"] for k in keys},
+        calibration = cls(keys, arrays["means"], arrays["stds"], {k: arrays[f"scores/{k}"] for k in keys},
                    list(settings["fused_keys"]), arrays["fused"], arrays["softmax"], float(settings["alpha"]),
                    list(settings["low_level_keys"]), arrays["group_means"], arrays["group_stds"])
+        if not len(calibration.groups) == calibration.group_means.size == calibration.group_stds.size:
+            raise ValueError(f"calibration has statistics for {calibration.group_means.size} groups, its settings "
+                             f"name {len(calibration.groups)} ({', '.join(calibration.groups)})")
+        return calibration

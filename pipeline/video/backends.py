@@ -65,14 +65,16 @@ class OpenCVBackend:
 
     Only used for files whose packet table holds one frame per packet and whose first frame OpenCV decodes as
     FFmpeg does (VideoReader checks both), so the n-th frame read is frame n. Frames that are not wanted are
-    grabbed (decoded, not converted); asking for an earlier frame reopens the file.
+    grabbed (decoded, not converted); asking for an earlier frame reopens the file. A frame of another size than
+    the stream's raises RuntimeError (VideoReader then falls back to PyAV) rather than being rescaled.
     """
 
     name = "opencv"
 
-    def __init__(self, path: str, num_frames: int, num_threads: int):
+    def __init__(self, path: str, num_frames: int, num_threads: int, frame_shape: tuple[int, int]):
         self._path = path
         self._threads = num_threads
+        self._shape = (*frame_shape, 3)
         self._capture: cv2.VideoCapture | None = None
         self._position = 0
         self.num_frames = num_frames
@@ -98,8 +100,11 @@ class OpenCVBackend:
             if not ok:
                 raise RuntimeError(f"OpenCV stops at frame {self._position}")
             self._position += 1
+            if image.shape != self._shape:
+                raise RuntimeError(f"OpenCV decodes frame {self._position - 1} at {image.shape[1]}x{image.shape[0]}, "
+                                   f"the stream is {self._shape[1]}x{self._shape[0]}")
             if out is None:
-                out = np.empty((indices.size, *image.shape), dtype=np.uint8)
+                out = np.empty((indices.size, *self._shape), dtype=np.uint8)
             cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=out[i])
         return out
 

@@ -163,8 +163,6 @@ def iter_file_clips(source: str | os.PathLike | VideoReader, splitter: ClipSplit
                 kept_indices = np.intersect1d(indices, plan[seq + 1])
                 kept = _rows(frames, np.searchsorted(indices, kept_indices)) if kept_indices.size else None
             yield Clip(stream_id, seq, frames, int(indices[0]), int(indices[-1]), reader.get_timestamps(indices))
-            # Let a clip the consumer has dropped be freed before the next read, which can then reuse its memory.
-            del frames
     finally:
         if reader is not source:
             reader.close()

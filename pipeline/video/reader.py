@@ -48,7 +48,8 @@ class VideoReader:
 
     Args:
         path: the video file.
-        num_threads: decoder threads for decord (0: FFmpeg's choice).
+        num_threads: decoder threads for decord (0: FFmpeg's choice) and OpenCV (0 counts as 1: the other pipeline
+            stages want the other cores).
         strict: raise VideoError for truncated or corrupt files; with False, read the frames that do decode.
         min_side: smallest accepted frame width and height in pixels.
         access: "random" (decord, any order) or "sequential" (frames asked for in increasing order, e.g. by
@@ -156,13 +157,16 @@ class VideoReader:
 
     def _open_opencv(self, scan: ContainerScan, num_threads: int) -> np.ndarray | None:
         """Use OpenCV if it decodes the first frame as FFmpeg does; returns that frame, or None (then decord is tried)."""
+        backend = None
         try:
-            backend = OpenCVBackend(self.path, scan.num_packets, max(num_threads, 1))
+            backend = OpenCVBackend(self.path, scan.num_packets, max(num_threads, 1), (scan.height, scan.width))
             first = backend.read(np.zeros(1, dtype=np.int64))[0]
-        except (RuntimeError, cv2.error):
-            return None
-        if scan.first_frame is None or not same_frame(first, scan.first_frame):
-            backend.close()
+        except (RuntimeError, cv2.error) as error:
+            logger.debug("%s: not reading with OpenCV: %s", self.path, error)
+            first = None
+        if first is None or scan.first_frame is None or not same_frame(first, scan.first_frame):
+            if backend is not None:
+                backend.close()
             return None
         self._backend = backend
         self._cached_first = first
