@@ -87,6 +87,13 @@ def test_save_load_roundtrip_scores_identically(tmp_path):
         np.testing.assert_array_equal(loaded[name].class_log_likelihood(Z), estimators[name].class_log_likelihood(Z))
         np.testing.assert_array_equal(loaded[name].classes_, estimators[name].classes_)
         assert loaded[name].get_params() == estimators[name].get_params()
+    # Covariances are not stored (their precision factors are): they come back recomputed, to rounding.
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert not [key for key in manifest["arrays"] if key.endswith(("/covariance_", "/covariances_"))]
+    np.testing.assert_allclose(loaded["layer3/tied"].covariance_, estimators["layer3/tied"].covariance_, rtol=1e-8,
+                               atol=1e-12)
+    for name in ("layer3/sep", "layer3/gmm"):
+        np.testing.assert_allclose(loaded[name].covariances_, estimators[name].covariances_, rtol=1e-8, atol=1e-12)
     assert [r.to_dict() for r in loaded["layer3/sep"].fit_report_] == [
         r.to_dict() for r in estimators["layer3/sep"].fit_report_
     ]

@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from pipeline.density.covariance import CovarianceFit
+from pipeline.density.covariance import CovarianceFit, covariance_from_precision_cholesky
 from pipeline.density.scoring import ComponentScorer
 
 
@@ -59,6 +59,13 @@ class ClassConditionalDensity(BaseEstimator):
     """
 
     _array_attributes: ClassVar[tuple[str, ...]] = ()
+    _derived_attributes: ClassVar[dict[str, str]] = {}
+    """Array attributes that ``save`` leaves out: covariance name -> the precision factor it is recomputed from."""
+
+    def _restore_derived(self) -> None:
+        """Recompute the attributes of ``_derived_attributes`` after loading."""
+        for covariance, factor in self._derived_attributes.items():
+            setattr(self, covariance, covariance_from_precision_cholesky(getattr(self, factor)))
 
     def fit(self, X, y=None):
         """Fit one density per class of ``y`` (all samples form one class when ``y`` is None)."""

@@ -110,6 +110,16 @@ def _shrink(cov: np.ndarray, samples: np.ndarray | None, target: np.ndarray | No
     return (1.0 - intensity) * cov + intensity * target
 
 
+def covariance_from_precision_cholesky(precision_chol: np.ndarray) -> np.ndarray:
+    """The covariance(s) whose precision factor is ``precision_chol`` (``(d, d)`` or ``(J, d, d)``): the inverse of
+    :func:`precision_cholesky`, so that saved densities need not store both."""
+    if precision_chol.ndim == 3:
+        return np.stack([covariance_from_precision_cholesky(p) for p in precision_chol])
+    d = precision_chol.shape[0]
+    lower = linalg.solve_triangular(precision_chol.T, np.eye(d), lower=True, check_finite=False)
+    return lower @ lower.T
+
+
 def precision_cholesky(chol_lower: np.ndarray) -> np.ndarray:
     """Upper factor ``P`` with ``P P^T = inverse(covariance)``, from the covariance's lower Cholesky factor."""
     d = chol_lower.shape[0]

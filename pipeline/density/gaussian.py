@@ -32,6 +32,7 @@ class TiedGaussian(ClassConditionalDensity):
     """
 
     _array_attributes = ("center_", "means_", "covariance_", "precision_cholesky_")
+    _derived_attributes = {"covariance_": "precision_cholesky_"}
 
     def __init__(self, scoring_dtype: str = "float32"):
         self.scoring_dtype = scoring_dtype
@@ -56,6 +57,7 @@ class SeparateGaussian(ClassConditionalDensity):
     """
 
     _array_attributes = ("center_", "means_", "covariances_", "precisions_cholesky_")
+    _derived_attributes = {"covariances_": "precisions_cholesky_"}
 
     def __init__(self, scoring_dtype: str = "float32"):
         self.scoring_dtype = scoring_dtype

@@ -126,6 +126,7 @@ class ClassConditionalGMM(ClassConditionalDensity):
         "bic_",
         "converged_",
     )
+    _derived_attributes = {"covariances_": "precisions_cholesky_"}
 
     def __init__(
         self,

@@ -48,8 +48,10 @@ def _describe(name: str, estimator, arrays: dict[str, np.ndarray]) -> dict:
     if not hasattr(estimator, estimator._array_attributes[0]):
         raise ValueError(f"cannot save {name!r}: {kind} is not fitted")
     entry: dict = {"type": kind, "params": estimator.get_params(), "attributes": {}}
+    derived = getattr(estimator, "_derived_attributes", {})
     for attr in estimator._array_attributes:
-        arrays[f"{name}/{attr}"] = np.ascontiguousarray(getattr(estimator, attr))
+        if attr not in derived:
+            arrays[f"{name}/{attr}"] = np.ascontiguousarray(getattr(estimator, attr))
     for attr in _SCALARS:
         value = getattr(estimator, attr, None)
         if attr in type(estimator)._array_attributes or value is None:
@@ -121,7 +123,10 @@ def _restore(name: str, entry: dict, arrays: dict, directory: Path):
     if cls is None:
         raise PersistenceError(f"{directory}: estimator {name!r} has unknown type {entry.get('type')!r}")
     estimator = cls(**entry["params"])
+    derived = getattr(cls, "_derived_attributes", {})
     for attr in cls._array_attributes:
+        if attr in derived:
+            continue
         key = f"{name}/{attr}"
         if key not in arrays:
             raise PersistenceError(f"{directory / ARRAYS}: array {key!r} is missing")
@@ -133,4 +138,6 @@ def _restore(name: str, entry: dict, arrays: dict, directory: Path):
         estimator.fit_report_ = [CovarianceFit(**r) for r in attributes.pop("fit_report_")]
     for attr, value in attributes.items():
         setattr(estimator, attr, value)
+    if derived:
+        estimator._restore_derived()
     return estimator
