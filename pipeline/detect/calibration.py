@@ -95,7 +95,8 @@ class Calibration:
     def group_scores(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each group's mean standardised score, standardised on the calibration set (higher = more in-distribution)."""
         means = self._group_means(scores)
-        return {name: (values - self.group_means[i]) / self.group_stds[i] for i, (name, values) in enumerate(means.items())}
+        return {name: (values - self.group_means[i]) / self.group_stds[i]
+                for i, (name, values) in enumerate(means.items())}
 
     def fuse(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """The lowest group score (higher = more in-distribution)."""
@@ -122,7 +123,7 @@ class Calibration:
         """``(fused, p_value, [(verdict, reasons), ...])`` for a batch of clips."""
         groups = self.group_scores(scores)
         names = list(groups)
-        stacked = np.stack([groups[name] for name in names])
+        stacked = np.stack(list(groups.values()))
         fused = stacked.min(axis=0)
         culprits = stacked.argmin(axis=0)
         p = self.fused_p_value(fused)
