@@ -98,9 +98,16 @@ class Calibration:
         return {name: (values - self.group_means[i]) / self.group_stds[i]
                 for i, (name, values) in enumerate(means.items())}
 
+    def _lowest_group(self, scores: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
+        """The fused score of each clip and the name of the group that set it."""
+        groups = self.group_scores(scores)
+        stacked = np.stack(list(groups.values()))
+        names = list(groups)
+        return stacked.min(axis=0), [names[i] for i in stacked.argmin(axis=0)]
+
     def fuse(self, scores: dict[str, np.ndarray]) -> np.ndarray:
         """The lowest group score (higher = more in-distribution)."""
-        return np.min(np.stack(list(self.group_scores(scores).values())), axis=0)
+        return self._lowest_group(scores)[0]
 
     def p_value(self, key: str, scores: np.ndarray) -> np.ndarray:
         return conformal_p_values(self.sorted_scores[key], scores)
@@ -121,11 +128,7 @@ class Calibration:
 
     def verdicts(self, scores: dict[str, np.ndarray], softmax_max: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
         """``(fused, p_value, [(verdict, reasons), ...])`` for a batch of clips."""
-        groups = self.group_scores(scores)
-        names = list(groups)
-        stacked = np.stack(list(groups.values()))
-        fused = stacked.min(axis=0)
-        culprits = stacked.argmin(axis=0)
+        fused, culprits = self._lowest_group(scores)
         p = self.fused_p_value(fused)
         per_key_p = {k: self.p_value(k, scores[k]) for k in self.fused_keys}
         results = []
@@ -133,7 +136,7 @@ class Calibration:
             if p[i] > self.alpha:
                 results.append((NORMAL, []))
                 continue
-            culprit = names[culprits[i]]
+            culprit = culprits[i]
             reasons = [f"fused likelihood p={p[i]:.4f} <= {self.alpha:g}, lowest in the {culprit} layers"]
             reasons += [f"{k} p={per_key_p[k][i]:.4f}" for k in self.fused_keys if per_key_p[k][i] <= self.alpha]
             if culprit == LOW_LEVEL:

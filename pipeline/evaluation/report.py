@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.detect import ADVERSARIAL, NORMAL, NOVEL, ClipFeatures, DetectorBundle
+from pipeline.detect import ADVERSARIAL, NORMAL, NOVEL, BundleScores, ClipFeatures, DetectorBundle
 from pipeline.metrics import likelihood_accuracy, ood_metrics
 
 METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error")
@@ -53,11 +53,11 @@ def false_alarm_rate(bundle: DetectorBundle, clean: ClipFeatures) -> float:
     return float(np.mean(np.array(scores.verdicts) != "normal"))
 
 
-def verdict_rows(bundle: DetectorBundle, sets: dict[str, ClipFeatures]) -> list[dict]:
+def verdict_rows(scores: dict[str, BundleScores]) -> list[dict]:
     """At the bundle's calibrated operating point: the share of each set's clips per verdict (what an operator sees)."""
     rows = []
-    for name, features in sets.items():
-        verdicts = np.array(bundle.score(features.layers, features.softmax.max(axis=1)).verdicts)
+    for name, set_scores in scores.items():
+        verdicts = np.array(set_scores.verdicts)
         rows.append({"set": name, "clips": int(verdicts.size), "flagged": float(np.mean(verdicts != NORMAL)),
                      **{label: float(np.mean(verdicts == label)) for label in (NORMAL, NOVEL, ADVERSARIAL)}})
     return rows

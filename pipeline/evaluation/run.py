@@ -32,7 +32,6 @@ from pipeline.evaluation import plots
 from pipeline.evaluation.report import (
     accuracy_of,
     detection_rows,
-    false_alarm_rate,
     likelihood_accuracy_rows,
     verdict_rows,
     write_results,
@@ -150,12 +149,14 @@ def evaluate(settings: EvaluationSettings) -> dict:
 
     accuracy = {"clean": accuracy_of(clean)}
     accuracy.update({name: accuracy_of(ood[name]) for name in ood if name != "novel"})
+    verdicts = verdict_rows({name: bundle.score(f.layers, f.softmax.max(axis=1))
+                             for name, f in {"clean": clean, **ood}.items()})
     results = {
         "accuracy": accuracy,
         "detection": detection_rows(bundle, clean, ood),
         "likelihood_accuracy": likelihood_accuracy_rows(bundle, clean),
-        "verdicts": verdict_rows(bundle, {"clean": clean, **ood}),
-        "false_alarm": {"requested": bundle.calibration.alpha, "measured": false_alarm_rate(bundle, clean),
+        "verdicts": verdicts,
+        "false_alarm": {"requested": bundle.calibration.alpha, "measured": verdicts[0]["flagged"],
                         "clips": len(clean)},
         "counts": {"clean": len(clean), **{name: len(f) for name, f in ood.items()}},
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
