@@ -13,6 +13,7 @@ from pipeline.density import (
     TiedGaussian,
     pool_features,
 )
+from pipeline.density.covariance import SHRINKAGE_GRID, class_folds
 
 
 def blobs(n_classes=3, per_class=200, dim=5, seed=0):
@@ -38,6 +39,7 @@ def test_separate_matches_scipy_logpdf_float64():
     X, y = blobs()
     model = SeparateGaussian(scoring_dtype="float64").fit(X, y)
     assert model.fit(X, y) is model
+    assert model.shrinkage_ == 0.0  # cross-validation keeps the ML fit when samples are plentiful
     expected = np.stack([multivariate_normal(X[y == k].mean(0), ml_cov(X[y == k])).logpdf(X) for k in range(3)], 1)
     assert_rel(model.class_log_likelihood(X), expected, 1e-8)
     np.testing.assert_allclose(model.covariances_[1], ml_cov(X[y == 1]), rtol=1e-10)
@@ -105,7 +107,7 @@ def test_class_with_fewer_samples_than_dimensions_is_regularised_and_reported():
     small = np.random.default_rng(5).normal(size=(8, 20)) + 40
     X, y = np.concatenate([X, small]), np.concatenate([y, np.full(8, 9)])
     for cls in (SeparateGaussian, ClassConditionalGMM):
-        model = cls(scoring_dtype="float64").fit(X, y)
+        model = cls(shrinkage=0.0, scoring_dtype="float64").fit(X, y)
         assert model.regularised_classes_ == ["class 9"]
         record = next(r for r in model.fit_report_ if r.label == "class 9")
         assert record.n_samples == 8 and 0 < record.shrinkage <= 1
@@ -116,6 +118,52 @@ def test_class_with_fewer_samples_than_dimensions_is_regularised_and_reported():
         ll = model.class_log_likelihood(X)
         assert np.isfinite(ll).all()
         assert np.mean(model.predict(X[-8:]) == 9) == 1.0
+
+
+def scarce_classes(seed=0, per_class=60, dim=40, held=200):
+    """Classes sharing one strongly correlated covariance, with few samples per class for their dimension."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.normal(size=(dim, dim)) * np.linspace(3, 0.1, dim)
+    means = rng.normal(scale=3, size=(3, dim))
+
+    def draw(n):
+        y = np.repeat(np.arange(3), n)
+        return means[y] + rng.normal(size=(3 * n, dim)) @ mixing.T, y
+
+    return draw(per_class), draw(held)
+
+
+def test_cross_validated_shrinkage_beats_the_ml_fit_on_held_out_clips():
+    (X, y), (X_held, y_held) = scarce_classes()
+    plain = SeparateGaussian(shrinkage=0.0, scoring_dtype="float64").fit(X, y)
+    shrunk = SeparateGaussian(scoring_dtype="float64").fit(X, y)
+    assert 0.0 < shrunk.shrinkage_ <= 1.0
+    assert len(shrunk.shrinkage_scores_) == len(SHRINKAGE_GRID)
+    assert max(shrunk.shrinkage_scores_) == shrunk.shrinkage_scores_[SHRINKAGE_GRID.index(shrunk.shrinkage_)]
+    assert all(r.shrinkage == shrunk.shrinkage_ and r.shrinkage_target == "pooled_covariance"
+               for r in shrunk.fit_report_)
+    own = np.arange(len(y_held)), y_held
+    held_plain = plain.class_log_likelihood(X_held)[own].mean()
+    held_shrunk = shrunk.class_log_likelihood(X_held)[own].mean()
+    assert held_shrunk > held_plain + 5, (held_shrunk, held_plain)
+    gmm = ClassConditionalGMM(scoring_dtype="float64").fit(X, y)
+    assert gmm.shrinkage_ == shrunk.shrinkage_
+    assert gmm.class_log_likelihood(X_held)[own].mean() > held_plain + 5
+
+
+def test_class_folds_keep_neighbours_together_and_every_class_in_every_fold():
+    y = np.repeat([0, 1, 2], [10, 23, 7])
+    folds = class_folds(y, 3, 5)
+    for k in range(3):
+        members = folds[y == k]
+        assert np.all(np.diff(members) >= 0) and set(members) == set(range(5))
+
+
+def test_shrinkage_setting_is_validated():
+    X, y = blobs()
+    for bad in ("auto", 1.5, -0.1):
+        with pytest.raises(ValueError, match="shrinkage"):
+            SeparateGaussian(shrinkage=bad).fit(X, y)
 
 
 def test_singular_covariance_goes_through_the_jitter_ladder():

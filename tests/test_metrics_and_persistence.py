@@ -87,6 +87,9 @@ def test_save_load_roundtrip_scores_identically(tmp_path):
         np.testing.assert_array_equal(loaded[name].class_log_likelihood(Z), estimators[name].class_log_likelihood(Z))
         np.testing.assert_array_equal(loaded[name].classes_, estimators[name].classes_)
         assert loaded[name].get_params() == estimators[name].get_params()
+    for name in ("layer3/sep", "layer3/gmm"):
+        assert loaded[name].shrinkage_ == estimators[name].shrinkage_
+        assert loaded[name].shrinkage_scores_ == estimators[name].shrinkage_scores_
     # Covariances are not stored (their precision factors are): they come back recomputed, to rounding.
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert not [key for key in manifest["arrays"] if key.endswith(("/covariance_", "/covariances_"))]

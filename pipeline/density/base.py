@@ -7,7 +7,7 @@ from typing import ClassVar
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from pipeline.density.covariance import CovarianceFit, covariance_from_precision_cholesky
+from pipeline.density.covariance import CovarianceFit, covariance_from_precision_cholesky, select_shrinkage
 from pipeline.density.scoring import ComponentScorer
 
 
@@ -108,6 +108,22 @@ class ClassConditionalDensity(BaseEstimator):
             )
             self._scorer = scorer
         return scorer
+
+    def _fit_shrinkage(self, X: np.ndarray, y_index: np.ndarray, n_classes: int) -> float:
+        """Set ``shrinkage_`` (toward the pooled covariance) from the ``shrinkage`` parameter: a fixed intensity
+        in [0, 1], or ``"cv"`` for :func:`select_shrinkage` (its held-out scores go to ``shrinkage_scores_``)."""
+        setting = self.shrinkage
+        self.shrinkage_scores_: list[float] = []
+        if setting == "cv":
+            self.shrinkage_, scores = select_shrinkage(X, y_index, n_classes, folds=self.cv_folds)
+            self.shrinkage_scores_ = [float(v) for v in scores]
+        elif isinstance(setting, (int, float, np.floating)) and 0.0 <= float(setting) <= 1.0:
+            self.shrinkage_ = float(setting)
+        else:
+            raise ValueError(f"shrinkage must be 'cv' or a number in [0, 1], got {setting!r}")
+        if n_classes < 2:
+            self.shrinkage_ = 0.0
+        return self.shrinkage_
 
     def _class_label(self, k: int) -> str:
         label = self.classes_[k]

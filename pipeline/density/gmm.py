@@ -57,10 +57,13 @@ def fit_mixture(
     max_iter: int = 100,
     tol: float = 1e-3,
     reg_covar: float = 1e-6,
+    target: np.ndarray | None = None,
+    shrinkage: float = 0.0,
 ) -> MixtureFit:
     """EM for a full-covariance mixture in float64, initialised by k-means (as scikit-learn does).
 
-    ``reg_covar`` is added to every component's diagonal, relative to the mean feature variance, and any
+    ``reg_covar`` is added to every component's diagonal, relative to the mean feature variance; with
+    ``shrinkage`` > 0 every component covariance is shrunk that much toward ``target`` in each M-step; any
     covariance still ill-conditioned goes through the jitter ladder (recorded).
     """
     n, d = X.shape
@@ -73,7 +76,7 @@ def fit_mixture(
         resp[np.arange(n), labels] = 1.0
     previous, converged, n_iter = -np.inf, False, 0
     for n_iter in range(1, max_iter + 1):
-        params = _m_step(X, resp, reg, label)
+        params = _m_step(X, resp, reg, label, target, shrinkage)
         log_prob = _component_log_prob(X, *params[:2], params[3])
         norm = logsumexp(log_prob, axis=1)
         mean_ll = float(norm.mean())
@@ -86,7 +89,7 @@ def fit_mixture(
     return MixtureFit(weights, means, covs, prec_chols, mean_ll, n_iter, converged, records)
 
 
-def _m_step(X, resp, reg, label):
+def _m_step(X, resp, reg, label, target, shrinkage):
     n, d = X.shape
     nk = resp.sum(axis=0) + 10 * np.finfo(np.float64).eps
     means = resp.T @ X / nk[:, None]
@@ -95,7 +98,8 @@ def _m_step(X, resp, reg, label):
     for j in range(k):
         cov = empirical_covariance(X, means[j], resp[:, j])
         cov.flat[:: d + 1] += reg
-        covs[j], chol, record = regularised_cholesky(cov, n_samples=n, label=f"{label} component {j}")
+        covs[j], chol, record = regularised_cholesky(cov, n_samples=n, label=f"{label} component {j}",
+                                                     target=target, intensity=shrinkage)
         prec_chols[j] = precision_cholesky(chol)
         records.append(record)
     return nk / n, means, covs, prec_chols, records
@@ -108,7 +112,9 @@ class ClassConditionalGMM(ClassConditionalDensity):
     A count ``K`` is only tried when the class has more than ``K * (d + 1)`` samples (enough for full-rank
     component covariances); a class with no more samples than dimensions gets one Gaussian shrunk toward
     the pooled covariance, exactly as :class:`SeparateGaussian` does, and the reduction is noted in
-    ``fit_report_``. Deterministic given ``random_state``.
+    ``fit_report_``. Component covariances are shrunk toward the pooled covariance by ``shrinkage_``, chosen
+    as :class:`SeparateGaussian` chooses it (``shrinkage="cv"``: cross-validated for one Gaussian per class).
+    Deterministic given ``random_state``.
 
     Fitted attributes: ``classes_``, ``n_components_ (C,)``, ``weights_ (J,)``, ``means_ (J, d)``,
     ``covariances_``, ``precisions_cholesky_ (J, d, d)``, ``component_class_ (J,)``, ``bic_ (C, max)``
@@ -136,6 +142,8 @@ class ClassConditionalGMM(ClassConditionalDensity):
         max_iter: int = 100,
         tol: float = 1e-3,
         reg_covar: float = 1e-6,
+        shrinkage: float | str = "cv",
+        cv_folds: int = 5,
         scoring_dtype: str = "float32",
     ):
         self.n_components = n_components
@@ -144,6 +152,8 @@ class ClassConditionalGMM(ClassConditionalDensity):
         self.max_iter = max_iter
         self.tol = tol
         self.reg_covar = reg_covar
+        self.shrinkage = shrinkage
+        self.cv_folds = cv_folds
         self.scoring_dtype = scoring_dtype
 
     def _candidate_counts(self, n_samples: int, d: int) -> tuple[list[int], str]:
@@ -166,8 +176,9 @@ class ClassConditionalGMM(ClassConditionalDensity):
         self._candidate_counts(X.shape[0], X.shape[1])
         d = X.shape[1]
         means_c, counts = class_means(X, y_index, n_classes)
+        intensity = self._fit_shrinkage(X, y_index, n_classes)
         target = None
-        if n_classes > 1 and np.any(counts <= d):
+        if n_classes > 1 and (intensity > 0 or np.any(counts <= d)):
             target = pooled_covariance(X, y_index, means_c)[0]
         max_k = self.max_components if self.n_components == "bic" else int(self.n_components)
         self.bic_ = np.full((n_classes, max_k), np.inf)
@@ -178,14 +189,15 @@ class ClassConditionalGMM(ClassConditionalDensity):
             label = self._class_label(k)
             counts_to_try, note = self._candidate_counts(members.shape[0], d)
             if not counts_to_try:
-                fits.append(self._shrunk_single(members, means_c[k], label, target, note))
+                fits.append(self._shrunk_single(members, means_c[k], label, target, intensity, note))
                 continue
             seed = int(np.random.default_rng([int(self.random_state), k]).integers(2**31 - 1))
             best = None
             for count in counts_to_try:
                 fit = fit_mixture(
                     members, count, seed=seed, label=label,
-                    max_iter=self.max_iter, tol=self.tol, reg_covar=self.reg_covar,
+                    max_iter=self.max_iter, tol=self.tol, reg_covar=self.reg_covar, target=target,
+                    shrinkage=intensity,
                 )
                 self.bic_[k, count - 1] = fit.bic(members.shape[0])
                 if best is None or self.bic_[k, count - 1] < self.bic_[k, best.means.shape[0] - 1]:
@@ -204,10 +216,10 @@ class ClassConditionalGMM(ClassConditionalDensity):
             self.fit_report_.extend(f.records)
 
     @staticmethod
-    def _shrunk_single(members, mean, label, target, note) -> MixtureFit:
+    def _shrunk_single(members, mean, label, target, intensity, note) -> MixtureFit:
         cov = empirical_covariance(members, mean)
         cov, chol, record = regularised_cholesky(
-            cov, n_samples=members.shape[0], label=label, samples=members, target=target
+            cov, n_samples=members.shape[0], label=label, samples=members, target=target, intensity=intensity
         )
         record.note = note
         return MixtureFit(

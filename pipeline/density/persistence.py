@@ -31,6 +31,7 @@ MANIFEST = "manifest.json"
 ARRAYS = "arrays.safetensors"
 ESTIMATOR_TYPES = {cls.__name__: cls for cls in (PCAReducer, TiedGaussian, SeparateGaussian, ClassConditionalGMM)}
 _SCALARS = ("n_features_in_", "n_components_")
+_JSON_ATTRIBUTES = ("shrinkage_", "shrinkage_scores_")
 
 
 class PersistenceError(ValueError):
@@ -57,6 +58,9 @@ def _describe(name: str, estimator, arrays: dict[str, np.ndarray]) -> dict:
         if attr in type(estimator)._array_attributes or value is None:
             continue
         entry["attributes"][attr] = int(value)
+    for attr in _JSON_ATTRIBUTES:
+        if hasattr(estimator, attr):
+            entry["attributes"][attr] = getattr(estimator, attr)
     if hasattr(estimator, "classes_"):
         entry["attributes"]["classes_"] = estimator.classes_.tolist()
         entry["attributes"]["classes_dtype"] = estimator.classes_.dtype.str

@@ -1,0 +1,203 @@
+"""End-to-end pipeline speed, measured side by side in one run.
+
+1. Throughput: ``clipwatch run`` (in-process bus, all four stages) over N video files, against the bare model
+   forward pass over the same clips at the same batch size (already decoded and preprocessed), and against
+   decoding + preprocessing alone: with a small model the decoder, not the model, bounds the pipeline.
+2. Latency: p50 / p95 from the end of a clip (when its last frame would be shown, real-time replay) to its verdict.
+3. Real time: how many 25-fps 320x240 camera streams (clips back to back) the pipeline keeps up with: streams are
+   replayed at real time, in growing numbers, until the p95 latency passes ``--max-latency`` or clips go missing.
+4. The same throughput table for a full-width ``r3d-18`` (16x112x112, random weights, its bundle fitted on the
+   benchmark files): the regime the 0.9 target is about, where the model and not the decoder is the bottleneck,
+   and the number of streams it sustains.
+
+    python benchmarks/pipeline.py [--bundle pipeline/assets/bundles/default] [--files 24] [--batch 8] [--streams 10 20 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Run as a script, this file would shadow the `pipeline` package it measures: look in the repository root first.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import numpy as np
+import torch
+
+from pipeline.cli.fit import model_reference
+from pipeline.config import parse_config
+from pipeline.data import SYNTH_CLASSES
+from pipeline.data.motions import sample_spec
+from pipeline.data.render import SourceImagery, render_video
+from pipeline.data.synth import write_video
+from pipeline.demo.run import DEFAULT_BUNDLE
+from pipeline.detect import DetectorBundle, extract_video_features, model_input
+from pipeline.models import build_model, default_layers, load_model, save_model
+from pipeline.video import KINETICS_MEAN, KINETICS_STD, ClipSplitter, iter_file_clips
+from workers.launch import run_pipeline
+
+FPS = 25.0
+
+
+def write_files(folder: Path, count: int, frames: int, seed: int = 0) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    imagery = SourceImagery(240)
+    paths = []
+    for index in range(count):
+        name = SYNTH_CLASSES[index % len(SYNTH_CLASSES)]
+        video, _ = render_video(sample_spec(name, rng, 320, 240, frames), imagery)
+        path = folder / f"cam{index:02d}.avi"
+        write_video(path, video, FPS, quality=3)
+        paths.append(path)
+    return paths
+
+
+def bare_forward(model, prep, files: list[Path], batch: int, stride: int) -> tuple[float, int]:
+    """Clips/s of the model alone over every clip of ``files`` (decoding and preprocessing done beforehand)."""
+    splitter = ClipSplitter(prep.clip_len, stride, prep.frame_step)
+    clips = np.stack([clip.frames for path in files for clip in iter_file_clips(path, splitter)])
+    inputs = [model_input(clips[i : i + batch], prep) for i in range(0, len(clips), batch)]
+    best = np.inf
+    with torch.inference_mode():
+        model(inputs[0])
+        for _ in range(2):
+            start = time.perf_counter()
+            for x in inputs:
+                model(x)
+            best = min(best, time.perf_counter() - start)
+    return len(clips) / best, len(clips)
+
+
+def bare_decode(prep, files: list[Path], batch: int, stride: int) -> float:
+    """Clips/s of decoding and preprocessing alone (no model), one thread, as the decoder stage does it."""
+    splitter = ClipSplitter(prep.clip_len, stride, prep.frame_step)
+    start, count = time.perf_counter(), 0
+    for path in files:
+        clips = [clip.frames for clip in iter_file_clips(path, splitter)]
+        for i in range(0, len(clips), batch):
+            model_input(np.stack(clips[i : i + batch]), prep)
+        count += len(clips)
+    return count / (time.perf_counter() - start)
+
+
+def run_files(bundle: Path, folder: Path, out: Path, batch: int, stride: int, pace: float | None) -> list[dict]:
+    config = parse_config({
+        "sources": [{"id": "bench", "path": str(folder), "stride": stride, **({"pace": pace} if pace else {})}],
+        "bundle": str(bundle),
+        "bus": {"url": "memory://", "max_backlog": 64},
+        "classifier": {"max_batch": batch, "max_wait_ms": 20},
+        "alerts": {"verdicts_jsonl": str(out / "verdicts.jsonl"), "jsonl": str(out / "alerts.jsonl"),
+                   "print": False},
+        "ops": {"base_port": 0, "log_level": "ERROR"},
+    }, source="benchmark")
+    run_pipeline(config)
+    return [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
+
+
+def full_width_bundle(folder: Path, files: list[Path], class_names: list[str]) -> Path:
+    """A bundle for a full-width r3d-18 at 16x112x112 (UCF101's input), fitted on the benchmark files' clips.
+
+    Its weights are random (seeded): throughput depends on the architecture, not on what it learned, and no
+    full-width model can be trained on this machine.
+    """
+    torch.manual_seed(0)
+    preprocessing = {"clip_len": 16, "frame_step": 1, "short_side": 128, "crop": 112, "mean": list(KINETICS_MEAN),
+                     "std": list(KINETICS_STD)}
+    save_model(build_model("r3d-18", len(class_names)).eval(), folder / "model", architecture="r3d-18", options={},
+               num_classes=len(class_names), class_names=class_names, preprocessing=preprocessing)
+    model, manifest = load_model(folder / "model")
+    layers = default_layers("r3d-18")
+    videos = [(path, index % len(class_names)) for index, path in enumerate(files)]
+    features = extract_video_features(model, manifest.preprocessing, videos, layers, batch_size=8, progress=False)
+    calibration = np.arange(len(features)) % 4 == 0
+    bundle = DetectorBundle.fit(features.subset(~calibration), features.subset(calibration),
+                                model_ref=model_reference(str(folder / "model")), class_names=class_names,
+                                low_level_layers=layers[:-2], progress=False)
+    return bundle.save(folder / "bundle")
+
+
+def throughput(label: str, bundle_dir: Path, files: list[Path], out: Path, batch: int) -> float:
+    """Print bare forward, bare decode and end-to-end clips/s of one bundle's model over ``files``."""
+    bundle = DetectorBundle.load(bundle_dir)
+    model, manifest = load_model(bundle.resolve_model(bundle_dir))
+    prep = manifest.preprocessing
+    stride = prep.clip_len * prep.frame_step
+    forward, n_clips = bare_forward(model, prep, files, batch, stride)
+    decode = bare_decode(prep, files, batch, stride)
+    start = time.perf_counter()
+    verdicts = run_files(bundle_dir, files[0].parent, out, batch, stride, pace=None)
+    wall = time.perf_counter() - start
+    first = min(v["timestamps"]["decoder"] for v in verdicts)
+    last = max(v["timestamps"]["density"] for v in verdicts)
+    e2e = len(verdicts) / (last - first)
+    print(f"throughput of {label} over {len(files)} files ({n_clips} clips of {prep.clip_len}x{prep.crop}x{prep.crop}, "
+          f"batch {batch}, threads {torch.get_num_threads()}):")
+    print(f"  bare model forward       {forward:7.1f} clips/s")
+    print(f"  bare decode + preprocess {decode:7.1f} clips/s   (320x240 frames, no model)")
+    print(f"  clipwatch run (e2e)      {e2e:7.1f} clips/s   ratio to the bare forward {e2e / forward:.2f} (target >= 0.9);"
+          f" first clip decoded to last verdict ({wall:.1f} s wall with start-up)")
+    print(f"  e2e / slowest bare stage {e2e / min(forward, decode):7.2f}   (1.0: the pipeline adds nothing to its "
+          f"bottleneck)")
+    return e2e
+
+
+def latencies(verdicts: list[dict]) -> np.ndarray:
+    return np.array([v["timestamps"]["density"] - v["timestamps"]["decoder"] for v in verdicts])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    parser.add_argument("--files", type=int, default=24, help="files for the throughput run")
+    parser.add_argument("--frames", type=int, default=256, help="frames per file (25 fps)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--streams", type=int, nargs="+", default=[5, 10, 15, 20, 30, 40])
+    parser.add_argument("--max-latency", type=float, default=2.0, help="p95 seconds still counted as real time")
+    parser.add_argument("--skip-full-width", action="store_true")
+    args = parser.parse_args()
+
+    bundle = DetectorBundle.load(args.bundle)
+    model, manifest = load_model(bundle.resolve_model(args.bundle))
+    prep = manifest.preprocessing
+    stride = prep.clip_len * prep.frame_step
+    clip_rate = FPS / stride
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        files = write_files(tmp / "files", args.files, args.frames)
+        throughput(f"the bundle's model ({manifest.architecture})", args.bundle, files, tmp / "run", args.batch)
+        n_clips = sum(len(ClipSplitter(prep.clip_len, stride, prep.frame_step).plan(args.frames)) for _ in files)
+        print(f"real-time streams: 25 fps, clips back to back (stride {stride} frames = {clip_rate:.2f} clips/s each)")
+        sustained = 0
+        for count in args.streams:
+            live = tmp / f"live{count}"
+            for i in range(count):
+                live.mkdir(exist_ok=True)
+                (live / f"cam{i:02d}.avi").symlink_to(files[i % len(files)])
+            verdicts = run_files(args.bundle, live, tmp / f"live-run{count}", args.batch, stride, pace=1.0)
+            lat = latencies(verdicts)
+            expected = count * (n_clips // len(files))
+            ok = len(verdicts) == expected and np.percentile(lat, 95) <= args.max_latency
+            print(f"  {count:3d} streams: {len(verdicts)}/{expected} clips, latency clip end -> verdict "
+                  f"p50 {np.percentile(lat, 50):.3f} s, p95 {np.percentile(lat, 95):.3f} s  "
+                  f"{'real time' if ok else 'falls behind'}")
+            if not ok:
+                break
+            sustained = count
+        print(f"  sustained: {sustained} streams with the bundle's model (target >= 10)")
+        if not args.skip_full_width:
+            few = files[: max(len(bundle.class_names), len(files) // 3)]
+            full_dir = full_width_bundle(tmp / "full", few, list(bundle.class_names))
+            (tmp / "full-files").mkdir()
+            for path in few:
+                (tmp / "full-files" / path.name).symlink_to(path)
+            e2e = throughput("a full-width r3d-18 (random weights)", full_dir, sorted((tmp / "full-files").iterdir()),
+                             tmp / "full-run", args.batch)
+            print(f"  -> sustains at most {e2e / (FPS / 16):.1f} streams of 25 fps (16-frame clips back to back)")
+
+
+if __name__ == "__main__":
+    main()
