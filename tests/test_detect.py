@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.data import UCF101
+from pipeline.data import UCF101, synthesize
 from pipeline.detect import BundleError, Calibration, DetectorBundle, conformal_p_values, extract_video_features
 from pipeline.models import load_model
+from tests.conftest import CLASSES
 
 
 def test_fit_cli_writes_a_pickle_free_bundle(tiny_bundle, tiny_model):
@@ -72,6 +73,30 @@ def test_bundle_refuses_other_model_version_and_missing_arrays(tiny_bundle, tiny
 def test_fit_cli_reports_a_bad_dataset(tiny_model, tmp_path, capsys):
     assert main(["fit", "--model", str(tiny_model), "--data", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
     assert "ucfTrainTestlist" in capsys.readouterr().err
+
+
+def test_fit_cli_calibrates_on_videos_the_model_never_saw(tiny_dataset, tiny_model, tmp_path, capsys):
+    fresh = tmp_path / "fresh"
+    synthesize(fresh, videos_per_class=3, seed=4, width=56, height=32, num_frames=24, classes=CLASSES,
+               novel_classes=(), progress=False)
+    out = tmp_path / "bundle"
+    args = ["fit", "--model", str(tiny_model), "--data", str(tiny_dataset), "--out", str(out),
+            "--layers", "layer3", "fc", "--no-progress"]
+    assert main([*args, "--calibration-data", str(fresh)]) == 0
+    settings = DetectorBundle.load(out).settings
+    training_videos = len(UCF101(tiny_dataset, split=1, subset="train").samples)
+    clips_per_video = settings["train_clips"] / training_videos
+    assert clips_per_video == int(clips_per_video) >= 1  # every training video went to the densities
+    assert settings["calibration_clips"] == 3 * len(CLASSES) * clips_per_video
+    assert settings["calibration_data"] == str(fresh.resolve())
+    assert "shrinkage toward the pooled covariance" in capsys.readouterr().out
+    assert main([*args, "--calibration-data", str(tiny_dataset)]) == 2
+    assert "overlap the training videos" in capsys.readouterr().err
+    other = tmp_path / "other"
+    synthesize(other, videos_per_class=2, seed=4, width=56, height=32, num_frames=24, classes=["Grow", "Shrink"],
+               novel_classes=(), progress=False)
+    assert main([*args, "--calibration-data", str(other)]) == 2
+    assert "differ from the training data's" in capsys.readouterr().err
 
 
 def test_conformal_p_values_and_false_alarm_rate():
