@@ -38,7 +38,7 @@ bench: install
 	$(BIN)/python benchmarks/density_scoring.py
 	$(BIN)/python benchmarks/model_forward.py
 	$(BIN)/python benchmarks/decode.py
-	$(BIN)/python benchmarks/streaming.py
+	$(BIN)/python benchmarks/pipeline.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
