@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=24, help="files for the throughput run")
     parser.add_argument("--frames", type=int, default=256, help="frames per file (25 fps)")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--streams", type=int, nargs="+", default=[5, 10, 20, 40, 60, 80])
+    parser.add_argument("--streams", type=int, nargs="+", default=[10, 20, 40, 60, 80, 100, 120])
     parser.add_argument("--max-latency", type=float, default=2.0, help="p95 seconds still counted as real time")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved bare-forward / clipwatch-run rounds")
     parser.add_argument("--skip-full-width", action="store_true")
