@@ -85,7 +85,8 @@ class SourceConfig(Section):
 
     id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-/]+$",
                            description="stream id in clip keys; default: file stem, URL without password, cameraN")
-    path: ConfigPath | None = Field(None, description="a video file, or a directory scanned for videos")
+    path: ConfigPath | None = Field(None, description="a video file, or a directory scanned for videos, read one after "
+                                     "another (simultaneous cameras need a source each)")
     uri: str | None = Field(None, description="rtsp/http(s)/udp/... stream, or file:// URL read as a stream")
     webcam: int | None = Field(None, ge=0, description="camera index")
     loop: bool = Field(False, description="replay a file (or every file of a directory) forever")
