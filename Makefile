@@ -28,6 +28,7 @@ system-deps:
 	fi
 
 test: install system-deps
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # The main job: simulated cameras through the whole pipeline with the shipped model and bundle.

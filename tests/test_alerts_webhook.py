@@ -85,7 +85,7 @@ def test_back_off_is_exponential_capped_and_deterministic_with_a_seed():
     jittered = RetryPolicy(base_delay_s=0.5, max_delay_s=4.0, jitter=0.5, seed=11)
     draws = [[jittered.delay(a, random.Random(jittered.seed)) for a in range(1, 6)] for _ in range(2)]
     assert draws[0] == draws[1]
-    assert all(0.5 * plain <= d <= plain for d, plain in zip(draws[0], [0.5, 1.0, 2.0, 4.0, 4.0]))
+    assert all(0.5 * plain <= d <= plain for d, plain in zip(draws[0], [0.5, 1.0, 2.0, 4.0, 4.0], strict=True))
     assert draws[0] != [0.5, 1.0, 2.0, 4.0, 4.0]
 
 

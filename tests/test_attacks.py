@@ -172,7 +172,7 @@ def test_universal_frame_lowers_accuracy_on_held_out_clips(task):
 
 def test_universal_frame_from_a_loader_of_minibatches(task):
     model, train_clips, train_labels, test_clips, _ = task
-    loader = list(zip(train_clips[:32].split(8), train_labels[:32].split(8)))
+    loader = list(zip(train_clips[:32].split(8), train_labels[:32].split(8), strict=True))
     frame = FramingAttack(width=WIDTH, per_frame=False, seed=3).fit_universal(model, loader, None, NORMALIZE, epochs=2)
 
     assert frame.pixels.shape == (3, 1, SIZE, SIZE) and not frame.per_frame

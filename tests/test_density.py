@@ -96,7 +96,7 @@ def test_bic_picks_the_true_component_count_and_is_deterministic():
     one = rng.normal(0, 1, size=(600, 3))
     X, y = np.concatenate([two, one]), np.repeat(["two", "one"], 600)
     model = ClassConditionalGMM(max_components=4, random_state=7).fit(X, y)
-    assert dict(zip(model.classes_, model.n_components_)) == {"one": 1, "two": 2}
+    assert dict(zip(model.classes_, model.n_components_, strict=True)) == {"one": 1, "two": 2}
     assert np.all(np.isfinite(model.bic_))
     again = ClassConditionalGMM(max_components=4, random_state=7).fit(X, y)
     np.testing.assert_array_equal(model.means_, again.means_)

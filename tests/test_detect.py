@@ -20,7 +20,7 @@ def test_fit_cli_writes_a_pickle_free_bundle(tiny_bundle, tiny_model):
     assert manifest["calibration"]["low_level_keys"] == ["layer3/sep"]
     assert manifest["model"]["sha256"] == load_model(tiny_model)[1].sha256
     bundle = DetectorBundle.load(tiny_bundle)
-    assert set(bundle.densities) == {f"{l}/{d}" for l in ("layer3", "layer4", "fc") for d in ("gmm", "sep", "tied")}
+    assert set(bundle.densities) == {f"{layer}/{d}" for layer in ("layer3", "layer4", "fc") for d in ("gmm", "sep", "tied")}
     assert bundle.resolve_model(tiny_bundle) == tiny_model
     assert bundle.settings["train_clips"] > 0 and bundle.settings["calibration_clips"] > 0
 
@@ -38,7 +38,7 @@ def test_bundle_scores_are_finite_and_flag_shifted_features(tiny_bundle, tiny_da
     assert all(np.isfinite(v).all() and np.std(v) > 0 for v in scores.loglik.values())
     assert np.all((scores.p_value > 0) & (scores.p_value <= 1))
     assert set(scores.verdicts) <= {"normal", "novel", "adversarial"}
-    assert all(reasons for verdict, reasons in zip(scores.verdicts, scores.reasons) if verdict != "normal")
+    assert all(reasons for verdict, reasons in zip(scores.verdicts, scores.reasons, strict=True) if verdict != "normal")
     shifted = {k: v + 25.0 * np.abs(v).mean() for k, v in clean.layers.items()}
     far = bundle.score(shifted, clean.softmax.max(axis=1))
     assert np.all(np.array(far.verdicts) != "normal")

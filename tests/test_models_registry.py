@@ -35,7 +35,7 @@ def on_meta(name: str, num_classes: int, **options) -> nn.Module:
 
 def c3d_formula(num_classes: int, width: int = 64, fc_dim: int = 4096) -> int:
     channels = [3, width, 2 * width, 4 * width, 4 * width, 8 * width, 8 * width, 8 * width, 8 * width]
-    convs = sum(cin * cout * 27 + cout for cin, cout in zip(channels, channels[1:]))
+    convs = sum(cin * cout * 27 + cout for cin, cout in zip(channels[:-1], channels[1:], strict=True))
     pool5_features = 8 * width * 1 * 4 * 4
     return convs + pool5_features * fc_dim + fc_dim + fc_dim * fc_dim + fc_dim + fc_dim * num_classes + num_classes
 

