@@ -151,6 +151,20 @@ def test_cross_validated_shrinkage_beats_the_ml_fit_on_held_out_clips():
     assert gmm.class_log_likelihood(X_held)[own].mean() > held_plain + 5
 
 
+def test_a_tiny_class_keeps_at_least_its_ledoit_wolf_shrinkage_under_cross_validation():
+    (X, y), _ = scarce_classes(per_class=150, dim=20)
+    rng = np.random.default_rng(9)
+    for size in (1, 3, 8):
+        tiny = rng.normal(size=(size, 20)) + 30
+        Xs, ys = np.concatenate([X, tiny]), np.concatenate([y, np.full(size, 7)])
+        plain = SeparateGaussian(shrinkage=0.0).fit(Xs, ys)
+        crossed = SeparateGaussian().fit(Xs, ys)
+        floor = next(r.shrinkage for r in plain.fit_report_ if r.label == "class 7")
+        record = next(r for r in crossed.fit_report_ if r.label == "class 7")
+        assert record.shrinkage == pytest.approx(max(floor, crossed.shrinkage_)), size
+        assert record.shrinkage >= floor > 0
+
+
 def test_class_folds_keep_neighbours_together_and_every_class_in_every_fold():
     y = np.repeat([0, 1, 2], [10, 23, 7])
     folds = class_folds(y, 3, 5)
@@ -161,9 +175,14 @@ def test_class_folds_keep_neighbours_together_and_every_class_in_every_fold():
 
 def test_shrinkage_setting_is_validated():
     X, y = blobs()
-    for bad in ("auto", 1.5, -0.1):
+    for bad in ("auto", 1.5, -0.1, True):
         with pytest.raises(ValueError, match="shrinkage"):
             SeparateGaussian(shrinkage=bad).fit(X, y)
+    assert SeparateGaussian(shrinkage=np.int64(1)).fit(X, y).shrinkage_ == 1.0
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        SeparateGaussian(cv_folds=1).fit(X, y)
+    one_class = SeparateGaussian().fit(X)
+    assert one_class.shrinkage_ == 0.0 and one_class.shrinkage_scores_ == []
 
 
 def test_singular_covariance_goes_through_the_jitter_ladder():

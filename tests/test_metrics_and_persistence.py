@@ -102,6 +102,22 @@ def test_save_load_roundtrip_scores_identically(tmp_path):
     ]
 
 
+def test_manifest_is_strict_json_and_densities_saved_before_shrinkage_load_as_unshrunk(tmp_path):
+    base = np.random.default_rng(2).normal(size=(300, 4))
+    X, y = np.hstack([base, base[:, :1]]), np.repeat([0, 1, 2], 100)  # a repeated feature: every fold singular
+    sep = SeparateGaussian().fit(X, y)
+    assert sep.shrinkage_ == 0.0 and sep.shrinkage_scores_ == [None] * len(sep.shrinkage_scores_)
+    assert all(record.jitter > 0 for record in sep.fit_report_)
+    save(tmp_path, {"sep": sep})
+    text = (tmp_path / "manifest.json").read_text()
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"manifest holds {name}"))
+    manifest = json.loads(text)
+    for key in ("shrinkage", "cv_folds"):
+        del manifest["estimators"]["sep"]["params"][key]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert load(tmp_path)["sep"].get_params()["shrinkage"] == 0.0
+
+
 def test_load_rejects_other_version(tmp_path):
     save(tmp_path, fitted_estimators()[2])
     manifest = json.loads((tmp_path / "manifest.json").read_text())

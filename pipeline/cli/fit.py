@@ -51,8 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="in-distribution videos the model never trained on (UCF101 layout, every video of "
                              "both subsets) to calibrate on; the densities then use the whole training split")
     parser.add_argument("--calibration-fraction", type=float, default=0.2,
-                        help="without --calibration-data: fraction of training groups held out from the densities "
-                             "for calibration (default %(default)s)")
+                        help="fraction of training groups held out from the densities for calibration (default "
+                             "%(default)s; not used with --calibration-data)")
     parser.add_argument("--stride", type=int, help="frames between clip starts (default: the clip length)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -94,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
           f"layers {layers}, {time.perf_counter() - start:.0f} s")
     for layer in layers:
         print(f"  {layer}: {bundle.reducers[layer].n_features_in_} -> {bundle.reducers[layer].n_components_} dims")
-    print(_regularisation_summary(bundle.densities))
+    summary = _regularisation_summary(bundle.densities)
+    if summary:
+        print(summary)
     return 0
 
 
@@ -125,5 +127,6 @@ def _regularisation_summary(densities: dict) -> str:
     shrinkage = [f"{key} {model.shrinkage_:g}" for key, model in densities.items() if hasattr(model, "shrinkage_")]
     extra = sorted({f"{key}: {record.label}" for key, model in densities.items() for record in model.fit_report_
                     if record.jitter > 0 or record.shrinkage != getattr(model, "shrinkage_", 0.0)})
-    line = "  shrinkage toward the pooled covariance: " + ", ".join(shrinkage)
-    return line + ("\n  further regularised: " + "; ".join(extra) if extra else "")
+    lines = ["  shrinkage toward the pooled covariance: " + ", ".join(shrinkage)] if shrinkage else []
+    lines += ["  further regularised: " + "; ".join(extra)] if extra else []
+    return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from numbers import Real
 from typing import ClassVar
 
 import numpy as np
@@ -94,7 +95,8 @@ class ClassConditionalDensity(BaseEstimator):
 
     @property
     def regularised_classes_(self) -> list:
-        """Labels of the classes whose covariance needed shrinkage or jitter during ``fit``."""
+        """Labels of the classes whose covariance was shrunk (by ``shrinkage_`` or, for a class with no more
+        samples than dimensions, Ledoit-Wolf) or jittered during ``fit``."""
         return sorted({r.label for r in self.fit_report_ if r.regularised})
 
     def _get_scorer(self) -> ComponentScorer:
@@ -111,13 +113,14 @@ class ClassConditionalDensity(BaseEstimator):
 
     def _fit_shrinkage(self, X: np.ndarray, y_index: np.ndarray, n_classes: int) -> float:
         """Set ``shrinkage_`` (toward the pooled covariance) from the ``shrinkage`` parameter: a fixed intensity
-        in [0, 1], or ``"cv"`` for :func:`select_shrinkage` (its held-out scores go to ``shrinkage_scores_``)."""
+        in [0, 1], or ``"cv"`` for :func:`select_shrinkage` (its held-out scores go to ``shrinkage_scores_``, with
+        ``None`` for a singular grid value). One class has no pooled covariance to shrink toward: 0."""
         setting = self.shrinkage
-        self.shrinkage_scores_: list[float] = []
-        if setting == "cv":
+        self.shrinkage_scores_: list[float | None] = []
+        if isinstance(setting, str) and setting == "cv":
             self.shrinkage_, scores = select_shrinkage(X, y_index, n_classes, folds=self.cv_folds)
-            self.shrinkage_scores_ = [float(v) for v in scores]
-        elif isinstance(setting, (int, float, np.floating)) and 0.0 <= float(setting) <= 1.0:
+            self.shrinkage_scores_ = [float(v) if np.isfinite(v) else None for v in scores]
+        elif isinstance(setting, Real) and not isinstance(setting, bool) and 0.0 <= float(setting) <= 1.0:
             self.shrinkage_ = float(setting)
         else:
             raise ValueError(f"shrinkage must be 'cv' or a number in [0, 1], got {setting!r}")

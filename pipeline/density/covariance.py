@@ -4,9 +4,9 @@ Every covariance a density uses goes through :func:`regularised_cholesky`, which
 
 1. **Shrinkage** ``S <- (1 - a) S + a T`` toward a target ``T``: the pooled covariance of all classes when
    given (regularised discriminant analysis), else ``mean(diag S) * I``. The intensity ``a`` is the caller's
-   (e.g. cross-validated by :func:`select_shrinkage`) or, when the estimate is rank-deficient by construction
-   (``n_samples <= n_features``) and the caller gave none, the Ledoit-Wolf intensity (``a = 1`` for a single
-   sample).
+   (e.g. cross-validated by :func:`select_shrinkage`); an estimate that is rank-deficient by construction
+   (``n_samples <= n_features``) gets at least the Ledoit-Wolf intensity (``a = 1`` for a single sample), since
+   an intensity chosen for the large classes would leave a class of a few samples far too confident.
 2. **A jitter ladder** when the matrix is still not positive definite or is ill-conditioned
    (condition number above ``max_condition``): ``S + eps * scale * I`` for ``eps = 1e-10, 1e-9, ...``
    until the Cholesky factorisation succeeds and the condition number is acceptable.
@@ -70,14 +70,16 @@ def regularised_cholesky(
 ) -> tuple[np.ndarray, np.ndarray, CovarianceFit]:
     """Return ``(covariance, lower Cholesky factor, record)`` after the documented regularisation path.
 
-    ``intensity`` > 0 shrinks toward ``target`` (default: scaled identity) by that much; otherwise a
-    rank-deficient estimate is shrunk with the Ledoit-Wolf intensity estimated from ``samples`` (centred or not).
+    ``intensity`` > 0 shrinks toward ``target`` (default: scaled identity) by that much; a rank-deficient
+    estimate is shrunk by at least the Ledoit-Wolf intensity estimated from ``samples`` (centred or not).
     """
     cov = np.array(cov, dtype=np.float64)
     d = cov.shape[0]
     record = CovarianceFit(label=label, n_samples=int(n_samples), n_features=d)
-    if intensity > 0.0 or n_samples <= d:
-        cov = _shrink(cov, samples, target, record, intensity)
+    if n_samples <= d:
+        intensity = max(intensity, _ledoit_wolf_intensity(samples))
+    if intensity > 0.0:
+        cov = _shrink(cov, target, record, intensity)
     scale = float(np.mean(np.diag(cov)))
     if not np.isfinite(scale) or scale <= 0.0:
         scale = 1.0 if target is None else float(np.mean(np.diag(target))) or 1.0
@@ -96,12 +98,9 @@ def regularised_cholesky(
     raise ValueError(f"covariance of {label} could not be regularised (non-finite or degenerate features)")
 
 
-def _shrink(cov: np.ndarray, samples: np.ndarray | None, target: np.ndarray | None, record: CovarianceFit,
-            intensity: float = 0.0) -> np.ndarray:
+def _shrink(cov: np.ndarray, target: np.ndarray | None, record: CovarianceFit, intensity: float) -> np.ndarray:
     d = cov.shape[0]
-    if intensity <= 0.0:
-        intensity = _ledoit_wolf_intensity(samples)
-    intensity = min(max(intensity, 1e-3), 1.0) if np.isfinite(intensity) else 1.0
+    intensity = min(intensity, 1.0)
     if target is None:
         mu = float(np.trace(cov)) / d
         target = mu * np.eye(d)
@@ -113,17 +112,20 @@ def _shrink(cov: np.ndarray, samples: np.ndarray | None, target: np.ndarray | No
 
 
 def _ledoit_wolf_intensity(samples: np.ndarray | None) -> float:
+    """Ledoit-Wolf intensity in [1e-3, 1]; 1 without at least two samples or when it is not finite."""
     if samples is None or samples.shape[0] < 2:
         return 1.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        return float(ledoit_wolf_shrinkage(np.asarray(samples, dtype=np.float64), assume_centered=False))
+        intensity = float(ledoit_wolf_shrinkage(np.asarray(samples, dtype=np.float64), assume_centered=False))
+    return min(max(intensity, 1e-3), 1.0) if np.isfinite(intensity) else 1.0
 
 
 def class_folds(y_index: np.ndarray, n_classes: int, folds: int) -> np.ndarray:
     """Fold of every sample: each class cut into ``folds`` contiguous blocks in sample order.
 
-    Every fold holds every class, and neighbouring samples (the clips of one video, stored one after another)
-    land in the same fold, so held-out scores are not inflated by near-copies on the training side.
+    Every fold holds every class that has at least ``folds`` samples, and neighbouring samples (the clips of one
+    video, stored one after another) mostly land in the same fold, so held-out scores are not inflated by
+    near-copies on the training side.
     """
     fold = np.empty(len(y_index), dtype=np.int64)
     for k in range(n_classes):
@@ -137,18 +139,22 @@ def select_shrinkage(
 ) -> tuple[float, np.ndarray]:
     """Cross-validated intensity ``a`` of the per-class covariances ``(1 - a) S_k + a S_pooled``.
 
-    Returns ``(best a, mean held-out log-likelihood per grid value)``. Held-out samples are scored under their
-    own class's Gaussian fitted on the other folds (:func:`class_folds`); a grid value whose covariance is
-    singular scores ``-inf``. Per-class covariances fitted on a few hundred clips in a hundred or more PCA
-    dimensions are badly overfitted without it: a held-out clip scores orders of magnitude below a training one.
+    Returns ``(best a, mean held-out log-likelihood per grid value)``, or ``(0.0, [])`` for a single class. Held-out
+    samples are scored under their own class's Gaussian fitted on the other folds (:func:`class_folds`), with a
+    rank-deficient class shrunk at least as :func:`regularised_cholesky` would; a grid value whose covariance is
+    singular scores ``-inf``, and when none is finite the choice is 0 (the default regularisation path then
+    applies). Per-class covariances fitted on a few hundred clips in a hundred or more PCA dimensions are badly
+    overfitted without it: a held-out clip scores orders of magnitude below a training one.
     """
+    if not isinstance(folds, (int, np.integer)) or folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds!r}")
     X = np.asarray(X, dtype=np.float64)
     grid = np.asarray(grid, dtype=np.float64)
-    n, d = X.shape
+    d = X.shape[1]
     if n_classes < 2:
-        return 0.0, np.zeros(len(grid))
+        return 0.0, np.zeros(0)
     fold_of = class_folds(y_index, n_classes, folds)
-    total = np.zeros(len(grid))
+    total, scored_samples = np.zeros(len(grid)), 0
     for fold in range(folds):
         train, held = fold_of != fold, fold_of == fold
         Xt, yt = X[train], y_index[train]
@@ -160,10 +166,17 @@ def select_shrinkage(
             scored = X[held & (y_index == k)]
             if not scored.size or counts[k] < 2:
                 continue
-            own = empirical_covariance(Xt[yt == k], means[k])
+            members = Xt[yt == k]
+            own = empirical_covariance(members, means[k])
+            floor = _ledoit_wolf_intensity(members) if counts[k] <= d else 0.0
             for i, a in enumerate(grid):
+                a = max(a, floor)
                 total[i] += _gaussian_log_likelihood(scored, means[k], (1.0 - a) * own + a * pooled).sum()
-    return float(grid[int(np.argmax(total))]), total / n
+            scored_samples += scored.shape[0]
+    mean = total / max(scored_samples, 1)
+    if not np.isfinite(mean).any():
+        return 0.0, mean
+    return float(grid[int(np.argmax(mean))]), mean
 
 
 def _gaussian_log_likelihood(X: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:

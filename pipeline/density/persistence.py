@@ -126,7 +126,10 @@ def _restore(name: str, entry: dict, arrays: dict, directory: Path):
     cls = ESTIMATOR_TYPES.get(entry.get("type"))
     if cls is None:
         raise PersistenceError(f"{directory}: estimator {name!r} has unknown type {entry.get('type')!r}")
-    estimator = cls(**entry["params"])
+    params = dict(entry["params"])
+    if "shrinkage" in cls().get_params() and "shrinkage" not in params:
+        params["shrinkage"] = 0.0  # saved before shrinkage existed: fitted without it
+    estimator = cls(**params)
     derived = getattr(cls, "_derived_attributes", {})
     for attr in cls._array_attributes:
         if attr in derived:
