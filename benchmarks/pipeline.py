@@ -1,8 +1,8 @@
 """End-to-end pipeline speed, measured side by side in one run.
 
-1. Throughput: ``clipwatch run`` (in-process bus, all four stages) over N video files, against the bare model
-   forward pass over the same clips at the same batch size (already decoded and preprocessed), and against
-   decoding + preprocessing alone: with a small model the decoder, not the model, bounds the pipeline. The bare
+1. Throughput: ``clipwatch run`` (its own process, in-process bus, all four stages) over N video files, against
+   the bare model forward pass over the same clips at the same batch size (already decoded and preprocessed), and
+   against decoding + preprocessing alone: with a small model the decoder, not the model, bounds the pipeline. The bare
    forward and the run alternate for ``--rounds`` rounds (this machine's speed drifts by 10-20 % between minutes);
    the run's rate is given over the whole run and in steady state (after its first tenth of verdicts).
 2. Latency: p50 / p95 from the end of a clip (when its last frame was due on its camera's real-time schedule) to
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,9 +31,9 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import numpy as np
 import torch
+import yaml
 
 from pipeline.cli.fit import model_reference
-from pipeline.config import parse_config
 from pipeline.data import SYNTH_CLASSES
 from pipeline.data.motions import sample_spec
 from pipeline.data.render import SourceImagery, render_video
@@ -41,7 +42,6 @@ from pipeline.demo.run import DEFAULT_BUNDLE
 from pipeline.detect import DetectorBundle, extract_video_features, model_input
 from pipeline.models import build_model, default_layers, load_model, save_model
 from pipeline.video import KINETICS_MEAN, KINETICS_STD, ClipSplitter, iter_file_clips
-from workers.launch import run_pipeline
 
 FPS = 25.0
 
@@ -88,10 +88,11 @@ def bare_decode(prep, files: list[Path], batch: int, stride: int) -> float:
 
 
 def run_files(bundle: Path, paths: list[Path], out: Path, batch: int, stride: int, pace: float | None) -> list[dict]:
-    """``clipwatch run`` with one source per path (a directory's files are read one after another, so simulated
-    cameras that run at the same time need a source each); returns the verdicts."""
+    """``clipwatch run --config`` in its own process, as a user runs it, with one source per path (a directory's
+    files are read one after another, so simulated cameras that run at the same time need a source each); returns
+    the verdicts, whose timestamps time the run (process start-up is not counted)."""
     pacing = {"pace": pace} if pace else {}
-    config = parse_config({
+    config = {
         "sources": [{"id": path.stem, "path": str(path), "stride": stride, **pacing} for path in paths],
         "bundle": str(bundle),
         "bus": {"url": "memory://", "max_backlog": 64},
@@ -99,8 +100,13 @@ def run_files(bundle: Path, paths: list[Path], out: Path, batch: int, stride: in
         "alerts": {"verdicts_jsonl": str(out / "verdicts.jsonl"), "jsonl": str(out / "alerts.jsonl"),
                    "print": False},
         "ops": {"base_port": 0, "log_level": "ERROR"},
-    }, source="benchmark")
-    run_pipeline(config)
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [str(Path(sys.executable).with_name("clipwatch")), "run", "--config", str(out / "config.yaml")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"clipwatch run failed ({done.returncode}): {done.stderr[-2000:]}")
     return [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -120,3 +124,20 @@ def test_the_commands_print_one_error_line_and_exit_2(tmp_path, base, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == [f"clipwatch run: error: {path}: classifer: unknown key (did you mean 'classifier'?)",
                      f"clipwatch worker: error: {path}: classifer: unknown key (did you mean 'classifier'?)"]
+
+
+def test_multi_stage_commands_ask_openmp_to_wait_passively_before_torch_loads():
+    probe = textwrap.dedent("""
+        import os, sys
+        from pipeline.cli import yield_idle_cores
+        yield_idle_cores(["train", "data"])
+        print(os.environ.get("OMP_WAIT_POLICY"))
+        yield_idle_cores(["-v", "run", "--config", "c.yaml"])
+        print(os.environ.get("OMP_WAIT_POLICY"), "torch" in sys.modules)
+    """)
+    environ = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", probe], env=environ, capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["None", "PASSIVE", "False"], out.stderr
+    mine = subprocess.run([sys.executable, "-c", probe], env={**environ, "OMP_WAIT_POLICY": "ACTIVE"},
+                          capture_output=True, text=True, timeout=60)
+    assert mine.stdout.split() == ["ACTIVE", "ACTIVE", "False"], mine.stderr
