@@ -57,6 +57,12 @@ def test_synth_train_fit_attack_evaluate(tmp_path):
         assert row["normal"] + row["novel"] + row["adversarial"] == pytest.approx(1.0)
         assert row["flagged"] == pytest.approx(1.0 - row["normal"])
     assert verdicts["framing_whitebox"]["flagged"] > verdicts["clean"]["flagged"]
+    calibration = report["false_alarm"]["p_value_calibration"]
+    assert [r["nominal"] for r in calibration] == sorted(r["nominal"] for r in calibration)
+    assert [r["measured"] for r in calibration] == sorted(r["measured"] for r in calibration)
+    at_alpha = next(r["measured"] for r in calibration if r["nominal"] == report["false_alarm"]["requested"])
+    assert at_alpha == pytest.approx(report["false_alarm"]["measured"])  # flagged exactly when p <= alpha
+    assert "p_values.png" in report["figures"]
     for figure in report["figures"]:
         assert (results / figure).stat().st_size > 1000
     assert "| framing_whitebox |" in (results / "results.md").read_text()

@@ -1,4 +1,5 @@
-"""Figures of an evaluation: score histograms (the paper's Fig. 5), ROC curves, t-SNE of one layer (Fig. 4)."""
+"""Figures of an evaluation: score histograms (the paper's Fig. 5), ROC curves, t-SNE of one layer (Fig. 4), and the
+calibration of the fused p-values on held-out in-distribution clips."""
 
 from __future__ import annotations
 
@@ -44,6 +45,28 @@ def roc_curves(clean: dict[str, np.ndarray], ood: dict[str, dict[str, np.ndarray
         ax.set_xlabel("false positive rate", fontsize=8)
         ax.set_ylabel("true positive rate", fontsize=8)
         ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def p_value_calibration(p_values: np.ndarray, alpha: float, path: Path) -> Path:
+    """Share of held-out in-distribution clips with p-value <= a, against a: on the diagonal when calibrated."""
+    grid = np.linspace(0.0, 1.0, 201)
+    measured = np.searchsorted(np.sort(p_values), grid, side="right") / max(p_values.size, 1)
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.8))
+    for ax, top in zip(axes, (1.0, min(1.0, 10 * alpha)), strict=True):
+        keep = grid <= top
+        ax.plot(grid[keep], measured[keep], lw=1.4, label=f"{p_values.size} clean test clips")
+        ax.plot([0, top], [0, top], color="grey", lw=0.6, ls="--", label="calibrated")
+        ax.axvline(alpha, color="tab:red", lw=0.8, ls=":", label=f"alpha = {alpha:g}")
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_xlabel("nominal false-alarm rate (p-value threshold)", fontsize=8)
+        ax.set_ylabel("measured false-alarm rate", fontsize=8)
+    axes[0].legend(fontsize=7)
+    axes[1].set_title("low end", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -53,6 +53,15 @@ def false_alarm_rate(bundle: DetectorBundle, clean: ClipFeatures) -> float:
     return float(np.mean(np.array(scores.verdicts) != "normal"))
 
 
+P_VALUE_LEVELS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+def p_value_calibration_rows(p_values: np.ndarray, levels=P_VALUE_LEVELS) -> list[dict]:
+    """Share of held-out in-distribution clips flagged at each nominal rate ``p <= a`` (``a`` when calibrated)."""
+    p_values = np.asarray(p_values, dtype=np.float64)
+    return [{"nominal": float(a), "measured": float(np.mean(p_values <= a))} for a in levels]
+
+
 def verdict_rows(scores: dict[str, BundleScores]) -> list[dict]:
     """At the bundle's calibrated operating point: the share of each set's clips per verdict (what an operator sees)."""
     rows = []
@@ -81,6 +90,12 @@ def markdown(results: dict) -> str:
     lines += [f"| {name} | {value:.3f} |" for name, value in results["accuracy"].items()]
     lines += ["", f"False alarms on held-out in-distribution clips: {results['false_alarm']['measured']:.4f} "
               f"(requested {results['false_alarm']['requested']:.4f})", ""]
+    if results["false_alarm"].get("p_value_calibration"):
+        rows = results["false_alarm"]["p_value_calibration"]
+        lines += ["Fused p-values on those clips (calibrated: measured = nominal):", "",
+                  "| nominal rate | " + " | ".join(f"{r['nominal']:g}" for r in rows) + " |",
+                  "|---" * (len(rows) + 1) + "|",
+                  "| measured | " + " | ".join(f"{r['measured']:.4f}" for r in rows) + " |", ""]
     if results.get("verdicts"):
         lines += [f"## Verdicts at the calibrated operating point (false-alarm rate "
                   f"{results['false_alarm']['requested']:g})", "",

@@ -27,12 +27,14 @@ from pipeline.attacks import (
     to_uint8,
 )
 from pipeline.data import UCF101
-from pipeline.detect import ClipFeatures, DetectorBundle, extract_clip_features, load_clips
+from pipeline.detect import BundleScores, ClipFeatures, DetectorBundle, extract_clip_features, load_clips
 from pipeline.evaluation import plots
 from pipeline.evaluation.report import (
+    P_VALUE_LEVELS,
     accuracy_of,
     detection_rows,
     likelihood_accuracy_rows,
+    p_value_calibration_rows,
     verdict_rows,
     write_results,
 )
@@ -149,35 +151,38 @@ def evaluate(settings: EvaluationSettings) -> dict:
 
     accuracy = {"clean": accuracy_of(clean)}
     accuracy.update({name: accuracy_of(ood[name]) for name in ood if name != "novel"})
-    verdicts = verdict_rows({name: bundle.score(f.layers, f.softmax.max(axis=1))
-                             for name, f in {"clean": clean, **ood}.items()})
+    set_scores = {name: bundle.score(f.layers, f.softmax.max(axis=1)) for name, f in {"clean": clean, **ood}.items()}
+    verdicts = verdict_rows(set_scores)
     results = {
         "accuracy": accuracy,
         "detection": detection_rows(bundle, clean, ood),
         "likelihood_accuracy": likelihood_accuracy_rows(bundle, clean),
         "verdicts": verdicts,
-        "false_alarm": {"requested": bundle.calibration.alpha, "measured": verdicts[0]["flagged"],
-                        "clips": len(clean)},
+        "false_alarm": {"requested": bundle.calibration.alpha, "measured": verdicts[0]["flagged"], "clips": len(clean),
+                        "p_value_calibration": p_value_calibration_rows(
+                            set_scores["clean"].p_value, sorted({*P_VALUE_LEVELS, bundle.calibration.alpha}))},
         "counts": {"clean": len(clean), **{name: len(f) for name, f in ood.items()}},
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items() if k != "extra_ood"},
     }
     settings.out.mkdir(parents=True, exist_ok=True)
-    results["figures"] = _figures(bundle, clean, ood, settings.out)
+    results["figures"] = _figures(bundle, clean, ood, set_scores, settings.out)
+    results["figures"].append(plots.p_value_calibration(set_scores["clean"].p_value, bundle.calibration.alpha,
+                                                        settings.out / "p_values.png").name)
     results["seconds"] = round(time.perf_counter() - started, 1)
     write_results(results, settings.out)
     return results
 
 
-def _figures(bundle: DetectorBundle, clean: ClipFeatures, ood: dict[str, ClipFeatures], out: Path) -> list[str]:
-    clean_scores = bundle.score(clean.layers, clean.softmax.max(axis=1))
+def _figures(bundle: DetectorBundle, clean: ClipFeatures, ood: dict[str, ClipFeatures],
+             set_scores: dict[str, BundleScores], out: Path) -> list[str]:
     keys = [f"{bundle.layers[-1]}/{d}" for d in bundle.settings["densities"]]
 
     def panel(features: ClipFeatures, scores) -> dict[str, np.ndarray]:
         return {"softmax": features.softmax.max(axis=1), "fused": scores.fused, **{k: scores.loglik[k] for k in keys}}
 
-    clean_panel = panel(clean, clean_scores)
-    ood_panels = {name: panel(f, bundle.score(f.layers, f.softmax.max(axis=1))) for name, f in ood.items()}
+    clean_panel = panel(clean, set_scores["clean"])
+    ood_panels = {name: panel(f, set_scores[name]) for name, f in ood.items()}
     written = [plots.roc_curves(clean_panel, ood_panels, out / "roc.png")]
     for name, scores in ood_panels.items():
         written.append(plots.score_histograms(clean_panel, scores, name, out / f"hist_{name}.png"))
