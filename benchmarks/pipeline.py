@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 # Run as a script, this file would shadow the `pipeline` package it measures: look in the repository root first.
-sys.path[0] = str(Path(__file__).resolve().parents[1])
+REPOSITORY = Path(__file__).resolve().parents[1]
+sys.path[0] = str(REPOSITORY)
 
 import numpy as np
 import torch
@@ -88,13 +89,14 @@ def bare_decode(prep, files: list[Path], batch: int, stride: int) -> float:
 
 
 def run_files(bundle: Path, paths: list[Path], out: Path, batch: int, stride: int, pace: float | None) -> list[dict]:
-    """``clipwatch run --config`` in its own process, as a user runs it, with one source per path (a directory's
+    """``clipwatch run --config`` (``python -m workers run``, this checkout) in its own process, as a user runs it,
+    with one source per path (a directory's
     files are read one after another, so simulated cameras that run at the same time need a source each); returns
     the verdicts, whose timestamps time the run (process start-up is not counted)."""
     pacing = {"pace": pace} if pace else {}
     config = {
-        "sources": [{"id": path.stem, "path": str(path), "stride": stride, **pacing} for path in paths],
-        "bundle": str(bundle),
+        "sources": [{"id": path.stem, "path": str(path.absolute()), "stride": stride, **pacing} for path in paths],
+        "bundle": str(Path(bundle).absolute()),
         "bus": {"url": "memory://", "max_backlog": 64},
         "classifier": {"max_batch": batch, "max_wait_ms": 20},
         "alerts": {"verdicts_jsonl": str(out / "verdicts.jsonl"), "jsonl": str(out / "alerts.jsonl"),
@@ -103,8 +105,8 @@ def run_files(bundle: Path, paths: list[Path], out: Path, batch: int, stride: in
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config))
-    command = [str(Path(sys.executable).with_name("clipwatch")), "run", "--config", str(out / "config.yaml")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    command = [sys.executable, "-m", "workers", "run", "--config", str(out / "config.yaml")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=REPOSITORY)
     if done.returncode != 0:
         raise RuntimeError(f"clipwatch run failed ({done.returncode}): {done.stderr[-2000:]}")
     return [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]

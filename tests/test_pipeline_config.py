@@ -126,18 +126,28 @@ def test_the_commands_print_one_error_line_and_exit_2(tmp_path, base, capsys):
                      f"clipwatch worker: error: {path}: classifer: unknown key (did you mean 'classifier'?)"]
 
 
-def test_multi_stage_commands_ask_openmp_to_wait_passively_before_torch_loads():
+def test_multi_stage_commands_ask_openmp_to_wait_passively_before_torch_loads(tmp_path):
     probe = textwrap.dedent("""
         import os, sys
-        from pipeline.cli import yield_idle_cores
-        yield_idle_cores(["train", "data"])
-        print(os.environ.get("OMP_WAIT_POLICY"))
-        yield_idle_cores(["-v", "run", "--config", "c.yaml"])
+        import pipeline.cli as cli
+        cli.yield_idle_cores(["train", "data"])
         print(os.environ.get("OMP_WAIT_POLICY"), "torch" in sys.modules)
+        build_parser = cli.build_parser
+        def spy():  # the parser imports the command modules, and with them torch
+            print(os.environ.get("OMP_WAIT_POLICY"), "torch" in sys.modules)
+            return build_parser()
+        cli.build_parser = spy
+        cli.main(["-v", "run", "--config", "missing.yaml"])  # fails on the missing config
+        print("torch" in sys.modules)
     """)
     environ = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", probe], env=environ, capture_output=True, text=True, timeout=60)
-    assert out.stdout.split() == ["None", "PASSIVE", "False"], out.stderr
-    mine = subprocess.run([sys.executable, "-c", probe], env={**environ, "OMP_WAIT_POLICY": "ACTIVE"},
-                          capture_output=True, text=True, timeout=60)
-    assert mine.stdout.split() == ["ACTIVE", "ACTIVE", "False"], mine.stderr
+
+    def run(env):
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
+                             cwd=tmp_path)
+        return out.stdout.split(), out.stderr
+
+    lines, errors = run(environ)
+    assert lines == ["None", "False", "PASSIVE", "False", "True"], errors
+    lines, errors = run({**environ, "OMP_WAIT_POLICY": "ACTIVE"})
+    assert lines == ["ACTIVE", "False", "ACTIVE", "False", "True"], errors

@@ -28,7 +28,7 @@ def yield_idle_cores(argv: list[str]) -> None:
     (training, ``fit``), so only the multi-stage commands ask for passive waiting; the variable is read when torch
     loads, so this runs before any torch import, and a value the user set wins.
     """
-    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    command = next((arg for arg in argv if arg in COMMAND_MODULES), None)
     if command in SHARED_CORE_COMMANDS and "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

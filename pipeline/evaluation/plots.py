@@ -55,8 +55,10 @@ def p_value_calibration(p_values: np.ndarray, alpha: float, path: Path) -> Path:
     """Share of held-out in-distribution clips with p-value <= a, against a: on the diagonal when calibrated."""
     grid = np.linspace(0.0, 1.0, 201)
     measured = np.searchsorted(np.sort(p_values), grid, side="right") / max(p_values.size, 1)
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.8))
-    for ax, top in zip(axes, (1.0, min(1.0, 10 * alpha)), strict=True):
+    tops = (1.0, 10 * alpha) if alpha < 0.1 else (1.0,)
+    fig, axes = plt.subplots(1, len(tops), figsize=(4.2 * len(tops), 3.8), squeeze=False)
+    axes = axes[0]
+    for ax, top in zip(axes, tops, strict=True):
         keep = grid <= top
         ax.plot(grid[keep], measured[keep], lw=1.4, label=f"{p_values.size} clean test clips")
         ax.plot([0, top], [0, top], color="grey", lw=0.6, ls="--", label="calibrated")
@@ -66,7 +68,8 @@ def p_value_calibration(p_values: np.ndarray, alpha: float, path: Path) -> Path:
         ax.set_xlabel("nominal false-alarm rate (p-value threshold)", fontsize=8)
         ax.set_ylabel("measured false-alarm rate", fontsize=8)
     axes[0].legend(fontsize=7)
-    axes[1].set_title("low end", fontsize=9)
+    if len(tops) > 1:
+        axes[1].set_title("low end", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
