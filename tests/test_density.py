@@ -281,3 +281,17 @@ def test_likelihood_detects_shifted_samples():
     X, y = blobs(per_class=300, dim=8)
     model = SeparateGaussian().fit(X, y)
     assert np.median(model.score_samples(X + 6)) < np.percentile(model.score_samples(X), 5)
+
+
+def test_sep_and_gmm_on_the_same_features_share_one_cross_validation(monkeypatch):
+    from pipeline.density import covariance
+
+    calls = []
+    real = covariance._cross_validate
+    monkeypatch.setattr(covariance, "_cross_validate", lambda *args: calls.append(1) or real(*args))
+    (X, y), _ = scarce_classes(seed=11)
+    sep = SeparateGaussian().fit(X, y)
+    gmm = ClassConditionalGMM().fit(X, y)
+    assert len(calls) == 1 and gmm.shrinkage_ == sep.shrinkage_ and gmm.shrinkage_scores_ == sep.shrinkage_scores_
+    SeparateGaussian().fit(X[:-3], y[:-3])
+    assert len(calls) == 2

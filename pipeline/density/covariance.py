@@ -17,6 +17,7 @@ densities collect in their ``fit_report_`` so users can see which classes needed
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -150,9 +151,30 @@ def select_shrinkage(
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds!r}")
     X = np.asarray(X, dtype=np.float64)
     grid = np.asarray(grid, dtype=np.float64)
-    d = X.shape[1]
     if n_classes < 2:
         return 0.0, np.zeros(0)
+    global _last_selection
+    key = _selection_key(X, y_index, n_classes, folds, grid)
+    cached = _last_selection  # one reference read: another thread may replace it meanwhile
+    if cached is not None and cached[0] == key:  # Sep then GMM on the same layer: one cross-validation
+        return cached[1], cached[2].copy()
+    best, scores = _cross_validate(X, y_index, n_classes, folds, grid)
+    _last_selection = (key, best, scores)
+    return best, scores.copy()
+
+
+_last_selection: tuple | None = None
+
+
+def _selection_key(X: np.ndarray, y_index: np.ndarray, n_classes: int, folds: int, grid: np.ndarray) -> tuple:
+    digest = hashlib.sha1(np.ascontiguousarray(X).view(np.uint8))
+    digest.update(np.ascontiguousarray(y_index, dtype=np.int64).view(np.uint8))
+    return X.shape, n_classes, folds, tuple(grid.tolist()), digest.hexdigest()
+
+
+def _cross_validate(X: np.ndarray, y_index: np.ndarray, n_classes: int, folds: int,
+                    grid: np.ndarray) -> tuple[float, np.ndarray]:
+    d = X.shape[1]
     fold_of = class_folds(y_index, n_classes, folds)
     total, scored_samples = np.zeros(len(grid)), 0
     for fold in range(folds):
