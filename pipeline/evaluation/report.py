@@ -13,12 +13,18 @@ from pipeline.metrics import likelihood_accuracy, ood_metrics
 METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error")
 
 
-def detection_rows(bundle: DetectorBundle, clean: ClipFeatures, ood_sets: dict[str, ClipFeatures]) -> list[dict]:
-    """One row per (OOD set, layer, density) plus the fused score and the softmax baseline."""
-    clean_scores = bundle.score(clean.layers, clean.softmax.max(axis=1))
+def detection_rows(scores: dict[str, BundleScores], features: dict[str, ClipFeatures]) -> list[dict]:
+    """One row per (OOD set, layer, density) plus the fused score and the softmax baseline.
+
+    ``scores`` and ``features`` hold the in-distribution set under ``"clean"`` and every OOD set by name; the
+    scores are the bundle's, computed once by the caller.
+    """
+    clean_scores, clean = scores["clean"], features["clean"]
     rows = []
-    for ood_name, ood in ood_sets.items():
-        ood_scores = bundle.score(ood.layers, ood.softmax.max(axis=1))
+    for ood_name, ood in features.items():
+        if ood_name == "clean":
+            continue
+        ood_scores = scores[ood_name]
         for key, inside in clean_scores.loglik.items():
             layer, density = key.split("/")
             rows.append({"ood_set": ood_name, "layer": layer, "density": density,
@@ -45,12 +51,6 @@ def likelihood_accuracy_rows(bundle: DetectorBundle, clean: ClipFeatures) -> lis
 
 def accuracy_of(features: ClipFeatures) -> float:
     return float(np.mean(np.argmax(features.logits, axis=1) == features.labels))
-
-
-def false_alarm_rate(bundle: DetectorBundle, clean: ClipFeatures) -> float:
-    """Fraction of in-distribution clips (not used for calibration) flagged at the bundle's false-alarm rate."""
-    scores = bundle.score(clean.layers, clean.softmax.max(axis=1))
-    return float(np.mean(np.array(scores.verdicts) != "normal"))
 
 
 P_VALUE_LEVELS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)

@@ -155,7 +155,7 @@ def evaluate(settings: EvaluationSettings) -> dict:
     verdicts = verdict_rows(set_scores)
     results = {
         "accuracy": accuracy,
-        "detection": detection_rows(bundle, clean, ood),
+        "detection": detection_rows(set_scores, {"clean": clean, **ood}),
         "likelihood_accuracy": likelihood_accuracy_rows(bundle, clean),
         "verdicts": verdicts,
         "false_alarm": {"requested": bundle.calibration.alpha, "measured": verdicts[0]["flagged"], "clips": len(clean),
