@@ -1,8 +1,9 @@
-"""Small file helpers shared across packages: content digests and atomic writes."""
+"""Small file helpers shared across packages: content digests, atomic writes, sealed (digest-checked) directories."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -32,3 +33,65 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+DIGESTS_FILE = "digests.json"
+DIGESTS_FORMAT = "clipwatch.digests"
+DIGESTS_VERSION = 1
+
+
+class IntegrityError(ValueError):
+    """A sealed directory whose files no longer match its digest manifest, or a directory that is not sealed."""
+
+
+def seal_directory(directory: str | os.PathLike[str]) -> str:
+    """Write ``digests.json`` (SHA-256 of every other file below ``directory``); return the directory's digest.
+
+    Seal only a directory whose files you trust: loaders then refuse any later edit, addition or removal.
+    """
+    directory = Path(directory)
+    manifest = {"format": DIGESTS_FORMAT, "format_version": DIGESTS_VERSION,
+                "files": {name: file_sha256(directory / name) for name in _sealable_files(directory)}}
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    atomic_write(directory / DIGESTS_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return file_sha256(directory / DIGESTS_FILE)
+
+
+def verify_directory(directory: str | os.PathLike[str], what: str = "directory") -> str:
+    """Check every file below ``directory`` against its ``digests.json``; return the directory's digest.
+
+    The digest (SHA-256 of ``digests.json``) names the exact contents. Raises a one-line :class:`IntegrityError`
+    naming the first file that was edited, added or removed since :func:`seal_directory`, or the missing manifest.
+    """
+    directory = Path(directory)
+    path = directory / DIGESTS_FILE
+    if not path.is_file():
+        raise IntegrityError(
+            f"{path}: missing, so the {what}'s files cannot be verified (written before clipwatch sealed them?); "
+            f"if you trust them, seal it: python -c \"from pipeline.fileio import seal_directory; "
+            f"seal_directory('{directory}')\"")
+    raw = path.read_bytes()
+    try:
+        manifest = json.loads(raw)
+        listed = manifest["files"] if manifest.get("format") == DIGESTS_FORMAT else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        listed = None
+    if not isinstance(listed, dict) or manifest.get("format_version") != DIGESTS_VERSION:
+        raise IntegrityError(f"{path}: not a {DIGESTS_FORMAT} version {DIGESTS_VERSION} manifest")
+    present = _sealable_files(directory)
+    for name in sorted(set(listed) | set(present)):
+        if name not in present:
+            raise IntegrityError(f"{directory / name}: listed in {DIGESTS_FILE} but missing ({what} edited after "
+                                 "it was sealed?)")
+        if name not in listed:
+            raise IntegrityError(f"{directory / name}: not listed in {DIGESTS_FILE} (file added to the {what} "
+                                 "after it was sealed?)")
+        if file_sha256(directory / name) != listed[name]:
+            raise IntegrityError(f"{directory / name}: SHA-256 mismatch ({what} edited after it was sealed?)")
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _sealable_files(directory: Path) -> list[str]:
+    """Relative POSIX paths of every file below ``directory`` except the digest manifest."""
+    return sorted(path.relative_to(directory).as_posix() for path in directory.rglob("*")
+                  if path.is_file() and path.relative_to(directory).as_posix() != DIGESTS_FILE)

@@ -7,14 +7,23 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.data import UCF101, synthesize
-from pipeline.detect import BundleError, Calibration, DetectorBundle, conformal_p_values, extract_video_features
+from pipeline.detect import (
+    BundleError,
+    Calibration,
+    DetectorBundle,
+    bundle_digest,
+    conformal_p_values,
+    extract_video_features,
+)
+from pipeline.fileio import seal_directory
 from pipeline.models import load_model
 from tests.conftest import CLASSES
 
 
 def test_fit_cli_writes_a_pickle_free_bundle(tiny_bundle, tiny_model):
     files = {p.name for p in tiny_bundle.rglob("*") if p.is_file()}
-    assert files == {"bundle.json", "calibration.safetensors", "manifest.json", "arrays.safetensors"}
+    assert files == {"bundle.json", "calibration.safetensors", "manifest.json", "arrays.safetensors",
+                     "digests.json"}
     manifest = json.loads((tiny_bundle / "bundle.json").read_text())
     assert manifest["layers"] == ["layer3", "layer4", "fc"]
     assert manifest["calibration"]["low_level_keys"] == ["layer3/sep"]
@@ -54,20 +63,76 @@ def test_bundle_refuses_other_model_version_and_missing_arrays(tiny_bundle, tiny
     bundle.model_ref = dict(bundle.model_ref, sha256="0" * 64)
     with pytest.raises(BundleError, match="does not match the bundle's model"):
         bundle.resolve_model(copy)
+    # Resealed after each edit, as a bundle written by another clipwatch version would be: the checks behind the
+    # digests still hold.
     manifest = json.loads((copy / "bundle.json").read_text())
     (copy / "bundle.json").write_text(json.dumps(dict(manifest, format_version=7)))
+    seal_directory(copy)
     with pytest.raises(BundleError, match="version 7"):
         DetectorBundle.load(copy)
     edited = dict(manifest, calibration=dict(manifest["calibration"], low_level_keys=[]))
     (copy / "bundle.json").write_text(json.dumps(edited))
+    seal_directory(copy)
     with pytest.raises(BundleError, match="statistics for 2 groups, its settings name 1"):
         DetectorBundle.load(copy)
     (copy / "bundle.json").write_text(json.dumps(manifest))
     (copy / "densities" / "arrays.safetensors").unlink()
+    seal_directory(copy)
     with pytest.raises(BundleError, match="cannot read arrays"):
         DetectorBundle.load(copy)
     with pytest.raises(BundleError, match="not a detector bundle"):
         DetectorBundle.load(tmp_path / "nothing")
+
+
+def _edit_json(path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data, indent=2))
+
+
+BUNDLE_EDITS = {  # edit -> (file named by the error, reason, how to make the edit in a bundle directory)
+    "alpha": ("bundle.json", "SHA-256 mismatch",
+              lambda d: _edit_json(d / "bundle.json", lambda m: m["calibration"].update(alpha=1e-12))),
+    "densities": ("densities/manifest.json", "SHA-256 mismatch",
+                  lambda d: _edit_json(d / "densities" / "manifest.json", lambda m: m["metadata"].update(note="x"))),
+    "stray": ("densities/extra.json", "not listed in digests.json",
+              lambda d: (d / "densities" / "extra.json").write_text("{}")),
+    "removed": ("calibration.safetensors", "listed in digests.json but missing",
+                lambda d: (d / "calibration.safetensors").unlink()),
+    "manifest": ("digests.json", "missing, so the bundle's files cannot be verified.*seal_directory",
+                 lambda d: (d / "digests.json").unlink()),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(BUNDLE_EDITS))
+def test_bundle_refuses_any_edit_after_fitting(tiny_bundle, tmp_path, edit):
+    import shutil
+
+    name, reason, apply = BUNDLE_EDITS[edit]
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    digest = bundle_digest(copy)
+    assert digest == bundle_digest(tiny_bundle) and len(digest) == 64
+    DetectorBundle.load(copy)
+    apply(copy)
+    for load in (DetectorBundle.load, bundle_digest):
+        with pytest.raises(BundleError, match=reason) as info:
+            load(copy)
+        assert str(info.value).startswith(str(copy / name) + ":") and "\n" not in str(info.value)
+    DetectorBundle.load(tiny_bundle)  # the untouched original still loads
+
+
+def test_bundle_model_reference_covers_model_json(tiny_bundle, tiny_model, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    bundle = DetectorBundle.load(tiny_bundle)
+    bundle.model_ref = dict(bundle.model_ref, path=str(model))
+    assert bundle.resolve_model(tiny_bundle) == model
+    _edit_json(model / "model.json", lambda m: m["preprocessing"].update(std=[0.5, 0.5, 0.5]))
+    with pytest.raises(BundleError, match=r"model\.json: SHA-256 mismatch with the bundle's model reference"):
+        bundle.resolve_model(tiny_bundle)
 
 
 def test_fit_cli_reports_a_bad_dataset(tiny_model, tmp_path, capsys):

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import pipeline.models.io as models_io
+from pipeline.fileio import seal_directory
 from pipeline.models import (
     ModelManifest,
     ModelNotFoundError,
@@ -172,6 +173,9 @@ def test_shipped_name_resolves_to_assets_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(models_io, "shipped_model_dir", lambda name: tmp_path / "assets" / name)
     model = trained_like("r3d-10", width=4)
     manifest = save(model, tmp_path / "assets" / "default", name="r3d-10")
+    with pytest.raises(WeightsError, match=r"digests\.json: missing, .*seal_directory\('"):
+        load_model("default")  # shipped models must be sealed
+    seal_directory(tmp_path / "assets" / "default")
     loaded, loaded_manifest = load_model("default")
     assert loaded_manifest == manifest
     clips = torch.randn(1, 3, 8, 32, 32)
@@ -244,3 +248,27 @@ def test_unsafe_or_broken_checkpoints_rejected(tmp_path, capsys):
         load_state_dict_file(mixed)
     with pytest.raises(ModelNotFoundError, match="weights file not found"):
         load_state_dict_file(tmp_path / "absent.pth")
+
+
+def test_sealed_model_directory_refuses_edited_added_or_removed_files(saved):
+    _, directory, manifest = saved
+    seal_directory(directory)
+    assert load_model(directory)[1] == manifest
+    rewrite_manifest(directory, preprocessing={**PREPROCESSING, "std": [0.5, 0.5, 0.5]})
+    with pytest.raises(WeightsError, match=r"model\.json: SHA-256 mismatch \(model directory edited after"):
+        load_model(directory)
+    seal_directory(directory)  # the owner trusts the edit
+    assert load_model(directory)[1].preprocessing.std == (0.5, 0.5, 0.5)
+    (directory / "notes.txt").write_text("x")
+    with pytest.raises(WeightsError, match=r"notes\.txt: not listed in digests\.json"):
+        load_model(directory)
+    (directory / "notes.txt").unlink()
+    (directory / "model.json").unlink()
+    with pytest.raises(ModelNotFoundError, match="no saved model here"):
+        load_model(directory)
+
+
+def test_shipped_models_are_sealed():
+    for name in models_io.SHIPPED_MODELS:
+        assert (shipped_model_dir(name) / "digests.json").is_file()
+        assert models_io.resolve_model_dir(name) == shipped_model_dir(name)

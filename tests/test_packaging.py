@@ -15,6 +15,8 @@ SHIPPED = (
     "pipeline/assets/bundles/default/bundle.json",
     "pipeline/assets/bundles/default/calibration.safetensors",
     "pipeline/assets/bundles/default/densities/arrays.safetensors",
+    "pipeline/assets/bundles/default/digests.json",
+    "pipeline/assets/models/default/digests.json",
     "pipeline/assets/frames/default.safetensors",
     "workers/decoder.py",
 )

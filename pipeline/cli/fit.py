@@ -15,12 +15,13 @@ from pipeline.models import SHIPPED_MODELS, default_layers, file_sha256, load_mo
 
 
 def model_reference(name_or_path: str) -> dict:
-    """How a bundle points at its model: shipped name or absolute path, plus the weights' SHA-256."""
+    """How a bundle points at its model: shipped name or absolute path, plus the weights' and manifest's SHA-256."""
     directory = resolve_model_dir(name_or_path)
     return {
         "name": name_or_path if name_or_path in SHIPPED_MODELS else None,
         "path": str(directory.resolve()),
         "sha256": file_sha256(directory / "model.safetensors"),
+        "manifest_sha256": file_sha256(directory / "model.json"),
     }
 
 

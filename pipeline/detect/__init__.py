@@ -1,6 +1,6 @@
 """Detection: layer features of clips, detector bundles (reducers + densities + calibration), verdicts."""
 
-from pipeline.detect.bundle import BundleError, BundleScores, DetectorBundle
+from pipeline.detect.bundle import BundleError, BundleScores, DetectorBundle, bundle_digest
 from pipeline.detect.calibration import ADVERSARIAL, NORMAL, NOVEL, Calibration, conformal_p_values
 from pipeline.detect.features import (
     ClipFeatures,
@@ -21,6 +21,7 @@ __all__ = [
     "Calibration",
     "ClipFeatures",
     "DetectorBundle",
+    "bundle_digest",
     "conformal_p_values",
     "extract_clip_features",
     "extract_from_tensors",

@@ -5,6 +5,10 @@ Layout::
     bundle.json              format + version, model reference (path + SHA-256), layers, class names, settings
     densities/               per-layer PCA reducers and Tied / Separate / GMM densities (pipeline.density.save)
     calibration.safetensors  sorted calibration scores, means and deviations
+    digests.json             SHA-256 of every other file (pipeline.fileio.seal_directory), checked on every load
+
+Any edit, addition or removal after fitting (a calibration ``alpha`` set to 1e-12 lets every attack through) makes
+:meth:`DetectorBundle.load` refuse the bundle; :func:`bundle_digest` names the exact bundle that scored something.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from tqdm.auto import tqdm
 from pipeline import density as dens
 from pipeline.detect.calibration import Calibration
 from pipeline.detect.features import ClipFeatures
+from pipeline.fileio import IntegrityError, seal_directory, verify_directory
 from pipeline.models import file_sha256, resolve_model_dir
 
 log = logging.getLogger(__name__)
@@ -31,7 +36,15 @@ DENSITY_NAMES = ("gmm", "sep", "tied")
 
 
 class BundleError(ValueError):
-    """A bundle directory is missing, of another version, incomplete, or does not match its model."""
+    """A bundle directory is missing, of another version, incomplete, edited, or does not match its model."""
+
+
+def bundle_digest(directory: str | Path) -> str:
+    """SHA-256 of the bundle's ``digests.json``, after verifying every file against it: names the exact bundle."""
+    try:
+        return verify_directory(directory, what="bundle")
+    except IntegrityError as exc:
+        raise BundleError(str(exc)) from None
 
 
 @dataclass
@@ -110,6 +123,7 @@ class DetectorBundle:
         return BundleScores(loglik, fused, p, [r[0] for r in results], [r[1] for r in results])
 
     def save(self, directory: str | Path) -> Path:
+        """Write the bundle into ``directory`` and seal it (``digests.json`` over every file there)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         estimators = {f"{layer}/reducer": self.reducers[layer] for layer in self.layers}
@@ -124,6 +138,7 @@ class DetectorBundle:
             "calibration_sha256": file_sha256(directory / "calibration.safetensors"),
         }
         (directory / "bundle.json").write_text(json.dumps(manifest, indent=2))
+        seal_directory(directory)
         return directory
 
     @classmethod
@@ -132,6 +147,7 @@ class DetectorBundle:
         manifest_path = directory / "bundle.json"
         if not manifest_path.is_file():
             raise BundleError(f"{directory}: not a detector bundle (no bundle.json)")
+        bundle_digest(directory)
         try:
             manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as exc:
@@ -160,7 +176,11 @@ class DetectorBundle:
                    manifest["settings"])
 
     def resolve_model(self, bundle_dir: str | Path) -> Path:
-        """Path of the bundle's model directory, after checking the weights' SHA-256 against the reference."""
+        """Path of the bundle's model directory, after checking its weights' (and ``model.json``'s) SHA-256.
+
+        Bundles fitted before ``manifest_sha256`` was recorded check the weights only; a shipped model's own
+        ``digests.json`` still covers its ``model.json``.
+        """
         ref = self.model_ref
         candidate = Path(ref["path"])
         if not candidate.is_absolute() and ref.get("relative_to_bundle"):
@@ -175,4 +195,8 @@ class DetectorBundle:
                 f"{weights}: SHA-256 {actual[:12]}… does not match the bundle's model {ref['sha256'][:12]}… "
                 "(the bundle was fitted on other weights: refit it with `clipwatch fit`)"
             )
+        manifest_sha = ref.get("manifest_sha256")
+        if manifest_sha is not None and file_sha256(model_dir / "model.json") != manifest_sha:
+            raise BundleError(f"{model_dir / 'model.json'}: SHA-256 mismatch with the bundle's model reference "
+                              "(model.json edited after the bundle was fitted?)")
         return model_dir

@@ -2,8 +2,10 @@
 
 A saved model is a directory holding the weights and a manifest (architecture, options, classes,
 preprocessing, sha256 of the weights). :func:`load_model` verifies the digest, format version and keys before
-it returns a model. :func:`load_state_dict_file` reads third-party checkpoints (``.safetensors``, or ``.pth``
-through ``torch.load(weights_only=True)``, including Hara et al.'s ``{"state_dict": …, "arch": …}`` format).
+it returns a model, and a directory's ``digests.json`` (``pipeline.fileio.seal_directory``: every file, the
+manifest included) whenever there is one; shipped models must carry one. :func:`load_state_dict_file` reads
+third-party checkpoints (``.safetensors``, or ``.pth`` through ``torch.load(weights_only=True)``, including Hara
+et al.'s ``{"state_dict": …, "arch": …}`` format).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import pipeline
-from pipeline.fileio import atomic_write, file_sha256
+from pipeline.fileio import DIGESTS_FILE, IntegrityError, atomic_write, file_sha256, verify_directory
 from pipeline.models.errors import ModelNotFoundError, WeightsError
 from pipeline.models.manifest import MANIFEST_FILE, WEIGHTS_FILE, ModelManifest, build_manifest, read_manifest
 from pipeline.models.registry import build_model
@@ -107,13 +109,19 @@ def load_model(
 
 
 def resolve_model_dir(path_or_name: str | os.PathLike[str]) -> Path:
-    """Directory holding ``model.json`` for a path (directory or manifest file) or a shipped model name."""
+    """Directory holding ``model.json`` for a path (directory or manifest file) or a shipped model name.
+
+    Verifies the directory's ``digests.json`` when it has one, and always for shipped models, so an edited
+    ``model.json`` (preprocessing, classes) is refused like edited weights.
+    """
     if isinstance(path_or_name, str) and path_or_name in SHIPPED_MODELS:
         directory = shipped_model_dir(path_or_name)
         if not (directory / MANIFEST_FILE).is_file():
             raise ModelNotFoundError(
-                f"shipped model {path_or_name!r} not found at {directory} (train one and save it there with save_model)"
+                f"shipped model {path_or_name!r} not found at {directory} "
+                "(train one, save it there with save_model and seal it with pipeline.fileio.seal_directory)"
             )
+        _verify_sealed(directory, required=True)
         return directory
     path = Path(path_or_name)
     directory = path.parent if path.is_file() and path.suffix == ".json" else path
@@ -122,7 +130,16 @@ def resolve_model_dir(path_or_name: str | os.PathLike[str]) -> Path:
             f"{path}: no saved model here (expected a directory with {MANIFEST_FILE} and {WEIGHTS_FILE}; "
             f"shipped names: {', '.join(SHIPPED_MODELS)})"
         )
+    _verify_sealed(directory, required=directory.resolve().parent == shipped_model_dir("default").resolve().parent)
     return directory
+
+
+def _verify_sealed(directory: Path, *, required: bool) -> None:
+    if required or (directory / DIGESTS_FILE).is_file():
+        try:
+            verify_directory(directory, what="model directory")
+        except IntegrityError as exc:
+            raise WeightsError(str(exc)) from None
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
