@@ -4,8 +4,13 @@ import csv
 import json
 import shutil
 
+from videos import write_indexed_video
+
+from pipeline.batch.score import OUTPUTS
 from pipeline.cli import main
 from pipeline.data import UCF101
+from pipeline.detect import DetectorBundle
+from pipeline.detect.bundle import bundle_digest
 
 
 def read_records(out):
@@ -56,3 +61,50 @@ def test_score_directory_skips_a_corrupt_file(tiny_bundle, tiny_dataset, tmp_pat
     records = read_records(out)
     assert {r["video"].rsplit("/", 1)[-1] for r in records} == {p.name for p in good}
     assert all(r["label"] is None for r in records)
+
+
+def test_score_batches_mixed_resolutions_and_names_every_unusable_input(tiny_bundle, tiny_dataset, tmp_path,
+                                                                         capsys):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(sorted(tiny_dataset.glob("MoveLeft/*.avi"))[0], folder / "small.avi")  # 56x32, 24 frames
+    write_indexed_video(folder / "large.mp4", 24, width=96, height=64)
+    write_indexed_video(folder / "short.mp4", 3, width=64, height=48)
+    write_indexed_video(folder / "dot.mkv", 24, width=1, height=1, codec="h264_444")
+    out = tmp_path / "scores"
+    assert main(["score", "--bundle", str(tiny_bundle), "--data", str(folder), "--out", str(out),
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"skipped {folder / 'short.mp4'}: 3 frames, shorter than one clip (8 frames)" in printed
+    assert f"skipped {folder / 'dot.mkv'}: frame size 1x1 is below the minimum of 16 px" in printed
+    assert "6 clips from 2 videos" in printed and "2 inputs skipped" in printed
+    records = read_records(out)
+    assert sorted({r["video"].rsplit("/", 1)[-1] for r in records}) == ["large.mp4", "small.avi"]
+    assert len(records) == 6
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(s["path"].rsplit("/", 1)[-1] for s in summary["skipped"]) == ["dot.mkv", "short.mp4"]
+
+
+def test_score_refuses_to_mix_bundles_in_one_output_folder(tiny_bundle, tiny_dataset, tmp_path, capsys):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    shutil.copy(sorted(tiny_dataset.glob("Grow/*.avi"))[0], folder / "grow.avi")
+    other = DetectorBundle.load(tiny_bundle)
+    other.calibration.alpha = 0.3
+    other_dir = other.save(tmp_path / "other-bundle")
+    out = tmp_path / "scores"
+    command = ["score", "--data", str(folder), "--out", str(out), "--no-progress"]
+    assert main([*command, "--bundle", str(tiny_bundle)]) == 0
+    first = (out / "scores.jsonl").read_bytes()
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main([*command, "--bundle", str(other_dir)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"clipwatch score: error: {out}: holds scores from bundle {bundle_digest(tiny_bundle)[:12]}")
+    assert error.endswith(f"choose a new --out, or pass --overwrite to replace the score files there ({', '.join(OUTPUTS)})")
+    assert (out / "scores.jsonl").read_bytes() == first
+    assert main([*command, "--bundle", str(other_dir), "--overwrite"]) == 0
+    assert (out / "bundle.sha256").read_text().split()[0] == bundle_digest(other_dir)
+    assert json.loads((out / "summary.json").read_text())["bundle_sha256"] == bundle_digest(other_dir)
+    assert len(read_records(out)) == 3 and (out / "notes.txt").read_text() == "mine"
+    assert main([*command, "--bundle", str(other_dir)]) == 0  # same bundle again: resumes

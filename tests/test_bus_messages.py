@@ -187,6 +187,9 @@ BAD_PAYLOADS = {
     "shape rank": (_tamper("clip", shape=[4, 6, 5]), "field 'shape': item 3 missing"),
     "zero in shape": (_tamper("clip", shape=[0, 6, 5, 3]), "field 'shape.0': Input should be greater than"),
     "pts vs frames": (_tamper("clip", pts=[0.0]), "1 pts for 4 frames"),
+    "frame side": (_tamper("clip", shape=[4, 9000, 9000, 3]), "frame size 9000x9000 exceeds the largest side of 8192"),
+    "aspect ratio": (_tamper("clip", shape=[4, 2, 17, 3]), "frame size 2x17 has an aspect ratio beyond 8:1"),
+    "channels": (_tamper("clip", shape=[4, 6, 5, 5]), "frames have 5 channels, at most 4 allowed"),
     "frame range": (_tamper("clip", first_frame=200), "last_frame 118 < first_frame 200"),
     "dtype": (_tamper("clip", dtype="float32"), "field 'dtype': Input should be 'uint8'"),
     "ext type": (_tamper("health", time=msgpack.ExtType(5, b"x")), "field 'time': Input should be a valid number"),
@@ -213,6 +216,20 @@ def test_bad_payload_raises_one_line_message_error(case):
     assert reason in text
     assert "\n" not in text
     assert isinstance(caught.value, ValueError)
+
+
+def test_a_sliver_clip_is_refused_by_the_schema_before_anything_resizes_it():
+    """16 x 1 x 65536 frames (3 MiB) would be scaled to 128 x 8388608 by a short-side resize: 20 GB per clip."""
+    sliver = np.zeros((16, 1, 65536, 3), np.uint8)
+    body = {**clip_body, "shape": list(sliver.shape), "pts": [0.0] * 16, "frames": sliver.tobytes()}
+    with pytest.raises(MessageError, match=r"^invalid clip message: frame size 1x65536 exceeds the largest side"):
+        decode(pack(body))
+    with pytest.raises(MessageError, match=r"^clip cam:3: frame size 1x4096 has an aspect ratio beyond 8:1"):
+        ClipMessage.from_array(sliver[:, :, :4096], stream_id="cam", seq=3, first_frame=0, last_frame=15,
+                               pts=[0.0] * 16)
+    wide = np.zeros((2, 10, 80, 3), np.uint8)  # exactly 8:1 is allowed
+    assert ClipMessage.from_array(wide, stream_id="cam", seq=0, first_frame=0, last_frame=1,
+                                  pts=[0.0, 0.1]).shape == (2, 10, 80, 3)
 
 
 def test_several_problems_are_counted_on_one_line():

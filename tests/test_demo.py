@@ -1,10 +1,13 @@
 """The demo end to end on the tiny model: feeds written as real files, every clip scored, a report with thumbnails."""
 
 import numpy as np
+import pytest
 import torch
 
 from pipeline.attacks import AdversarialFrame
+from pipeline.cli import main
 from pipeline.demo import paint_frame, run_demo
+from pipeline.demo.run import MARKER, prepare_output
 from pipeline.video import open_video
 
 
@@ -40,3 +43,36 @@ def test_demo_runs_the_pipeline_and_writes_a_report(tiny_bundle, tmp_path, capsy
         assert alert["thumbnail"] and (out / "thumbnails").is_dir()
         assert alert["thumbnail"]["uri"].split("/")[-1] in html
     assert "clips scored" in capsys.readouterr().out
+
+
+def test_demo_refuses_a_folder_it_did_not_write_and_deletes_nothing(tiny_bundle, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "report.md").write_text("my own report")
+    assert main(["demo", "--out", str(tmp_path), "--bundle", str(tiny_bundle), "--no-progress"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"clipwatch demo: error: {tmp_path}: folder is not empty and was not written by "
+                            "clipwatch demo; choose another --out, or pass --overwrite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "report.md"]
+    assert (tmp_path / "report.md").read_text() == "my own report"
+
+
+def test_demo_output_is_cleared_of_its_own_entries_only(tmp_path):
+    out = tmp_path / "demo"
+    prepare_output(out)
+    assert [p.name for p in out.iterdir()] == [MARKER]
+    (out / "feeds" / "gate").mkdir(parents=True)
+    (out / "feeds" / "gate" / "gate-00.mkv").write_bytes(b"video")
+    (out / "verdicts.jsonl").write_text("{}\n")
+    (out / "notes.txt").write_text("added by the user")
+    prepare_output(out)  # an earlier demo's folder: no flag needed
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "notes.txt"]
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "report.html").write_text("old")
+    (foreign / "data.csv").write_text("keep")
+    prepare_output(foreign, overwrite=True)
+    assert sorted(p.name for p in foreign.iterdir()) == [MARKER, "data.csv"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        prepare_output(tmp_path / "file", overwrite=True)

@@ -19,6 +19,7 @@ import pytest
 from pipeline_helpers import read_jsonl, wait_for, write_config
 from redis_server import free_port
 
+from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.detect import DetectorBundle, extract_video_features
 from pipeline.models import load_model
@@ -106,6 +107,16 @@ def test_run_scores_every_clip_once_and_alerts_on_the_flagged_ones(inputs, tiny_
 
     again = run_pipeline(load_config(path), out=io.StringIO(), drain_timeout_s=60)
     assert again.alerts == 0 and len(read_jsonl(tmp_path / "out" / "verdicts.jsonl")) == len(expected)
+
+
+def test_run_command_exits_non_zero_when_no_source_could_be_opened(tiny_bundle, tmp_path, capsys):
+    path = write_config(tmp_path / "missing.yaml", {
+        "sources": [{"path": "no-such-folder"}], "bundle": str(tiny_bundle), "alerts": {"jsonl": "alerts.jsonl"},
+        "ops": {"base_port": 0, "log_level": "WARNING"}})
+    assert main(["run", "--config", str(path), "--drain-timeout", "30"]) == 1
+    captured = capsys.readouterr()
+    assert "0 clips from 0 streams" in captured.out and "1 inputs skipped" in captured.out
+    assert captured.err.strip().endswith("clipwatch run: error: no source could be opened (1 skipped; see above)")
 
 
 def test_run_command_serves_ops_and_stops_gracefully_on_sigterm(inputs, tiny_bundle, tmp_path):

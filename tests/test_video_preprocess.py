@@ -10,6 +10,7 @@ from PIL import Image
 from videos import random_frames
 
 from pipeline.video import KINETICS_MEAN, KINETICS_STD, preprocess
+from pipeline.video.preprocess import resize_frames, resize_target
 
 MEAN = np.array(KINETICS_MEAN)
 STD = np.array(KINETICS_STD)
@@ -102,3 +103,50 @@ def test_invalid_input_is_rejected(frames, message):
 def test_invalid_statistics_are_rejected():
     with pytest.raises(ValueError, match="std > 0"):
         preprocess(np.zeros((1, 128, 128, 3), np.uint8), std=(0.2, 0.0, 0.2))
+
+
+SLIVER_SCRIPT = """
+import json, resource
+import numpy as np
+from pipeline.detect.features import model_input
+from pipeline.models import Preprocessing
+from pipeline.video.preprocess import preprocess, resize_frames
+
+sliver = np.zeros((16, 1, 65536, 3), np.uint8)
+prep = Preprocessing(clip_len=16, frame_step=1, short_side=128, crop=112, mean=(0.45,) * 3, std=(0.225,) * 3)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+errors = []
+for call in (lambda: preprocess(sliver), lambda: resize_frames(sliver, 128), lambda: model_input(sliver[None], prep)):
+    try:
+        call()
+        errors.append("accepted")
+    except ValueError as error:
+        errors.append(str(error))
+grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps({"errors": errors, "grown_mib": grown_mib}))
+"""
+
+
+def test_a_sliver_clip_is_refused_before_any_allocation_on_every_resize_path():
+    """16 x 1 x 65536 frames (3 MiB) scaled to a short side of 128 would take 20 GB; peak memory must not move."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", SLIVER_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(report["errors"]) == 3
+    for error in report["errors"]:
+        assert error.startswith("1x65536 frames would be resized to 128x8388608: 16 such frames exceed the limit")
+    assert report["grown_mib"] < 64
+
+
+def test_resize_frames_matches_preprocess_and_keeps_frames_already_at_size():
+    clip = random_frames(3, 90, 120, seed=5)
+    resized = resize_frames(clip, 64)
+    assert resized.shape == (3, 64, 85, 3) and resized.dtype == torch.uint8
+    torch.testing.assert_close(preprocess(resized.numpy(), 64, 64), preprocess(clip, 64, 64))
+    assert resize_frames(clip, 90).data_ptr() == torch.as_tensor(clip).data_ptr()
+    with pytest.raises(ValueError, match="exceed the limit of 16777216 pixels per clip"):
+        resize_target(16, 64, 64, 128, size=(2048, 2048))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,14 +15,15 @@ from pipeline_helpers import verdict
 from videos import read_indices, write_indexed_video
 from webhook_server import Reply, WebhookServer
 
+import workers.classifier
 from pipeline.alerts import AlertRules, JsonlSink, ScoredClip, WebhookSink, verify_signature
-from pipeline.bus import VerdictMessage
+from pipeline.bus import ClipMessage, VerdictMessage
 from pipeline.config import SourceConfig
 from pipeline.detect import DetectorBundle, extract_from_tensors, model_input
 from pipeline.models import Preprocessing, load_model
 from pipeline.video import Clip, ClipSplitter, iter_file_clips
 from workers.classifier import ClassifierStep
-from workers.decoder import clip_message, file_clip_messages, plan_streams, resize_frames
+from workers.decoder import clip_message, file_clip_messages, plan_streams, shrink_frames
 from workers.density import DensityStep
 from workers.reorder import ReorderBuffer
 from workers.runtime import Rejected, gather_batch
@@ -74,7 +76,7 @@ def test_decoder_resize_gives_the_classifier_bit_identical_input(indexed_video):
     for message, frames in zip(resized, originals, strict=True):
         assert torch.equal(model_input(np.array(message.array[None]), PREP), model_input(frames[None], PREP))
     small = np.zeros((8, 20, 30, 3), dtype=np.uint8)
-    assert resize_frames(small, 32) is small
+    assert shrink_frames(small, 32) is small
 
 
 def test_decoder_pace_replays_a_file_no_faster_than_real_time(indexed_video):
@@ -101,6 +103,16 @@ def test_decoder_plans_directories_urls_and_cameras(tmp_path, indexed_video):
     assert plan.stream_id == "rtsp://admin:***@10.0.0.5/live" and not plan.is_file
     (plan,), _ = plan_streams(SourceConfig(webcam=2))
     assert (plan.stream_id, plan.target) == ("camera2", 2)
+
+
+def test_decoder_gives_files_differing_only_by_suffix_their_own_stream_ids(tmp_path, indexed_video):
+    for name in ("cam.mp4", "cam.avi", "sub/cam.mp4", "door.mp4"):
+        (tmp_path / "vids" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "vids" / name).write_bytes(indexed_video.read_bytes())
+    plans, bad = plan_streams(SourceConfig(path=tmp_path / "vids"))
+    assert [p.stream_id for p in plans] == ["vids/cam.avi", "vids/cam.mp4", "vids/door", "vids/sub/cam"] and not bad
+    assert [Path(p.target).relative_to(tmp_path / "vids").as_posix() for p in plans] == [
+        "cam.avi", "cam.mp4", "door.mp4", "sub/cam.mp4"]
 
 
 def test_gather_batch_fills_across_sources_up_to_max_batch_or_max_wait():
@@ -150,6 +162,30 @@ def test_classifier_step_matches_offline_features_across_streams_and_sizes(tiny_
         assert embedding.softmax_max == pytest.approx(float(probabilities.max()), rel=1e-5)
         thumbnail = cv2.imdecode(np.frombuffer(embedding.thumbnail, np.uint8), cv2.IMREAD_COLOR)
         assert thumbnail.shape[:2] == clip.shape[1:3]
+
+
+def test_classifier_step_rejects_a_sliver_clip_without_resizing_it(classifier, clip_batch, monkeypatch):
+    """A 8 x 1 x 65536 clip that bypassed message validation is rejected from its shape; the batch goes on."""
+    sliver = np.zeros((PREP.clip_len, 1, 65536, 3), np.uint8)
+    bad = ClipMessage.model_construct(stream_id="wide", seq=0, pts=[0.0] * PREP.clip_len, label=None, source=None,
+                                      timestamps={}, first_frame=0, last_frame=7, shape=sliver.shape, dtype="uint8",
+                                      frames=sliver.tobytes())
+    resized_shapes = []
+    real_model_inputs = workers.classifier.model_inputs
+
+    def spy(clips, preprocessing):
+        resized_shapes.extend(clip.shape for clip in clips)
+        return real_model_inputs(clips, preprocessing)
+
+    monkeypatch.setattr(workers.classifier, "model_inputs", spy)
+    good, rejected = classifier([clip_batch[0], bad])
+    assert isinstance(rejected, Rejected) and "\n" not in rejected.reason
+    assert rejected.reason.startswith("clip wide:0: frame size 1x65536 exceeds the largest side of 8192 pixels")
+    assert good.key == clip_batch[0].key and resized_shapes == [clip_batch[0].shape]
+    narrow = ClipMessage.model_construct(**{**dict(bad), "shape": (PREP.clip_len, 8, 4096, 3),
+                                            "frames": bytes(PREP.clip_len * 8 * 4096 * 3)})
+    (refused,) = classifier([narrow])
+    assert refused.reason == "clip wide:0: frame size 8x4096 has an aspect ratio beyond 8:1, too extreme to resize for a model"
 
 
 def test_density_step_scores_like_the_bundle_and_stamps_the_time(tiny_bundle, classifier, clip_batch):

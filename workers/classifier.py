@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from pipeline.bus import ClipMessage, EmbeddingMessage
-from pipeline.bus.messages import MAX_THUMBNAIL_BYTES
+from pipeline.bus.messages import MAX_THUMBNAIL_BYTES, frame_shape_problem
 from pipeline.config import ClassifierConfig
-from pipeline.detect import DetectorBundle, model_input
+from pipeline.detect import DetectorBundle
+from pipeline.detect.features import model_input_problem, model_inputs
 from pipeline.models import FeatureTap, ModelManifest, load_model
 from workers.runtime import Inbound, Outcome, Rejected, Stage, outcomes_for
 
@@ -78,14 +79,15 @@ class ClassifierStep:
                    thumbnail_quality=config.thumbnail_quality)
 
     def check(self, clip: ClipMessage) -> str | None:
-        """Why the model cannot take `clip`, or None."""
+        """Why the model cannot take `clip`, or None; checks the shape only, before anything is resized."""
         length, _, _, channels = clip.shape
         if length != self.preprocessing.clip_len:
             return (f"clip {clip.key} has {length} frames but model {self.model_id} takes "
                     f"{self.preprocessing.clip_len}")
         if channels != 3:
             return f"clip {clip.key} has {channels} channels, the model takes RGB"
-        return None
+        problem = frame_shape_problem(clip.shape) or model_input_problem(clip.shape, self.preprocessing)
+        return f"clip {clip.key}: {problem}" if problem else None
 
     def __call__(self, clips: Sequence[ClipMessage]) -> list[EmbeddingMessage | Rejected]:
         results: list[EmbeddingMessage | Rejected | None] = [None] * len(clips)
@@ -107,15 +109,7 @@ class ClassifierStep:
 
     def _inputs(self, clips: list[ClipMessage]) -> torch.Tensor:
         """The model input of every clip in order, preprocessing clips of equal frame size together."""
-        by_shape: dict[tuple, list[int]] = {}
-        for index, clip in enumerate(clips):
-            by_shape.setdefault(clip.shape, []).append(index)
-        parts: list[torch.Tensor | None] = [None] * len(clips)
-        for indices in by_shape.values():
-            batch = model_input(np.stack([clips[i].array for i in indices]), self.preprocessing)
-            for row, index in enumerate(indices):
-                parts[index] = batch[row]
-        return torch.stack(parts).to(self.device)
+        return model_inputs([clip.array for clip in clips], self.preprocessing).to(self.device)
 
     def _embedding(self, clip: ClipMessage, probabilities: np.ndarray,
                    features: dict[str, np.ndarray]) -> EmbeddingMessage:

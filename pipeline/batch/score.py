@@ -4,6 +4,11 @@ Results go to ``scores.jsonl`` (one record per clip) as each video finishes, so 
 where it stopped: videos that already have records are skipped, and a torn last line is cut off. At the end
 ``scores.csv`` and ``summary.json`` / ``summary.md`` (counts per verdict; accuracy and the in-distribution
 flag rate when labels are known) are written from the JSONL.
+
+``bundle.sha256`` names the bundle the records come from: resuming with another bundle is refused (its records
+would be mixed with the old ones) unless ``overwrite`` replaces the folder's score files. Videos of any resolutions
+are batched together (clips are preprocessed per frame size); an input that cannot be scored (unreadable, shorter
+than one clip, frames too small or too extreme to resize) is named with its reason and counted in the summary.
 """
 
 from __future__ import annotations
@@ -21,12 +26,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.data import UCF101
-from pipeline.detect import DetectorBundle, extract_from_tensors, model_input
+from pipeline.detect import DetectorBundle, extract_from_tensors
+from pipeline.detect.bundle import bundle_digest
+from pipeline.detect.features import model_input_problem, model_inputs
 from pipeline.models import load_model
-from pipeline.video import ClipSplitter, VideoError, iter_file_clips, scan_videos
+from pipeline.video import ClipSplitter, VideoError, iter_file_clips, open_video, scan_videos
+from pipeline.video.preprocess import MIN_FRAME_SIDE
 
 log = logging.getLogger(__name__)
 RECORDS, TABLE, SUMMARY_JSON, SUMMARY_MD = "scores.jsonl", "scores.csv", "summary.json", "summary.md"
+BUNDLE_DIGEST = "bundle.sha256"
+"""SHA-256 of the bundle (`bundle_digest`) that wrote the folder's records, then its path, on one line."""
+OUTPUTS = (RECORDS, TABLE, SUMMARY_JSON, SUMMARY_MD, BUNDLE_DIGEST)
+"""Every file scoring writes; ``overwrite`` removes these and nothing else."""
 
 
 @dataclass(frozen=True)
@@ -70,20 +82,51 @@ def _done_videos(path: Path) -> set[str]:
     return {json.loads(line)["video"] for line in good.decode().splitlines() if line.strip()}
 
 
-def score_archive(bundle_dir: str | Path, videos: Sequence[VideoItem], out: str | Path, *,
-                  class_names: list[str] | None = None, batch_size: int = 16, progress: bool = True) -> dict:
-    """Score every clip of ``videos`` with the bundle; resumable; returns the summary."""
-    out = Path(out)
+def claim_output(out: Path, bundle_dir: str | Path, *, overwrite: bool = False) -> str:
+    """Check that ``out`` holds no records of another bundle, record this bundle's digest there, return it.
+
+    ValueError (one line) if it does, or if it holds records of an unknown bundle (written before digests were
+    recorded), unless ``overwrite``: then the folder's score files (`OUTPUTS`) are removed, and nothing else.
+    """
+    digest = bundle_digest(bundle_dir)
+    stamp = out / BUNDLE_DIGEST
+    if stamp.is_file():
+        previous, _, previous_path = stamp.read_text().strip().partition(" ")
+    else:
+        previous, previous_path = "", ""
+    records = out / RECORDS
+    stale = previous != digest if previous else records.is_file() and records.stat().st_size > 0
+    if stale and not overwrite:
+        what = f"bundle {previous[:12]}… ({previous_path})" if previous else "an unrecorded bundle"
+        raise ValueError(f"{out}: holds scores from {what}, not from {bundle_dir} ({digest[:12]}…); choose a new "
+                         f"--out, or pass --overwrite to replace the score files there ({', '.join(OUTPUTS)})")
+    if stale:
+        for name in OUTPUTS:
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(f"{digest} {bundle_dir}\n")
+    return digest
+
+
+def score_archive(bundle_dir: str | Path, videos: Sequence[VideoItem], out: str | Path, *,
+                  class_names: list[str] | None = None, batch_size: int = 16, progress: bool = True,
+                  skipped: Sequence[tuple[str, str]] = (), overwrite: bool = False) -> dict:
+    """Score every clip of ``videos`` with the bundle; resumable; returns the summary.
+
+    ``skipped`` are inputs already found unusable (``(path, reason)``, e.g. from `list_videos`): printed and
+    counted with the ones found here. ``overwrite`` replaces the scores of another bundle (see `claim_output`).
+    """
+    out = Path(out)
     bundle = DetectorBundle.load(bundle_dir)
     model, manifest = load_model(bundle.resolve_model(bundle_dir))
     if class_names is not None and list(class_names) != list(bundle.class_names):
         raise ValueError(f"dataset classes {class_names} differ from the bundle's {bundle.class_names}")
+    digest = claim_output(out, bundle_dir, overwrite=overwrite)
     records_path = out / RECORDS
     done = _done_videos(records_path)
     todo = [v for v in videos if str(v.path) not in done]
     log.info("%d videos, %d already scored", len(videos), len(videos) - len(todo))
-    errors: list[tuple[str, str]] = []
+    errors: list[tuple[str, str]] = list(skipped)
     started = time.perf_counter()
     with open(records_path, "a", encoding="utf-8") as sink:
         for _video, records in tqdm(_score_videos(bundle, model, manifest, todo, batch_size, errors),
@@ -94,23 +137,40 @@ def score_archive(bundle_dir: str | Path, videos: Sequence[VideoItem], out: str 
     for path, reason in errors:
         print(f"skipped {path}: {reason}")
     summary = summarise(records_path, bundle, errors, time.perf_counter() - started)
+    summary["bundle_sha256"] = digest
     write_table(records_path, out / TABLE)
     (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
     (out / SUMMARY_MD).write_text(summary_markdown(summary))
     return summary
 
 
-def _clips(todo: Sequence[VideoItem], splitter: ClipSplitter, errors: list) -> Iterator[tuple[int, object, int]]:
-    """``(video index, clip, clips in that video so far)``; ``clip`` is None once a video is exhausted."""
+def _clips(todo: Sequence[VideoItem], splitter: ClipSplitter, prep,
+           errors: list) -> Iterator[tuple[int, object, int]]:
+    """``(video index, clip, clips in that video so far)``; ``clip`` is None once a video is exhausted.
+
+    A video that cannot give one usable clip is added to ``errors`` with its reason before any frame is decoded.
+    """
     for index, video in enumerate(todo):
         count = 0
         try:
-            for clip in iter_file_clips(video.path, splitter):
-                count += 1
-                yield index, clip, count
+            with open_video(video.path, access="sequential", min_side=MIN_FRAME_SIDE) as reader:
+                problem = _unusable(reader, splitter, prep)
+                if problem:
+                    errors.append((str(video.path), problem))
+                else:
+                    for clip in iter_file_clips(reader, splitter):
+                        count += 1
+                        yield index, clip, count
         except VideoError as exc:
-            errors.append((str(video.path), str(exc)))
+            errors.append((str(video.path), exc.reason))
         yield index, None, count
+
+
+def _unusable(reader, splitter: ClipSplitter, prep) -> str | None:
+    """Why a video gives no clip the model can take (too short, frames too extreme to resize), or None."""
+    if not splitter.plan(reader.num_frames):
+        return f"{reader.num_frames} frames, shorter than one clip ({splitter.span} frames)"
+    return model_input_problem((prep.clip_len, reader.height, reader.width, 3), prep)
 
 
 def _score_videos(bundle, model, manifest, todo, batch_size, errors) -> Iterator[tuple[VideoItem, list[dict]]]:
@@ -133,7 +193,7 @@ def _score_videos(bundle, model, manifest, todo, batch_size, errors) -> Iterator
             if records:
                 yield todo[index], records
 
-    for index, clip, count in _clips(todo, splitter, errors):
+    for index, clip, count in _clips(todo, splitter, prep, errors):
         if clip is None:
             finished[index] = count
         else:
@@ -144,8 +204,8 @@ def _score_videos(bundle, model, manifest, todo, batch_size, errors) -> Iterator
 
 
 def _score_batch(bundle, model, prep, batch, todo) -> list[dict]:
-    frames = np.stack([clip.frames for _, clip in batch])
-    layers, logits = extract_from_tensors(model, [model_input(frames, prep)], bundle.layers)
+    inputs = model_inputs([clip.frames for _, clip in batch], prep)
+    layers, logits = extract_from_tensors(model, [inputs], bundle.layers)
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     softmax = shifted / shifted.sum(axis=1, keepdims=True)
     scores = bundle.score(layers, softmax.max(axis=1))

@@ -39,6 +39,16 @@ DEFAULT_MAX_BYTES = 16 * 2**20
 MAX_THUMBNAIL_BYTES = 256 * 2**10
 """Largest inline JPEG thumbnail (256 KiB): thumbnails are previews, not frames."""
 
+MAX_FRAME_SIDE = 8192
+"""Largest frame height or width a clip message may carry (8K video is 7680 wide)."""
+
+MAX_ASPECT_RATIO = 8
+"""Longest frame side over shortest allowed in a clip message: resizing the short side of a 1 x 65536 frame to
+128 pixels would otherwise ask for gigabytes (see `pipeline.video.preprocess.MAX_RESIZED_PIXELS`)."""
+
+MAX_CHANNELS = 4
+"""Most colour channels of a clip's frames (grey, RGB, RGBA)."""
+
 VerdictLabel = Literal["normal", "novel", "adversarial"]
 HealthState = Literal["up", "down", "stalled", "reconnecting", "ended"]
 
@@ -93,8 +103,25 @@ def _check_thumbnail(thumbnail: bytes | None) -> None:
         raise ValueError("thumbnail is not a JPEG (no FF D8 FF marker)")
 
 
+def frame_shape_problem(shape: Sequence[int]) -> str | None:
+    """Why (T, H, W, C) frames may not travel in a clip message (side, aspect ratio, channels), or None."""
+    _, height, width, channels = shape
+    if max(height, width) > MAX_FRAME_SIDE:
+        return f"frame size {height}x{width} exceeds the largest side of {MAX_FRAME_SIDE} pixels"
+    if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+        return (f"frame size {height}x{width} has an aspect ratio beyond {MAX_ASPECT_RATIO}:1, "
+                "too extreme to resize for a model")
+    if channels > MAX_CHANNELS:
+        return f"frames have {channels} channels, at most {MAX_CHANNELS} allowed"
+    return None
+
+
 class ClipMessage(ClipRef):
-    """T decoded frames of one stream: ``frames`` holds ``shape = (T, H, W, C)`` uint8 values, C-contiguous."""
+    """T decoded frames of one stream: ``frames`` holds ``shape = (T, H, W, C)`` uint8 values, C-contiguous.
+
+    Frame sides are at most `MAX_FRAME_SIDE`, their aspect ratio at most `MAX_ASPECT_RATIO`: a consumer's memory per
+    clip is bounded by the message, whatever resizing it does.
+    """
 
     TYPE: ClassVar[str] = "clip"
 
@@ -110,6 +137,9 @@ class ClipMessage(ClipRef):
             raise ValueError(f"last_frame {self.last_frame} < first_frame {self.first_frame}")
         if len(self.pts) != self.shape[0]:
             raise ValueError(f"{len(self.pts)} pts for {self.shape[0]} frames")
+        problem = frame_shape_problem(self.shape)
+        if problem:
+            raise ValueError(problem)
         expected = math.prod(self.shape)
         if len(self.frames) != expected:
             raise ValueError(f"frames hold {len(self.frames)} bytes but shape {self.shape} needs {expected}")
@@ -127,9 +157,16 @@ class ClipMessage(ClipRef):
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4:
             got = f"{frames.dtype} array of shape {frames.shape}" if isinstance(frames, np.ndarray) else type(frames)
             raise MessageError(f"clip {stream_id}:{seq}: frames must be a (T, H, W, C) uint8 array, got {got}")
-        return cls(stream_id=stream_id, seq=int(seq), first_frame=int(first_frame), last_frame=int(last_frame),
-                   pts=[float(p) for p in pts], shape=tuple(int(s) for s in frames.shape),
-                   frames=np.ascontiguousarray(frames).tobytes(), **metadata)
+        shape = tuple(int(s) for s in frames.shape)
+        problem = frame_shape_problem(shape)  # before copying the frames
+        if problem:
+            raise MessageError(f"clip {stream_id}:{seq}: {problem}")
+        try:
+            return cls(stream_id=stream_id, seq=int(seq), first_frame=int(first_frame), last_frame=int(last_frame),
+                       pts=[float(p) for p in pts], shape=shape, frames=np.ascontiguousarray(frames).tobytes(),
+                       **metadata)
+        except ValidationError as error:
+            raise MessageError(f"clip {stream_id}:{seq}: invalid clip message: {_summarise(error)}") from None
 
     @classmethod
     def from_clip(cls, clip: Any, **metadata: Any) -> ClipMessage:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -28,4 +29,8 @@ def run(args: argparse.Namespace) -> int:
     state = "stopped" if summary.stopped else "done"
     print(f"run {state}: {sum(summary.published.values())} clips from {len(summary.published)} streams, "
           f"{summary.alerts} alerts, {len(summary.skipped)} inputs skipped, {summary.seconds:.1f} s")
+    if not summary.published and summary.skipped and not summary.stopped:
+        print(f"clipwatch run: error: no source could be opened ({len(summary.skipped)} skipped; see above)",
+              file=sys.stderr)
+        return 1
     return 0

@@ -15,7 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bundle", required=True, type=Path, help="detector bundle written by `clipwatch fit`")
     parser.add_argument("--data", required=True, type=Path, help="UCF101 root, video directory, or .txt file list")
     parser.add_argument("--split", help="with a UCF101 root: train1..3 or test1..3")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (resumes when it has scores.jsonl)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output folder (resumes when it has scores.jsonl of the same bundle)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the score files in --out when they come from another bundle")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--no-progress", action="store_true")
@@ -26,11 +29,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     videos, classes, skipped = list_videos(args.data, args.split)
-    for path, reason in skipped:
-        print(f"skipped {path}: {reason}")
     summary = score_archive(args.bundle, videos, args.out, class_names=classes, batch_size=args.batch_size,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, skipped=skipped, overwrite=args.overwrite)
     counts = ", ".join(f"{v} {n}" for v, n in summary["verdicts"].items())
     accuracy = f"; accuracy {summary['accuracy']:.3f}" if "accuracy" in summary else ""
-    print(f"{summary['clips']} clips from {summary['videos']} videos: {counts}{accuracy}; results in {args.out}")
+    print(f"{summary['clips']} clips from {summary['videos']} videos: {counts}{accuracy}; "
+          f"{len(summary['skipped'])} inputs skipped; results in {args.out}")
     return 0

@@ -25,6 +25,34 @@ DEFAULT_BUNDLE = ASSETS / "bundles" / "default"
 DEFAULT_FRAME = ASSETS / "frames" / "default.safetensors"
 
 
+MARKER = ".clipwatch-demo"
+"""Written into the output folder first: marks it as the demo's own, so a later run may replace its files."""
+OUTPUTS = ("feeds", "thumbnails", "alerts.jsonl", "verdicts.jsonl", "health.jsonl", "report.html", "report.md",
+           "timeline.png")
+"""Everything the demo writes into its output folder (besides `MARKER`); nothing else there is ever removed."""
+
+
+def prepare_output(out: Path, *, overwrite: bool = False) -> None:
+    """Make `out` ready for a run, removing only the demo's own entries (`OUTPUTS`) from an earlier run.
+
+    A missing or empty folder, or one holding `MARKER` (an earlier demo's output), is used; with `overwrite`, any
+    folder is. Otherwise ValueError: a user's folder (``--out .``) is never cleared without being asked.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file() and not overwrite:
+        raise ValueError(f"{out}: folder is not empty and was not written by clipwatch demo; choose another --out, "
+                         f"or pass --overwrite to replace the demo's own entries there ({', '.join(OUTPUTS)})")
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(f"written by clipwatch demo; a new demo run here replaces only: {', '.join(OUTPUTS)}\n")
+
+
 def demo_config(feeds: dict[str, Path], bundle: Path, out: Path) -> dict:
     """The pipeline config of the demo: one directory source per camera, in-process bus, alert files in ``out``."""
     return {
@@ -62,15 +90,17 @@ def _progress(path: Path, total: int, done: threading.Event, enabled: bool) -> N
 
 
 def run_demo(out: str | Path, *, bundle: str | Path = DEFAULT_BUNDLE, frame: str | Path = DEFAULT_FRAME,
-             recordings: int = 4, seed: int = 7, progress: bool = True, stdout: TextIO | None = None) -> dict:
-    """Generate the feeds, run the pipeline, write ``report.html`` / ``report.md``; returns the summary."""
+             recordings: int = 4, seed: int = 7, progress: bool = True, stdout: TextIO | None = None,
+             overwrite: bool = False) -> dict:
+    """Generate the feeds, run the pipeline, write ``report.html`` / ``report.md``; returns the summary.
+
+    `out` must be new, empty or an earlier demo's output unless `overwrite` (see `prepare_output`).
+    """
     from workers.launch import run_pipeline
 
     stdout = stdout or sys.stdout
     out, bundle = Path(out), Path(bundle)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    prepare_output(out, overwrite=overwrite)
     started = time.perf_counter()
     detector = DetectorBundle.load(bundle)
     _, manifest = load_model(detector.resolve_model(bundle))

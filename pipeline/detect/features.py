@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from pipeline.models import FeatureTap
 from pipeline.video import ClipSplitter, VideoError, iter_file_clips, preprocess
+from pipeline.video.preprocess import resize_target
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,43 @@ class ClipFeatures:
         )
 
 
+def _fixed_size(shape: Sequence[int], preprocessing) -> tuple[int, int] | None:
+    """Clips already at crop size are not resized (the decoder may have cropped them)."""
+    crop = preprocessing.crop
+    return (crop, crop) if tuple(shape[-3:-1]) == (crop, crop) else None
+
+
 def model_input(frames: np.ndarray | torch.Tensor, preprocessing) -> torch.Tensor:
     """``(B, T, H, W, 3)`` uint8 clips to the model's normalised input; clips already at crop size are not resized."""
     frames = torch.as_tensor(frames)
-    crop = preprocessing.crop
-    size = (crop, crop) if tuple(frames.shape[-3:-1]) == (crop, crop) else None
-    return preprocess(frames, preprocessing.short_side, crop, preprocessing.mean, preprocessing.std, size=size)
+    return preprocess(frames, preprocessing.short_side, preprocessing.crop, preprocessing.mean, preprocessing.std,
+                      size=_fixed_size(frames.shape, preprocessing))
+
+
+def model_input_problem(shape: Sequence[int], preprocessing) -> str | None:
+    """Why a ``(T, H, W, C)`` clip cannot become model input (too large once resized), or None; allocates nothing."""
+    length, height, width = shape[-4:-1]
+    try:
+        resize_target(length, height, width, preprocessing.short_side, _fixed_size(shape, preprocessing))
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def model_inputs(clips: Sequence[np.ndarray], preprocessing) -> torch.Tensor:
+    """The model input of ``(T, H, W, 3)`` clips of any frame sizes, in order; equal shapes are preprocessed together.
+
+    Streams and archive videos differ in resolution, so a batch of clips cannot be stacked as one array.
+    """
+    by_shape: dict[tuple, list[int]] = {}
+    for index, clip in enumerate(clips):
+        by_shape.setdefault(tuple(clip.shape), []).append(index)
+    parts: list[torch.Tensor | None] = [None] * len(clips)
+    for indices in by_shape.values():
+        batch = model_input(np.stack([clips[i] for i in indices]), preprocessing)
+        for row, index in enumerate(indices):
+            parts[index] = batch[row]
+    return torch.stack(parts)
 
 
 def pixel_input(frames: np.ndarray | torch.Tensor, preprocessing) -> torch.Tensor:

@@ -14,30 +14,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from pipeline.data import VideoSample
 from pipeline.video import VideoError, VideoReader, open_video
-from pipeline.video.preprocess import resized_size
+from pipeline.video.preprocess import resize_frames, resized_size
 
 log = logging.getLogger(__name__)
 
 DECODE_CHUNK = 16
 """Frames decoded and resized together while filling the cache."""
-
-
-def resize_frames(frames: np.ndarray, short_side: int) -> torch.Tensor:
-    """(T, H, W, 3) uint8 frames resized so the shorter side is ``short_side``, as ``preprocess`` resizes them."""
-    clips = torch.as_tensor(frames)
-    length, height, width, _ = clips.shape
-    out_height, out_width = resized_size(height, width, short_side)
-    if (out_height, out_width) == (height, width):
-        return clips.clone()
-    images = clips.reshape(length, height, width, 3).permute(0, 3, 1, 2)
-    images = F.interpolate(images, size=(out_height, out_width), mode="bilinear", align_corners=False,
-                           antialias=False)
-    return images.permute(0, 2, 3, 1).contiguous()
 
 
 @dataclass(frozen=True)
