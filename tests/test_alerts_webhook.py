@@ -89,6 +89,20 @@ def test_back_off_is_exponential_capped_and_deterministic_with_a_seed():
     assert draws[0] != [0.5, 1.0, 2.0, 4.0, 4.0]
 
 
+def test_default_schedule_retries_for_a_day_with_capped_jittered_delays():
+    policy = RetryPolicy()
+    assert [policy.delay(a) for a in (1, 2, 3)] == [1.0, 2.0, 4.0] and policy.delay(30) == 600.0
+    rng, age, delays = random.Random(5), 0.0, []
+    while (delay := policy.next_delay(len(delays) + 1, age, rng)) is not None:
+        delays.append(delay)
+        age += delay
+    assert age == pytest.approx(86_400.0), "the last attempt falls at max_age_s, then the delivery is given up"
+    assert 140 < len(delays) < 200 and max(delays) <= 600.0
+    assert all(0.8 * policy.delay(a) <= d <= policy.delay(a) for a, d in enumerate(delays[:-1], start=1))
+    assert len(set(delays[20:-1])) > 1, "jittered, so senders do not retry in lockstep"
+    assert RetryPolicy(max_attempts=3).next_delay(3, 0.0) is None
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -97,6 +111,7 @@ def test_back_off_is_exponential_capped_and_deterministic_with_a_seed():
         ({"urls": []}, r"^webhook sink: urls: List should have at least 1 item"),
         ({"secret": ""}, "secret: webhook secret must not be empty$"),
         ({"retry": {"base_delay_s": 5, "max_delay_s": 1}}, "retry: base_delay_s must not exceed max_delay_s$"),
+        ({"retry": {"max_attempts": None, "max_age_s": None}}, "retry: set max_attempts or max_age_s, or a dead"),
     ],
 )
 def test_bad_webhook_config_is_refused_with_one_line(tmp_path, change, message):
@@ -280,3 +295,45 @@ def test_unfinished_deliveries_resume_in_order_after_a_restart(tmp_path):
     assert_in_order_per_stream(server.requests)
     ledger = [json.loads(line) for line in (tmp_path / "state" / "ledger.jsonl").read_bytes().splitlines()]
     assert [r["op"] for r in ledger] == ["delivered"] * 3
+
+
+def ledger_ops(tmp_path) -> list[tuple[str, str, int | None]]:
+    records = [json.loads(line) for line in (tmp_path / "state" / "ledger.jsonl").read_bytes().splitlines()]
+    return [(r["op"], r["key"], r.get("attempts")) for r in records]
+
+
+def test_a_restarted_sink_resumes_the_retry_schedule_where_the_ledger_left_it(tmp_path):
+    cfg = config(tmp_path, [], retry={"max_attempts": 2, "base_delay_s": 1.0, "max_delay_s": 1.0, "jitter": 0.0})
+    with WebhookServer(secret=SECRET) as server:
+        server.default = Reply.fail(503)
+        cfg["urls"] = [server.url]
+        first = WebhookSink(cfg)
+        first.submit(alert(0))
+        server.wait_for(lambda requests: len(requests) == 1 and requests[0].status == 503)
+        assert first.close(timeout=0.2) is False  # next attempt due in 1 s: left in the ledger
+        assert ledger_ops(tmp_path) == [("queued", "cam1:0:novel", None), ("attempted", "cam1:0:novel", 1)]
+        with WebhookSink(cfg) as resumed:
+            assert resumed.flush(timeout=5)
+        first_try, second_try = server.requests
+    assert second_try.received_at - first_try.received_at >= 0.9, "the back-off is kept, not restarted"
+    [letter] = dead_letters(tmp_path)
+    assert letter["attempts"] == 2 and letter["first_attempt_at"] <= first_try.received_at + 0.1
+
+
+def test_close_does_not_wait_for_a_long_back_off(tmp_path):
+    cfg = config(tmp_path, [], retry={"base_delay_s": 60.0, "max_delay_s": 600.0})
+    with WebhookServer(secret=SECRET) as server:
+        server.default = Reply.fail(503)
+        cfg["urls"] = [server.url]
+        sink = WebhookSink(cfg)
+        sink.submit(alert(0))
+        server.wait_for(lambda requests: len(requests) == 1 and requests[0].status == 503)
+        started = time.monotonic()
+        assert sink.close(timeout=30) is False
+        assert time.monotonic() - started < 2.0
+        reopened = WebhookSink(cfg)
+        time.sleep(0.3)
+        assert len(server.requests) == 1 and reopened.stats.pending == 1
+        assert reopened.close(timeout=30) is False
+    [(_, _, attempts)] = [op for op in ledger_ops(tmp_path) if op[0] == "attempted"]
+    assert attempts == 1

@@ -1,11 +1,17 @@
 """Sink stage: verdicts → alert rules → durable alert log, thumbnails, signed webhooks; plus the health log.
 
-`SinkStep` handles one verdict: record it in the verdict log (optional, once per clip key), evaluate the alert
-rules, and for an alert store its thumbnail, append it to the alert JSONL (once per idempotency key, fsync'd) and
-hand it to the webhook sink (whose ledger is written before `submit` returns). Only then does the loop acknowledge
-the verdict, so an alert is never lost to a crash, and the idempotency keys keep a redelivered verdict from
-alerting twice. `SinkStage` puts each stream's verdicts back in order first (`ReorderBuffer`), because the rules
-are a state machine over each stream's clips in sequence.
+`SinkStep` handles one verdict: evaluate the alert rules, and for an alert store its thumbnail, append it to the
+alert JSONL (once per idempotency key, fsync'd) and hand it to the webhook sink (whose ledger is written before
+`submit` returns); then record the verdict in the verdict log (optional, once per clip key). Only then does the
+loop acknowledge the verdict, so an alert is never lost to a crash, and the idempotency keys keep a redelivered
+verdict from alerting twice. `SinkStage` puts each stream's verdicts back in order first (`ReorderBuffer`), because
+the rules are a state machine over each stream's clips in sequence, and dead-letters a verdict whose seq jumps
+implausibly far ahead of its stream.
+
+Restarts: the verdict log is the rules' commit log. On start the sink replays it through the rules (k-of-n windows,
+cooldowns on the stream clock, each stream's position), so the state is what it was, and a verdict whose key is
+already in the log is not evaluated again. Without a verdict log the rules start empty after a restart: windows
+and cooldowns forget the past, and a redelivered verdict can alert again (a warning says so at start).
 """
 
 from __future__ import annotations
@@ -17,12 +23,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.alerts import Alert, AlertInputError, AlertRules, JsonlSink, ScoredClip, WebhookSink, store_thumbnail
+from pipeline.alerts import (
+    Alert,
+    AlertInputError,
+    AlertRules,
+    JournalError,
+    JsonlSink,
+    ScoredClip,
+    WebhookSink,
+    store_thumbnail,
+)
 from pipeline.alerts.journal import JsonlJournal
 from pipeline.bus import HealthMessage, VerdictMessage
 from pipeline.config import AlertsConfig
 from workers.ops import PipelineMetrics
-from workers.reorder import ReorderBuffer
+from workers.reorder import ReorderBuffer, SeqJumpError
 from workers.runtime import Inbound, Outcome, Stage
 
 logger = logging.getLogger(__name__)
@@ -39,34 +54,49 @@ def scored_clip(verdict: VerdictMessage) -> ScoredClip:
     return ScoredClip.from_mapping(data)
 
 
-def verdict_record(verdict: VerdictMessage) -> dict[str, Any]:
-    """The verdict log line of a verdict: everything but the thumbnail bytes; non-finite times become null."""
-    finite = [p for p in verdict.pts if math.isfinite(p)]
+def verdict_record(verdict: VerdictMessage, clip: ScoredClip | None = None) -> dict[str, Any]:
+    """The verdict log line of a verdict: everything but the thumbnail bytes; clip times as the rules read them."""
+    clip = clip or scored_clip(verdict)
     return {
         "clip_key": verdict.key, "stream_id": verdict.stream_id, "seq": verdict.seq, "verdict": verdict.verdict,
         "fused_score": verdict.fused_score, "p_value": verdict.p_value, "reasons": verdict.reasons,
         "prediction": verdict.class_name, "prediction_index": verdict.prediction,
         "softmax_max": verdict.softmax_max, "log_likelihoods": verdict.log_likelihoods,
-        "clip_start": finite[0] if finite else None, "clip_end": finite[-1] if finite else None,
+        "clip_start": clip.clip_start, "clip_end": clip.clip_end,
         "label": verdict.label, "source": verdict.source, "model_id": verdict.model_id,
         "timestamps": verdict.timestamps,
     }
 
 
+def record_clip(record: dict[str, Any]) -> ScoredClip:
+    """The scored clip the rules read for a verdict log line (lines of older versions have null clip times)."""
+    data = dict(record)
+    if data.get("prediction") is None and data.get("prediction_index") is not None:
+        data["prediction"] = str(data["prediction_index"])
+    if data.get("clip_start") is None or data.get("clip_end") is None:
+        stamps = data.get("timestamps") or {}
+        data["clip_start"] = data["clip_end"] = stamps.get("decoder", stamps.get("density"))
+    return ScoredClip.from_mapping(data)
+
+
 class VerdictLog:
-    """Every verdict as one JSON line, once per clip key (keys already in the file are known after a restart)."""
+    """Every verdict as one JSON line, once per clip key (keys already in the file are known after a restart).
+
+    `existing` holds the records the file had when opened, for the sink to replay once (then cleared).
+    """
 
     def __init__(self, path: str | Path):
         self._journal = JsonlJournal(path)
         self.path = self._journal.path
-        self._keys = {record.get("clip_key") for record in self._journal.existing}
+        self.existing = self._journal.existing
+        self._keys = {record.get("clip_key") for record in self.existing}
         self._journal.existing = []
 
-    def write(self, verdict: VerdictMessage) -> bool:
+    def write(self, verdict: VerdictMessage, clip: ScoredClip | None = None) -> bool:
         """Append the verdict unless its clip key is already in the log; returns whether it was written."""
         if verdict.key in self._keys:
             return False
-        self._journal.append(verdict_record(verdict))
+        self._journal.append(verdict_record(verdict, clip))
         self._keys.add(verdict.key)
         return True
 
@@ -88,7 +118,11 @@ def format_alert(alert: Alert) -> str:
 
 
 class SinkStep:
-    """One verdict → verdict log, alert rules, and for an alert: thumbnail, alert log, webhooks."""
+    """One verdict → alert rules, for an alert: thumbnail, alert log, webhooks; then the verdict log.
+
+    `positions` holds each stream's highest seq in the verdict log when opened and its decode time (unix s), where
+    the reorder buffer resumes after a restart.
+    """
 
     def __init__(self, rules: AlertRules, alert_log: JsonlSink, *, webhooks: WebhookSink | None = None,
                  thumbnails_dir: str | Path | None = None, verdict_log: VerdictLog | None = None,
@@ -100,19 +134,37 @@ class SinkStep:
         self.verdict_log = verdict_log
         self.on_alert = on_alert
         self.metrics = metrics
+        self.positions: dict[str, tuple[int, float | None]] = {}
+        if verdict_log is not None:
+            self._rebuild()
+        elif rules.stateful:
+            logger.warning("sink: alerts.verdicts_jsonl is not set, so after a restart the alert rules start empty: "
+                           "k-of-n windows and cooldowns forget earlier clips, and redelivered verdicts are "
+                           "evaluated again (repeat alerts are possible); set it to keep alerting exact")
 
     def __call__(self, verdict: VerdictMessage) -> Alert | None:
-        """Record one verdict durably; returns the alert it raised (None if none). AlertInputError if malformed."""
+        """Record one verdict durably; returns the alert it raised (None if none). AlertInputError if malformed.
+
+        A verdict already in the verdict log is not evaluated again: its earlier alert is returned if the rules still
+        remember it, else None; nothing is written.
+        """
         clip = scored_clip(verdict)
-        fresh = self.verdict_log.write(verdict) if self.verdict_log is not None else True
-        if fresh and self.metrics is not None:
+        if self.verdict_log is not None and verdict.key in self.verdict_log:
+            return self.rules.recall(clip.stream_id, clip.seq)
+        alert = self.rules.evaluate(clip)
+        if alert is not None:
+            alert = self._publish(alert)
+        if self.verdict_log is not None:
+            self.verdict_log.write(verdict, clip)
+        if self.metrics is not None:
             self.metrics.verdicts.labels(verdict.verdict).inc()
             started = verdict.timestamps.get("decoder")
             if started is not None:
                 self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - started))
-        alert = self.rules.evaluate(clip)
-        if alert is None:
-            return None
+        return alert
+
+    def _publish(self, alert: Alert) -> Alert:
+        """Thumbnail, alert log, webhooks (each idempotent), then the callbacks for a new alert."""
         if self.thumbnails_dir is not None:
             alert = store_thumbnail(alert, self.thumbnails_dir)
         written = self.alert_log.write(alert)
@@ -124,6 +176,22 @@ class SinkStep:
             if self.on_alert is not None:
                 self.on_alert(alert)
         return alert
+
+    def _rebuild(self) -> None:
+        """Replay the verdict log through the rules, in its order: the state (windows, cooldowns, positions) is
+        the one the logged verdicts left, so new verdicts get the answers a run without the restart gives."""
+        records, self.verdict_log.existing = self.verdict_log.existing, []
+        for number, record in enumerate(records, start=1):
+            try:
+                clip = record_clip(record)
+            except AlertInputError as error:
+                raise JournalError(self.verdict_log.path, number, str(error)) from None
+            self.rules.evaluate(clip)
+            if clip.seq >= self.positions.get(clip.stream_id, (-1, None))[0]:
+                self.positions[clip.stream_id] = (clip.seq, (record.get("timestamps") or {}).get("decoder"))
+        if records:
+            logger.info("sink: rule state rebuilt from %d verdicts of %d streams in %s", len(records),
+                        len(self.positions), self.verdict_log.path)
 
     @classmethod
     def from_config(cls, config: AlertsConfig, webhook_config=None, *, on_alert=None,
@@ -153,10 +221,12 @@ class SinkStage(Stage):
     max_batch = 64
     max_wait_s = 0.0
 
-    def __init__(self, step: SinkStep, *, reorder_window_s: float = 2.0, flush_timeout_s: float = 30.0,
-                 metrics: PipelineMetrics | None = None):
+    def __init__(self, step: SinkStep, *, reorder_window_s: float = 2.0, max_seq_jump: int | None = 10_000,
+                 flush_timeout_s: float = 30.0, metrics: PipelineMetrics | None = None):
         self.record = step
-        self.buffer: ReorderBuffer[Inbound] = ReorderBuffer(reorder_window_s)
+        self.buffer: ReorderBuffer[Inbound] = ReorderBuffer(reorder_window_s, max_jump=max_seq_jump)
+        for stream_id, (seq, decoded_at) in step.positions.items():
+            self.buffer.resume(stream_id, seq, decoded_at)
         self.flush_timeout_s = flush_timeout_s
         self.metrics = metrics
 
@@ -169,7 +239,10 @@ class SinkStage(Stage):
                 if held.delivery.id != item.delivery.id:
                     outcomes.append(Outcome(item))
                 continue
-            ready += self.buffer.push(verdict.stream_id, verdict.seq, item)
+            try:
+                ready += self.buffer.push(verdict.stream_id, verdict.seq, item, verdict.timestamps.get("decoder"))
+            except SeqJumpError as error:  # dead-lettered (and logged) by the loop
+                outcomes.append(Outcome(item, error=str(error)))
         return outcomes + self._record(ready)
 
     def poll(self) -> list[Outcome]:

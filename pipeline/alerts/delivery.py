@@ -27,23 +27,30 @@ USER_AGENT = f"clipwatch-webhook/{__version__}"
 class RetryPolicy(BaseModel):
     """Exponential back-off: after failed attempt ``a`` wait ``min(max_delay_s, base_delay_s * multiplier**(a-1))``.
 
-    ``jitter`` removes a random fraction (up to ``jitter``) of each delay so that many senders do not retry in
-    lockstep; draws come from ``random.Random(seed)``, so a fixed seed gives a fixed sequence. 0 = no jitter.
+    The defaults ride out long outages: first retry after ~1 s, delays capped at 10 min, and a delivery is given
+    up (dead-lettered) once ``max_age_s`` (24 h) have passed since its first attempt, or after ``max_attempts``
+    attempts when set. ``jitter`` removes a random fraction (up to ``jitter``) of each delay so that many senders
+    do not retry in lockstep; draws come from ``random.Random(seed)``, so a fixed seed gives a fixed sequence.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_attempts: int = Field(5, ge=1, description="attempts per URL before dead-lettering, the first included")
-    base_delay_s: float = Field(0.5, gt=0.0)
-    max_delay_s: float = Field(30.0, gt=0.0)
+    max_attempts: int | None = Field(None, ge=1, description="attempts per URL, the first included; None: no limit "
+                                                              "but max_age_s")
+    base_delay_s: float = Field(1.0, gt=0.0)
+    max_delay_s: float = Field(600.0, gt=0.0)
     multiplier: float = Field(2.0, ge=1.0)
-    jitter: float = Field(0.0, ge=0.0, le=1.0)
+    jitter: float = Field(0.2, ge=0.0, le=1.0)
+    max_age_s: float | None = Field(86_400.0, gt=0.0, description="give up this long after the first attempt; "
+                                                                  "None: no limit but max_attempts")
     seed: int | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RetryPolicy:
         if self.base_delay_s > self.max_delay_s:
             raise ValueError("base_delay_s must not exceed max_delay_s")
+        if self.max_attempts is None and self.max_age_s is None:
+            raise ValueError("set max_attempts or max_age_s, or a dead endpoint is retried forever")
         return self
 
     def delay(self, failed_attempts: int, rng: random.Random | None = None, retry_after: float | None = None) -> float:
@@ -54,6 +61,17 @@ class RetryPolicy(BaseModel):
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.max_delay_s))
         return delay
+
+    def next_delay(self, failed_attempts: int, age_s: float, rng: random.Random | None = None,
+                   retry_after: float | None = None) -> float | None:
+        """Seconds until the next attempt after `failed_attempts` failures, the first `age_s` seconds ago; None when
+        the schedule is exhausted. The last attempt falls at ``max_age_s`` at the latest."""
+        if self.max_attempts is not None and failed_attempts >= self.max_attempts:
+            return None
+        if self.max_age_s is not None and age_s >= self.max_age_s:
+            return None
+        delay = self.delay(failed_attempts, rng, retry_after)
+        return delay if self.max_age_s is None else min(delay, self.max_age_s - age_s)
 
 
 @dataclass(frozen=True)

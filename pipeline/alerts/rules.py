@@ -16,6 +16,10 @@ Semantics, per stream:
   the scoring time instead. A clock that goes backwards (a live stream restarted its pts) ends the cooldown.
 * A clip whose seq was already evaluated (a redelivery) gets the same answer again and changes nothing. A clip
   older than the newest seen (out of order) is recorded for later windows but raises nothing.
+
+The state lives in memory; the sink rebuilds it after a restart by replaying its verdict log through `evaluate`
+(the same clips in the same order give the same state, since no wall clock is read), and guards each stream's
+seq against implausible jumps before clips get here (`workers.reorder`).
 """
 
 from __future__ import annotations
@@ -138,6 +142,17 @@ class AlertRules:
         entry.alert = Alert.from_clip(clip, clip.verdict, Smoothing(k=rule.k, n=rule.n, seqs=hits))
         self.counters["alerted"] += 1
         return entry.alert
+
+    def recall(self, stream_id: str, seq: int) -> Alert | None:
+        """The alert (stream, seq) raised when it was evaluated, if it did and is still remembered; changes nothing."""
+        state = self._streams.get(stream_id)
+        seen = state.seen.get(seq) if state is not None else None
+        return seen.alert if seen is not None else None
+
+    @property
+    def stateful(self) -> bool:
+        """Whether an answer depends on earlier clips (a window over several clips, or a cooldown)."""
+        return any(rule.n > 1 or rule.cooldown_s > 0 for rule in self.config.kinds.values())
 
     def forget(self, stream_id: str) -> None:
         """Drop a stream's state (e.g. the stream was removed); its next clip starts a fresh window and cooldown."""

@@ -1,12 +1,14 @@
-"""Webhook delivery: signed POSTs from background threads, retried with back-off, in order per stream, at most once
-per (URL, idempotency key), dead-lettered after the last attempt.
+"""Webhook delivery: signed POSTs from background threads, retried with back-off (by default for up to 24 h), in
+order per stream, at most once per (URL, idempotency key), dead-lettered when the retry schedule is exhausted.
 
 Scheduling: each URL has its own worker threads, so a dead endpoint cannot hold up a healthy one. Within a URL
 each stream is a *lane*: a FIFO whose head must be delivered or dead-lettered before the next alert of that stream
 is tried, while other streams' lanes proceed. A lane waiting for its back-off does not occupy a thread.
 
-Durability: `submit` writes the alert to the delivery ledger (an outbox) before returning; a sink opened on the
-same ledger resumes unfinished deliveries in their original order and never re-sends a finished one.
+Durability: `submit` writes the alert to the delivery ledger (an outbox) before returning, and every failed attempt
+records its attempt count and next due time; a sink opened on the same ledger resumes unfinished deliveries in their
+original order, on their retry schedule, and never re-sends a finished one. `close` waits only for deliveries due
+before its timeout: one backing off for minutes stays in the ledger for the next start.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pipeline.alerts.alert import Alert
 from pipeline.alerts.delivery import AttemptResult, RetryPolicy, post_alert, redact_url
 from pipeline.alerts.errors import SinkClosedError, validate_config
 from pipeline.alerts.journal import JsonlJournal
-from pipeline.alerts.ledger import DeliveryLedger, QueuedDelivery
+from pipeline.alerts.ledger import DeliveryLedger, Progress, QueuedDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class _Delivery:
     queued: QueuedDelivery
     attempts: int = 0
     first_attempt_at: float | None = None
+    next_attempt_at: float | None = None  # unix time; restored from the ledger after a restart
 
 
 @dataclass
@@ -124,12 +127,13 @@ class WebhookSink:
         self._dead_letters.existing = []
         self._routes = {url: _Route(url, threading.Condition(self._lock)) for url in self.config.urls}
         self._pending: set[tuple[str, str]] = set()
+        self._in_flight = 0
         self._counts = dict.fromkeys(("submitted", "duplicates", "delivered", "dead_lettered", "retries"), 0)
         self._closed = self._stopping = False
         with self._lock:
             for queued in self._ledger.pending:
                 if queued.url in self._routes:
-                    self._enqueue(queued)
+                    self._enqueue(queued, self._ledger.progress.get((queued.url, queued.key)))
                 else:
                     logger.warning("%s: ledger entry for unconfigured URL %s left alone",
                                    queued.key, redact_url(queued.url))
@@ -169,13 +173,17 @@ class WebhookSink:
     def close(self, timeout: float | None = None) -> bool:
         """Flush (up to `timeout`), then stop the workers; unfinished deliveries stay in the ledger for a restart.
 
-        Returns whether everything was flushed.
+        Stops waiting early when nothing is in flight and no delivery is due before the timeout runs out (a long
+        back-off is not waited for). Returns whether everything was flushed.
         """
         with self._lock:
             if self._closed:
                 return not self._pending
             self._closed = True
-        flushed = self.flush(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            self._idle.wait_for(lambda: not self._pending or self._nothing_due_before(deadline), timeout)
+            flushed = not self._pending
         with self._lock:
             self._stopping = True
             self._idle.notify_all()
@@ -200,18 +208,35 @@ class WebhookSink:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _enqueue(self, queued: QueuedDelivery) -> None:
+    def _enqueue(self, queued: QueuedDelivery, progress: Progress | None = None) -> None:
         route = self._routes[queued.url]
         self._pending.add((queued.url, queued.key))
+        delivery = _Delivery(queued)
+        if progress is not None:
+            delivery.attempts, delivery.first_attempt_at = progress.attempts, progress.first_attempt_at
+            delivery.next_attempt_at = progress.next_attempt_at
         lane = route.lanes.get(queued.stream_id)
         if lane is None:
             lane = route.lanes[queued.stream_id] = _Lane(queued.stream_id)
-            self._schedule(route, lane, time.monotonic())
-        lane.items.append(_Delivery(queued))
+            lane.items.append(delivery)
+            self._schedule_head(route, lane)
+        else:
+            lane.items.append(delivery)
+
+    def _schedule_head(self, route: _Route, lane: _Lane) -> None:
+        """Schedule the lane for its head's next attempt: now, or when a restored schedule says."""
+        due_at = lane.items[0].next_attempt_at
+        self._schedule(route, lane, time.monotonic() + max(0.0, (due_at or 0.0) - time.time()))
 
     def _schedule(self, route: _Route, lane: _Lane, due: float) -> None:
         heapq.heappush(route.ready, (due, next(self._order), lane))
         route.wake.notify()
+        self._idle.notify_all()
+
+    def _nothing_due_before(self, deadline: float | None) -> bool:
+        """No attempt in flight and none due before `deadline` (monotonic). Called with the lock held."""
+        return (deadline is not None and self._in_flight == 0
+                and all(not route.ready or route.ready[0][0] > deadline for route in self._routes.values()))
 
     def _next_lane(self, route: _Route) -> _Lane | None:
         """The lane whose head is due, waiting as needed; None when stopping. Called with the lock held."""
@@ -231,12 +256,14 @@ class WebhookSink:
                     lane = self._next_lane(route)
                     if lane is None:
                         return
+                    self._in_flight += 1
                     delivery = lane.items[0]
                     if delivery.first_attempt_at is None:
                         delivery.first_attempt_at = time.time()
                 q = delivery.queued
                 result = post_alert(session, route.url, q.body, q.key, self._secret, self.config.timeout_s)
                 with self._lock:
+                    self._in_flight -= 1
                     try:
                         self._settle(route, lane, delivery, result)
                     except Exception:
@@ -249,9 +276,15 @@ class WebhookSink:
         """Record one attempt's outcome and reschedule the lane. Called with the lock held."""
         delivery.attempts += 1
         policy, q = self.config.retry, delivery.queued
-        if not result.ok and result.retryable and delivery.attempts < policy.max_attempts:
+        now = time.time()
+        age = now - (delivery.first_attempt_at or now)
+        delay = None if result.ok or not result.retryable else \
+            policy.next_delay(delivery.attempts, age, self._rng, result.retry_after)
+        if delay is not None:
             self._counts["retries"] += 1
-            delay = policy.delay(delivery.attempts, self._rng, result.retry_after)
+            delivery.next_attempt_at = now + delay
+            self._ledger.attempted(q.url, q.key, Progress(delivery.attempts, delivery.first_attempt_at or now,
+                                                          delivery.next_attempt_at), result.reason)
             logger.info("%s: %s: %s, retry in %.3g s", q.key, redact_url(route.url), result.reason, delay)
             self._schedule(route, lane, time.monotonic() + delay)
             return
@@ -263,7 +296,7 @@ class WebhookSink:
         lane.items.popleft()
         self._pending.discard((q.url, q.key))
         if lane.items:
-            self._schedule(route, lane, time.monotonic())
+            self._schedule_head(route, lane)
         else:
             del route.lanes[lane.stream_id]
         if not self._pending:

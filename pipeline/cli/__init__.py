@@ -14,7 +14,7 @@ import sys
 
 from pipeline import __version__
 
-COMMAND_MODULES = ("synth", "train", "fit", "attack", "evaluate", "score", "run", "worker", "demo")
+COMMAND_MODULES = ("synth", "train", "fit", "attack", "evaluate", "score", "run", "worker", "alerts", "demo")
 SHARED_CORE_COMMANDS = ("run", "demo")
 """Commands that run every pipeline stage in one process: see :func:`yield_idle_cores`."""
 
