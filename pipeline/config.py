@@ -11,6 +11,7 @@ means the same thing whatever the working directory of the process that reads it
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import types
@@ -84,7 +85,8 @@ class SourceConfig(Section):
     """One input: a video file, a directory of videos, a stream URL or a webcam (exactly one of path/uri/webcam)."""
 
     id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-/]+$",
-                           description="stream id in clip keys; default: file stem, URL without password, cameraN")
+                           description="stream id in clip keys (a directory's files: <id>/<path inside it>); default: "
+                                       "file stem, directory name, URL without password, cameraN")
     path: ConfigPath | None = Field(None, description="a video file, or a directory scanned for videos, read one after "
                                      "another (simultaneous cameras need a source each)")
     uri: str | None = Field(None, description="rtsp/http(s)/udp/... stream, or file:// URL read as a stream")
@@ -129,6 +131,25 @@ class SourceConfig(Section):
         """Live sources (streams, cameras, looped files) run until stopped; the others end."""
         return self.path is None or self.loop
 
+    @property
+    def stream_id(self) -> str | None:
+        """The stream id of a file, URL or camera; a directory's files get ``<this>/<path inside it, no suffix>``.
+
+        `id` if set, else the file stem, the directory name, the URL without its password or ``cameraN``; None for
+        a path that does not exist (it is skipped at run time).
+        """
+        if self.id is not None:
+            return self.id
+        if self.webcam is not None:
+            return f"camera{self.webcam}"
+        if self.uri is not None:
+            from pipeline.video.errors import describe_source
+
+            return describe_source(self.uri)
+        if self.path.is_file():
+            return self.path.stem
+        return self.path.name if self.path.is_dir() else None
+
 
 class BusConfig(Section):
     """The transport between stages and its delivery settings (see `pipeline.bus`)."""
@@ -140,6 +161,9 @@ class BusConfig(Section):
     max_deliveries: int = Field(5, ge=1, le=1000, description="deliveries before an entry is dead-lettered")
     publish_timeout_s: float | None = Field(None, gt=0.0, description="give up a blocked publish; None: wait")
     reconnect_timeout_s: float | None = Field(120.0, gt=0.0, description="Redis outage tolerated; None: forever")
+    reset_alarm_s: float | None = Field(3600.0, ge=0.0,
+                                        description="how long /healthz reports a Redis that lost its data; None: "
+                                                    "until the worker restarts")
     max_message_mb: float = Field(16.0, gt=0.0, le=512.0, description="largest message accepted")
     dedupe_keys: int = Field(100_000, ge=1, description="recent clip keys each stage remembers to drop redeliveries")
 
@@ -215,6 +239,8 @@ class AlertsConfig(Section):
     thumbnails_dir: ConfigPath | None = Field(None, description="store alert thumbnails here, by SHA-256")
     reorder_window_s: float = Field(2.0, ge=0.0, description="hold a stream's verdicts this long for a missing "
                                                                "earlier clip, so rules see each stream in order")
+    max_seq_jump: int | None = Field(10_000, ge=1, description="dead-letter a verdict this many seqs ahead of its "
+                                                               "stream (not a decoder restart); None: no check")
     print: bool = Field(True, description="print each alert on stdout as it fires")
     webhooks: WebhooksConfig | None = None
 
@@ -232,16 +258,49 @@ class AlertsConfig(Section):
                              workers_per_url=hooks.workers_per_url)
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class OpsConfig(Section):
     """Operations: the /healthz and /metrics HTTP port of each worker, and log format."""
 
-    host: str = Field("127.0.0.1", description="address the ops HTTP server binds (0.0.0.0 in containers)")
+    host: str = Field("127.0.0.1", description="address the ops HTTP server binds (0.0.0.0 in containers, with a "
+                                               "token)")
+    token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                  description="environment variable holding the bearer token /healthz and /metrics "
+                                              "require; None: no token")
     base_port: int = Field(0, ge=0, le=65_535, description="0: ephemeral ports (logged); else stage i uses base+i")
     ports: dict[Literal["decoder", "classifier", "density", "sink", "run"], Annotated[int, Field(ge=0, le=65_535)]] \
         = Field(default_factory=dict, description="explicit ops port per worker (\"run\": the in-process pipeline)")
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     lag_interval_s: float = Field(1.0, gt=0.0, description="how often queue lag gauges are refreshed")
+    stop_timeout_s: float = Field(20.0, gt=0.0, description="on SIGTERM, seconds to finish the batch in flight "
+                                                            "before giving up on the bus (Docker waits 30)")
+
+    def token(self) -> str | None:
+        """The bearer token from ``token_env``, None without one.
+
+        An unset variable is allowed on a loopback address only: ConfigError rather than expose the endpoints
+        without the token the config asks for.
+        """
+        value = os.environ.get(self.token_env, "") if self.token_env else ""
+        if value:
+            return value
+        if self.token_env and not _is_loopback(self.host):
+            raise ConfigError(f"ops.token_env: {self.token_env} is not set, and ops.host {self.host} is not "
+                              "loopback: set the token or bind 127.0.0.1")
+        return None
+
+    @property
+    def is_loopback(self) -> bool:
+        return _is_loopback(self.host)
 
     def port_for(self, stage: str) -> int:
         """The ops port of `stage` ("run" for the in-process pipeline): explicit, else base + index, else 0."""
@@ -280,6 +339,7 @@ class PipelineConfig(Section):
         repeated = sorted({name for name in ids if ids.count(name) > 1})
         if repeated:
             raise ValueError(f"sources: stream ids must be unique, repeated: {', '.join(repeated)}")
+        _check_stream_ids(self.sources)
         if self.alerts.reorder_window_s * 1000 >= self.bus.visibility_timeout_ms:
             raise ValueError(f"alerts.reorder_window_s ({self.alerts.reorder_window_s:g} s) must be shorter than "
                              f"bus.visibility_timeout_ms ({self.bus.visibility_timeout_ms} ms), or held verdicts "
@@ -292,6 +352,31 @@ class PipelineConfig(Section):
 
     def webhook_config(self, environ: Mapping[str, str] | None = None) -> WebhookConfig | None:
         return self.alerts.webhook_config(self._source_file, environ)
+
+
+def _check_stream_ids(sources: list[SourceConfig]) -> None:
+    """Refuse two sources whose streams could share an id: their clips would have the same keys, and every stage
+    would drop the second one's clips as already done."""
+    for first, one in enumerate(sources):
+        for second in range(first + 1, len(sources)):
+            other = sources[second]
+            a, b = one.stream_id, other.stream_id
+            if a is None or b is None:
+                continue
+            nested = ((b.startswith(f"{a}/") and one.path is not None and one.path.is_dir())
+                      or (a.startswith(f"{b}/") and other.path is not None and other.path.is_dir()))
+            if a == b or nested:
+                raise ValueError(f"sources.{first} ({_source_name(one)}, stream id {a!r}) and sources.{second} "
+                                 f"({_source_name(other)}, stream id {b!r}) would give clips the same keys; "
+                                 "set a distinct `id` on one of them")
+
+
+def _source_name(source: SourceConfig) -> str:
+    """A source's input as error messages name it (a URL without its password)."""
+    from pipeline.video.errors import describe_source
+
+    return describe_source(source.path if source.path is not None else
+                           source.uri if source.uri is not None else source.webcam)
 
 
 def load_config(path: str | os.PathLike, environ: Mapping[str, str] | None = None) -> PipelineConfig:

@@ -157,6 +157,8 @@ class RedisServer:
                 try:
                     if probe.ping():
                         return
+                except redis.AuthenticationError:
+                    return  # a server with --requirepass answers, and that is all this waits for
                 except (redis.ConnectionError, redis.TimeoutError):
                     pass  # still starting or loading the append-only file
                 if time.monotonic() > deadline:

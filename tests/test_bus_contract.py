@@ -210,8 +210,9 @@ def test_publish_times_out_with_a_clear_error(make_bus):
     bus.publish("clips", b"b")
     started = time.monotonic()
     with pytest.raises(BackpressureTimeout, match=r"publish to 'clips' timed out after 0.2s: backlog 2 "
-                                                  r"\(group 'classifier'\) is at max_backlog 2"):
+                                                  r"\(group 'classifier', 0 pending\) is at max_backlog 2") as caught:
         bus.publish("clips", b"c", timeout=0.2)
+    assert (caught.value.group, caught.value.backlog, caught.value.pending) == ("classifier", 2, 0)
     assert 0.2 <= time.monotonic() - started < 3.0
     assert [d.payload for d in bus.consume("clips", "classifier", "w", count=10, block_ms=100)] == [b"a", b"b"]
 
@@ -319,7 +320,7 @@ def test_the_slowest_group_sets_the_pace_and_acknowledged_entries_are_released(m
     fast = bus.consume("verdicts", "alerts", "a", count=10, block_ms=100)
     bus.ack("verdicts", "alerts", [d.id for d in fast])
     assert (bus.lag("verdicts", "alerts"), bus.lag("verdicts", "archive")) == (0, 5)
-    with pytest.raises(BackpressureTimeout, match=r"backlog 5 \(group 'archive'\)"):
+    with pytest.raises(BackpressureTimeout, match=r"backlog 5 \(group 'archive', 0 pending\)"):
         bus.publish("verdicts", b"5", timeout=0.1)
     for i in range(5, 205):  # both groups keep up: retention stays bounded however much flows through
         for group in ("alerts", "archive"):

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 import time
 import uuid
 
 import pytest
-from redis_server import RedisServer
+from redis_server import RedisServer, free_port
 
-from pipeline.bus import BusUnavailable, RedisBus
+from pipeline.bus import BackpressureTimeout, BusClosed, BusRefused, BusUnavailable, RedisBus
 
 NODE = 4  # small stream nodes, so approximate (~) trimming acts at a scale a test can see
 
@@ -160,20 +161,127 @@ def test_a_server_that_stays_down_raises_bus_unavailable(namespace):
         bus.close()
 
 
-def test_lag_is_counted_when_redis_cannot_report_it(server, namespace):
+def test_backlog_is_counted_not_read_from_xinfo_lag_after_an_aof_rewrite_and_restart():
+    """Redis 7.0 reports a stale `lag` after BGREWRITEAOF + restart; trusting it blocked publishers for good."""
+    with RedisServer(appendonly=True) as aof:
+        bus = RedisBus(aof.url, namespace="aof", max_backlog=8, reconnect_timeout=20)
+        drain_all = lambda n: drain(bus, "clips", "classifier", "w", n)  # noqa: E731
+        for i in range(30):
+            bus.publish("clips", f"a{i}".encode(), timeout=5)
+            drain_all(1)
+        client = aof.client()
+        client.bgrewriteaof()
+        wait = time.monotonic() + 10
+        while client.info("persistence")["aof_rewrite_in_progress"] and time.monotonic() < wait:
+            time.sleep(0.05)
+        for i in range(12):  # written after the rewrite: the reloaded group counts them as unread
+            bus.publish("clips", f"b{i}".encode(), timeout=5)
+            drain_all(1)
+        aof.kill()
+        aof.start()
+        [info] = aof.client().xinfo_groups("aof:clips")
+        assert info["pending"] == 0
+        assert info["lag"] >= 8, "this redis no longer reproduces the stale lag; the test would pass vacuously"
+        assert bus.lag("clips", "classifier") == 0
+        bus.publish("clips", b"after restart", timeout=2)  # the old script waited here forever
+        assert drain_all(1) == ["after restart"]
+        bus.close()
+
+
+def test_a_stream_written_before_the_index_is_counted_directly_until_read(server, namespace):
     bus = RedisBus(server.url, namespace=namespace, max_backlog=4)
     stream, client = f"{namespace}:clips", server.client()
     bus.ensure_group("clips", "classifier")
-    ids = [bus.publish("clips", str(i).encode()) for i in range(4)]
-    client.xdel(stream, ids[2])  # a deleted unread entry makes XINFO GROUPS report lag as nil
-    [info] = client.xinfo_groups(stream)
-    assert info["lag"] is None
+    client.delete(stream + ":ids")
+    for i in range(3):  # as an older clipwatch wrote them: no index entries
+        client.xadd(stream, {"p": str(i).encode()})
     assert bus.lag("clips", "classifier") == 3
-    bus.publish("clips", b"4", timeout=1)  # backlog 3 < 4: not blocked
-    assert bus.lag("clips", "classifier") == 4
-    got = bus.consume("clips", "classifier", "w", count=10, block_ms=100)
-    assert [d.payload for d in got] == [b"0", b"1", b"3", b"4"]
+    bus.publish("clips", b"3", timeout=1)
+    with pytest.raises(BackpressureTimeout, match="backlog 4"):
+        bus.publish("clips", b"4", timeout=0.3)
+    assert drain(bus, "clips", "classifier", "w", 4) == ["0", "1", "2", "3"]
+    bus.publish("clips", b"4", timeout=1)  # caught up: the index starts with this entry
+    assert client.xlen(stream + ":ids") == 1
+    assert bus.lag("clips", "classifier") == 1
     bus.close()
+
+
+def test_a_server_that_restarts_without_its_data_is_reported_not_silent(caplog):
+    with RedisServer(appendonly=False) as volatile:
+        bus = RedisBus(volatile.url, namespace="loss", reconnect_timeout=20, reset_alarm_s=60)
+        other = RedisBus(volatile.url, namespace="loss", reconnect_timeout=20)
+        bus.ping()
+        other.ping()
+        bus.publish("clips", b"queued")
+        bus.ensure_group("clips", "classifier")
+        assert bus.health() is None
+        volatile.kill()
+        volatile.start()
+        with caplog.at_level(logging.ERROR, logger="pipeline.bus.redis_streams"):
+            assert other.consume("clips", "classifier", "w", block_ms=50) == []  # the queued entry is gone
+            bus.publish("clips", b"next")
+        assert bus.resets == 1 and other.resets == 1
+        for reporter in (bus, other):
+            assert "without its data" in reporter.health() or "lost its data" in reporter.health()
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert any("entries queued before" in line and "appendonly yes" in line for line in errors)
+        bus.reset_alarm_s = 0.0
+        assert bus.health() is None  # the alarm lasts reset_alarm_s; the count stays
+        assert bus.resets == 1
+        bus.close()
+        other.close()
+
+
+def test_a_server_restarted_with_its_data_is_no_reset():
+    with RedisServer(appendonly=True) as aof:
+        bus = RedisBus(aof.url, namespace="keep", reconnect_timeout=20)
+        bus.ping()
+        bus.publish("clips", b"queued")
+        aof.kill()
+        aof.start()
+        assert [d.payload for d in bus.consume("clips", "classifier", "w", block_ms=50)] == [b"queued"]
+        assert bus.resets == 0 and bus.health() is None
+        bus.close()
+
+
+def test_close_ends_a_reconnect_wait_at_once(server, namespace):
+    with RedisServer() as doomed:
+        bus = RedisBus(doomed.url, namespace=namespace, reconnect_timeout=300)
+        bus.ping()
+        doomed.kill()
+        failure: list[BaseException] = []
+
+        def blocked() -> None:
+            try:
+                bus.publish("clips", b"x")
+            except BaseException as error:  # noqa: BLE001 - the test inspects it
+                failure.append(error)
+
+        thread = threading.Thread(target=blocked)
+        thread.start()
+        time.sleep(0.5)
+        assert thread.is_alive()
+        assert "unreachable" in bus.health()
+        started = time.monotonic()
+        bus.close()
+        thread.join(5)
+        assert not thread.is_alive() and time.monotonic() - started < 2
+        assert isinstance(failure[0], BusClosed)
+
+
+def test_a_wrong_password_is_refused_at_once_not_retried():
+    with RedisServer(extra_args=("--requirepass", "right-secret")) as locked:
+        good = RedisBus(f"redis://:right-secret@127.0.0.1:{locked.port}/0", namespace="auth")
+        good.ping()
+        good.publish("clips", b"ok")
+        good.close()
+        for url in (f"redis://:wrong@127.0.0.1:{locked.port}/0", locked.url):
+            bus = RedisBus(url, namespace="auth", reconnect_timeout=300)
+            started = time.monotonic()
+            with pytest.raises(BusRefused, match="check the password"):
+                bus.ping()
+            assert time.monotonic() - started < 2
+            bus.close()
 
 
 def test_an_entry_without_payload_is_dead_lettered_not_delivered(server, namespace):
@@ -185,3 +293,19 @@ def test_an_entry_without_payload_is_dead_lettered_not_delivered(server, namespa
     assert letter.reason == "entry has no payload field 'p'" and letter.payload == b""
     assert server.client().xpending(f"{namespace}:clips", "classifier")["pending"] == 1  # only "real"
     bus.close()
+
+
+def test_rediss_speaks_tls_to_a_server_with_a_private_ca(tmp_path):
+    """What configs/redis.yaml documents: rediss:// with ?ssl_ca_certs= for a private CA."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    tls_port = free_port()
+    with RedisServer(extra_args=("--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file",
+                                 str(key), "--tls-auth-clients", "no")):
+        bus = RedisBus(f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert}", namespace="tls")
+        bus.ping()
+        bus.publish("clips", b"over tls")
+        assert [d.payload for d in bus.consume("clips", "classifier", "w", block_ms=100)] == [b"over tls"]
+        bus.close()

@@ -108,6 +108,24 @@ def test_unreadable_and_invalid_yaml(tmp_path):
         load_config(listed)
 
 
+def test_sources_whose_stream_ids_could_clash_are_refused_naming_both(tmp_path, base):
+    for name in ("a/cam.mp4", "b/cam.mp4", "site1/feeds/x.mp4", "site2/feeds/x.mp4"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"video")
+    same_name = error_of(tmp_path, {**base, "sources": [{"path": "a/cam.mp4"}, {"path": "b/cam.mp4"}]})
+    assert same_name == (f"sources.0 ({tmp_path / 'a/cam.mp4'}, stream id 'cam') and sources.1 "
+                         f"({tmp_path / 'b/cam.mp4'}, stream id 'cam') would give clips the same keys; "
+                         "set a distinct `id` on one of them")
+    folders = error_of(tmp_path, {**base, "sources": [{"path": "site1/feeds"}, {"path": "site2/feeds"}]})
+    assert "sources.0 (" in folders and "sources.1 (" in folders and "stream id 'feeds')" in folders
+    nested = error_of(tmp_path, {**base, "sources": [{"path": "site1/feeds"}, {"id": "feeds/x", "webcam": 0}]})
+    assert "stream id 'feeds') and sources.1 (camera 0, stream id 'feeds/x')" in nested
+    config = load_config(write_config(tmp_path / "ok.yaml", {**base, "sources": [
+        {"path": "a/cam.mp4", "id": "door"}, {"path": "b/cam.mp4"}, {"path": "site1/feeds", "id": "one"},
+        {"path": "site2/feeds"}, {"id": "feeds-x", "webcam": 0}]}))
+    assert [source.stream_id for source in config.sources] == ["door", "cam", "one", "feeds", "feeds-x"]
+
+
 def test_the_shipped_configs_load(tiny_bundle):
     environ = {"CLIPWATCH_BUNDLE": str(tiny_bundle)}
     local = load_config(REPO / "configs" / "local.yaml", environ=environ)

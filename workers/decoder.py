@@ -21,15 +21,14 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from pipeline.bus import BackpressureTimeout, Bus, BusError, ClipMessage, HealthMessage, MessageError, encode
+from pipeline.bus import BackpressureTimeout, Bus, BusClosed, BusError, ClipMessage, HealthMessage, MessageError, encode
 from pipeline.config import PipelineConfig, SourceConfig
 from pipeline.detect import DetectorBundle
 from pipeline.models import Preprocessing
@@ -46,7 +45,7 @@ from pipeline.video import (
     open_video,
 )
 from pipeline.video.errors import describe_source, error_reason
-from pipeline.video.preprocess import resized_size
+from pipeline.video.preprocess import MIN_FRAME_SIDE, resize_frames
 from pipeline.video.scan import find_video_files
 from workers.ops import HealthBoard, PipelineMetrics
 from workers.runtime import publish_until
@@ -63,21 +62,23 @@ def model_preprocessing(bundle_dir: str | Path) -> Preprocessing:
     return read_manifest(bundle.resolve_model(bundle_dir) / MANIFEST_FILE).preprocessing
 
 
-def resize_frames(frames: np.ndarray, short_side: int) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames with the shorter side scaled down to `short_side`, as `preprocess` would do it."""
-    length, height, width, _ = frames.shape
-    if min(height, width) <= short_side:
+def shrink_frames(frames: np.ndarray, short_side: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames with the shorter side scaled down to `short_side`, as `preprocess` would do it.
+
+    Frames no larger than that are returned as they are; ValueError if the resized clip would be too large.
+    """
+    if min(frames.shape[1:3]) <= short_side:
         return frames
-    size = resized_size(height, width, short_side)
-    images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
-    resized = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=False)
-    return resized.permute(0, 2, 3, 1).contiguous().numpy()
+    return resize_frames(frames, short_side).numpy()
 
 
 def clip_message(clip: Clip, *, short_side: int | None = None, source: str | None = None,
                  seq_offset: int = 0) -> ClipMessage:
     """The message of one clip, frames resized to `short_side` if given, sequence number moved by `seq_offset`."""
-    frames = clip.frames if short_side is None else resize_frames(clip.frames, short_side)
+    try:
+        frames = clip.frames if short_side is None else shrink_frames(clip.frames, short_side)
+    except ValueError as error:
+        raise MessageError(f"clip {clip.stream_id}:{clip.seq + seq_offset}: {error}") from None
     return ClipMessage.from_array(frames, stream_id=clip.stream_id, seq=clip.seq + seq_offset,
                                   first_frame=clip.first_frame, last_frame=clip.last_frame, pts=clip.pts,
                                   source=source)
@@ -119,21 +120,32 @@ class StreamPlan:
 def plan_streams(source: SourceConfig) -> tuple[list[StreamPlan], list[BadVideo]]:
     """The streams of a source: one per video file of a directory (each validated when its turn comes).
 
-    A path that does not exist is returned as a `BadVideo`, not raised, so the other sources keep running.
+    Stream ids are `SourceConfig.stream_id`; a directory's files get ``<that>/<path inside it>``, without the
+    suffix unless two files differ only by it (``cam.mp4`` and ``cam.avi`` become ``.../cam.mp4`` and
+    ``.../cam.avi``), so every file keeps its own clip keys. A path that does not exist is returned as a
+    `BadVideo`, not raised, so the other sources keep running.
     """
-    if source.webcam is not None:
-        return [StreamPlan(source.id or f"camera{source.webcam}", source.webcam, source, False)], []
-    if source.uri is not None:
-        return [StreamPlan(source.id or describe_source(source.uri), source.uri, source, False)], []
+    if source.webcam is not None or source.uri is not None:
+        return [StreamPlan(source.stream_id, source.webcam if source.uri is None else source.uri, source, False)], []
     path = source.path
     if path.is_file():
-        return [StreamPlan(source.id or path.stem, str(path), source, True)], []
+        return [StreamPlan(source.stream_id, str(path), source, True)], []
     if not path.is_dir():
         return [], [BadVideo(str(path), "no such file or directory")]
-    prefix = source.id or path.name
-    plans = [StreamPlan(f"{prefix}/{video.relative_to(path).with_suffix('').as_posix()}", str(video), source, True)
-             for video in find_video_files(path, recursive=source.recursive)]
-    return plans, []
+    videos = find_video_files(path, recursive=source.recursive)
+    names = directory_stream_names([video.relative_to(path) for video in videos])
+    return [StreamPlan(f"{source.stream_id}/{name}", str(video), source, True)
+            for video, name in zip(videos, names, strict=True)], []
+
+
+def directory_stream_names(relative: list[Path]) -> list[str]:
+    """Unique stream names of a directory's files: the path without its suffix, with it where that is ambiguous."""
+    names = [path.with_suffix("").as_posix() for path in relative]
+    while True:
+        clashing = {name for name, count in Counter(names).items() if count > 1}
+        if not clashing:
+            return names
+        names = [path.as_posix() if name in clashing else name for name, path in zip(names, relative, strict=True)]
 
 
 def live_seq_start() -> int:
@@ -144,16 +156,23 @@ def live_seq_start() -> int:
 class HealthPublisher:
     """Stream health events → `HealthMessage`s on the bus, through a queue (reader threads never block)."""
 
-    def __init__(self, bus: Bus, metrics: PipelineMetrics, publish_timeout_s: float = 5.0):
+    def __init__(self, bus: Bus, metrics: PipelineMetrics, publish_timeout_s: float = 5.0,
+                 board: HealthBoard | None = None):
         self.bus = bus
         self.metrics = metrics
+        self.board = board
         self.publish_timeout_s = publish_timeout_s
         self._queue: queue.Queue[HealthMessage | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="decoder-health", daemon=True)
         self._thread.start()
 
     def __call__(self, event: StreamEvent) -> None:
-        self.emit(event.stream_id, event.health.value, event.detail)
+        """A live stream's event; it also sets the camera's component on the health board (down = degraded)."""
+        state = event.health.value
+        if self.board is not None:
+            self.board.set(f"camera {event.stream_id}", None if state in ("up", "ended") else
+                           f"{state} {event.detail}".strip())
+        self.emit(event.stream_id, state, event.detail)
 
     def emit(self, stream_id: str, state: str, detail: str = "") -> None:
         self.metrics.stream_up.labels(stream_id).set(1 if state == "up" else 0)
@@ -208,7 +227,7 @@ class DecoderWorker:
         self.report = DecoderReport()
         self._lock = threading.Lock()
         self._live: list = []
-        self.health = HealthPublisher(bus, metrics)
+        self.health = HealthPublisher(bus, metrics, board=board)
 
     def splitter(self, source: SourceConfig) -> ClipSplitter:
         prep = self.preprocessing
@@ -257,6 +276,11 @@ class DecoderWorker:
                         offsets[plan.stream_id] = offset
                 if not source.loop:
                     return
+        except BusClosed:
+            if not self.stop.is_set():
+                raise
+            logger.warning("decoder: source %s stopped with the bus closed on shutdown",
+                           plans[0].stream_id if plans else source.path)
         except BusError as error:
             logger.error("decoder: source %s stopped: %s", plans[0].stream_id if plans else source.path, error)
             self.report.failed.append(str(error))
@@ -269,7 +293,7 @@ class DecoderWorker:
             seq_offset = live_seq_start() if plan.source.loop else 0
         count = 0
         try:
-            with open_video(plan.target, access="sequential") as reader:
+            with open_video(plan.target, access="sequential", min_side=MIN_FRAME_SIDE) as reader:
                 self.health.emit(plan.stream_id, "up", f"{reader.num_frames} frames")
                 for message in file_clip_messages(reader, self.splitter(plan.source), plan.stream_id,
                                                   short_side=self.short_side, seq_offset=seq_offset,
@@ -302,6 +326,8 @@ class DecoderWorker:
                                  max_reconnects=source.max_reconnects, backoff_initial=source.backoff_initial_s,
                                  backoff_max=source.backoff_max_s, options=dict(source.options) or None)
         except VideoError as error:
+            if self.board is not None:
+                self.board.set(f"camera {plan.stream_id}", f"down {error.reason}")
             self._skip(str(error))
             return
         with self._lock:
@@ -322,7 +348,8 @@ class DecoderWorker:
         message = message.with_timestamp("decoder")
         published = publish_until(self.bus, CLIPS_TOPIC, encode(message, max_bytes=self.config.bus.max_bytes),
                                   key=message.key, stop=self.stop,
-                                  blocked=self.stage_metrics.backpressure_seconds)
+                                  blocked=self.stage_metrics.backpressure_seconds,
+                                  stalls=self.stage_metrics.publish_stalls)
         if published:
             self.stage_metrics.messages_out.inc()
             self.metrics.clips.labels(message.stream_id).inc()

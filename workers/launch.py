@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from pipeline.alerts import Alert
-from pipeline.bus import Bus, open_bus
+from pipeline.bus import Bus, BusRefused, open_bus
 from pipeline.config import STAGES, PipelineConfig
 from workers.ops import HealthBoard, OpsServer, PipelineMetrics, handle_signals
 from workers.runtime import Stage, StageLoop
@@ -35,8 +35,43 @@ def open_config_bus(config: PipelineConfig) -> Bus:
     options = dict(max_backlog=bus.max_backlog, visibility_timeout_ms=bus.visibility_timeout_ms,
                    max_deliveries=bus.max_deliveries, publish_timeout=bus.publish_timeout_s)
     if bus.url != "memory://":
-        options.update(namespace=bus.namespace, reconnect_timeout=bus.reconnect_timeout_s)
+        options.update(namespace=bus.namespace, reconnect_timeout=bus.reconnect_timeout_s,
+                       reset_alarm_s=bus.reset_alarm_s)
     return open_bus(bus.url, **options)
+
+
+def start_ops(config: PipelineConfig, name: str, port: int, metrics: PipelineMetrics, board: HealthBoard,
+              bus: Bus) -> OpsServer:
+    """The /healthz + /metrics server of worker `name`, watching `bus`; warns when it is open to the network."""
+    token = config.ops.token()
+    host = config.ops.host
+    if token is None and not config.ops.is_loopback:
+        logger.warning("ops: /healthz and /metrics on %s:%s are open to the network without a token; set "
+                       "ops.token_env", host, port)
+    metrics.watch_bus(bus)
+    board.watch("bus", bus.health)
+    return OpsServer(host, port, metrics, board, name, token=token).start()
+
+
+def close_when_overdue(bus: Bus, stop: threading.Event, done: threading.Event, timeout_s: float) -> threading.Thread:
+    """A thread that closes `bus` if `done` is not set `timeout_s` after `stop`: shutdown never outwaits an outage.
+
+    Closing wakes every call waiting on the bus (a reconnect, a full topic) with `BusClosed`; what was not
+    acknowledged is redelivered to the next worker.
+    """
+
+    def watch() -> None:
+        while not stop.wait(0.2):
+            if done.is_set():
+                return
+        if not done.wait(timeout_s):
+            logger.warning("stopping: work in flight not finished after %.0f s (bus: %s); closing the bus",
+                           timeout_s, bus.health() or "ok")
+            bus.close()
+
+    thread = threading.Thread(target=watch, name="stop-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def build_stages(name: str, config: PipelineConfig, metrics: PipelineMetrics,
@@ -57,7 +92,8 @@ def build_stages(name: str, config: PipelineConfig, metrics: PipelineMetrics,
         alerts = config.alerts
         step = SinkStep.from_config(alerts, config.webhook_config(), on_alert=on_alert, metrics=metrics)
         flush = alerts.webhooks.flush_timeout_s if alerts.webhooks is not None else 0.0
-        return [SinkStage(step, reorder_window_s=alerts.reorder_window_s, flush_timeout_s=flush, metrics=metrics),
+        return [SinkStage(step, reorder_window_s=alerts.reorder_window_s, max_seq_jump=alerts.max_seq_jump,
+                          flush_timeout_s=flush, metrics=metrics),
                 HealthStage(alerts.health_jsonl, metrics)]
     raise ValueError(f"unknown worker {name!r}: expected one of {', '.join(STAGES)}")
 
@@ -123,7 +159,9 @@ def _run_pipeline(config: PipelineConfig, stop: threading.Event, out: TextIO,
     stages = [stage for name in STAGES[1:] for stage in build_stages(name, config, metrics, on_alert)]
     loops = [stage_loop(stage, bus, config, stop=stages_stop, metrics=metrics, board=board) for stage in stages]
     threads = [threading.Thread(target=loop.run, name=f"stage-{loop.stage.name}", daemon=True) for loop in loops]
-    ops = OpsServer(config.ops.host, config.ops.port_for("run"), metrics, board, "run").start()
+    ops = start_ops(config, "run", config.ops.port_for("run"), metrics, board, bus)
+    done = threading.Event()
+    close_when_overdue(bus, stop, done, config.ops.stop_timeout_s)
     try:
         for thread in threads:
             thread.start()
@@ -140,6 +178,7 @@ def _run_pipeline(config: PipelineConfig, stop: threading.Event, out: TextIO,
         stages_stop.set()
         for thread in threads:
             thread.join()
+        done.set()
         ops.close()
         bus.close()
     summary.seconds = time.monotonic() - started
@@ -174,9 +213,12 @@ def run_worker(name: str, config: PipelineConfig, *, stop: threading.Event | Non
 def _run_worker(name: str, config: PipelineConfig, stop: threading.Event, port: int | None) -> int:
     metrics, board = PipelineMetrics(), HealthBoard()
     bus = open_config_bus(config)
-    ops = OpsServer(config.ops.host, config.ops.port_for(name) if port is None else port, metrics, board, name)
-    ops.start()
+    ops = start_ops(config, name, config.ops.port_for(name) if port is None else port, metrics, board, bus)
+    done = threading.Event()
+    close_when_overdue(bus, stop, done, config.ops.stop_timeout_s)
     try:
+        if hasattr(bus, "ping"):
+            bus.ping()
         if name == "decoder":
             from workers.decoder import DecoderWorker
 
@@ -193,7 +235,13 @@ def _run_worker(name: str, config: PipelineConfig, stop: threading.Event, port: 
         while any(thread.is_alive() for thread in threads):
             for thread in threads:
                 thread.join(0.2)
-        return 0
+            if any(loop.refused for loop in loops):
+                stop.set()
+        return 1 if any(loop.refused for loop in loops) else 0
+    except BusRefused as error:
+        logger.error("%s: %s", name, error)
+        return 1
     finally:
+        done.set()
         ops.close()
         bus.close()

@@ -2,12 +2,15 @@
 
 One `PipelineMetrics` registry per process; each stage reports through its `StageMetrics` view (the ``stage``
 label), so the in-process pipeline (four stages, one port) and separate workers (one stage each) export the same
-series. `/healthz` answers 200 while every registered component beat recently (or finished cleanly), 503 otherwise.
+series. `/healthz` answers 200 while every component is well, 503 (status "degraded") otherwise, naming each one:
+the stage loops (they beat while they work), the bus (reachable, data kept), each camera (up, or its file ended),
+the webhooks (deliveries not failing). With ``ops.token_env`` set, both endpoints require that bearer token.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import signal
@@ -61,6 +64,18 @@ class PipelineMetrics:
                                        registry=reg)
         self.webhook_dead_lettered = Gauge("clipwatch_webhook_dead_lettered", "Webhook deliveries given up",
                                            registry=reg)
+        self.bus_up = Gauge("clipwatch_bus_up", "1 while the bus answers and has kept its data", registry=reg)
+        self.bus_resets = Gauge("clipwatch_bus_resets", "Times the bus server was seen to come back without its data",
+                                registry=reg)
+        self.publish_stalls = Counter("clipwatch_publish_stalls",
+                                      "Publishes that waited on a full topic whose consumers held nothing",
+                                      ["stage"], registry=reg)
+
+    def watch_bus(self, bus: object) -> None:
+        """Export the bus's health and reset count (read at every scrape)."""
+        health = getattr(bus, "health", lambda: None)
+        self.bus_up.set_function(lambda: 0.0 if health() else 1.0)
+        self.bus_resets.set_function(lambda: float(getattr(bus, "resets", 0)))
 
     def stage(self, name: str) -> StageMetrics:
         return StageMetrics(
@@ -68,7 +83,8 @@ class PipelineMetrics:
             duplicates=self.duplicates.labels(name), dead_letters=self.dead_letters.labels(name),
             step_errors=self.step_errors.labels(name), step_seconds=self.step_seconds.labels(name),
             batch_size=self.batch_size.labels(name), queue_lag=self.queue_lag.labels(name),
-            backpressure_seconds=self.backpressure_seconds.labels(name))
+            backpressure_seconds=self.backpressure_seconds.labels(name),
+            publish_stalls=self.publish_stalls.labels(name))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -87,10 +103,16 @@ class StageMetrics:
     batch_size: Histogram
     queue_lag: Gauge
     backpressure_seconds: Counter
+    publish_stalls: Counter
 
 
 class HealthBoard:
-    """Liveness of a process's components: each beats while it works and says when it finished cleanly."""
+    """Health of a process's components, three kinds:
+
+    - loops `beat` while they work and say when they `finished` cleanly or `failed`;
+    - states are `set` by whoever knows them (a camera: None while up, else what is wrong);
+    - probes are functions `watch`ed here and asked at each snapshot (the bus: None while well).
+    """
 
     def __init__(self, stale_after_s: float = 60.0):
         self.stale_after_s = stale_after_s
@@ -98,6 +120,8 @@ class HealthBoard:
         self._beats: dict[str, float] = {}
         self._finished: set[str] = set()
         self._failed: dict[str, str] = {}
+        self._states: dict[str, str | None] = {}
+        self._probes: dict[str, Callable[[], str | None]] = {}
 
     def beat(self, name: str) -> None:
         with self._lock:
@@ -109,10 +133,21 @@ class HealthBoard:
 
     def failed(self, name: str, reason: str) -> None:
         with self._lock:
+            self._beats.setdefault(name, time.monotonic())
             self._failed[name] = reason
 
+    def set(self, name: str, problem: str | None) -> None:
+        """Component `name` is well (None) or has `problem` (one line)."""
+        with self._lock:
+            self._states[name] = problem
+
+    def watch(self, name: str, probe: Callable[[], str | None]) -> None:
+        """Ask `probe()` at each snapshot: None while component `name` is well, else the problem."""
+        with self._lock:
+            self._probes[name] = probe
+
     def snapshot(self) -> tuple[bool, dict[str, str]]:
-        """(healthy, {component: "ok" | "finished" | "stale (N s)" | "failed: reason"})."""
+        """(healthy, {component: "ok" | "finished" | "stale (N s)" | "failed: reason" | "degraded: problem"})."""
         now = time.monotonic()
         with self._lock:
             states = {}
@@ -125,14 +160,24 @@ class HealthBoard:
                     states[name] = f"stale ({now - beat:.0f} s)"
                 else:
                     states[name] = "ok"
+            for name, problem in self._states.items():
+                states[name] = "ok" if problem is None else f"degraded: {problem}"
+            probes = dict(self._probes)
+        for name, probe in probes.items():
+            try:
+                problem = probe()
+            except Exception as error:  # a probe that breaks is itself a problem to report, not to crash on
+                problem = f"health probe failed: {error}"
+            states[name] = "ok" if problem is None else f"degraded: {problem}"
         return all(state in ("ok", "finished") for state in states.values()), states
 
 
 class OpsServer:
     """HTTP on `host:port` (0: ephemeral): GET /healthz (JSON, 200 or 503) and GET /metrics (Prometheus text)."""
 
-    def __init__(self, host: str, port: int, metrics: PipelineMetrics, board: HealthBoard, name: str):
-        self._httpd = ThreadingHTTPServer((host, port), _handler(metrics.render, board, name))
+    def __init__(self, host: str, port: int, metrics: PipelineMetrics, board: HealthBoard, name: str,
+                 token: str | None = None):
+        self._httpd = ThreadingHTTPServer((host, port), _handler(metrics.render, board, name, token))
         self._httpd.daemon_threads = True
         self.host, self.port = self._httpd.server_address[:2]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
@@ -152,15 +197,25 @@ class OpsServer:
         self._httpd.server_close()
 
 
-def _handler(render: Callable[[], bytes], board: HealthBoard, name: str) -> type[BaseHTTPRequestHandler]:
+def _handler(render: Callable[[], bytes], board: HealthBoard, name: str,
+             token: str | None) -> type[BaseHTTPRequestHandler]:
+    expected = f"Bearer {token}".encode() if token else None
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
+            given = self.headers.get("Authorization", "").encode()
+            if expected is not None and not hmac.compare_digest(given, expected):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Bearer realm="clipwatch"')
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if path == "/metrics":
                 self._send(200, render(), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
                 healthy, components = board.snapshot()
-                body = {"status": "ok" if healthy else "unhealthy", "worker": name, "components": components}
+                body = {"status": "ok" if healthy else "degraded", "worker": name, "components": components}
                 self._send(200 if healthy else 503, json.dumps(body).encode(), "application/json")
             else:
                 self._send(404, b"not found: try /healthz or /metrics\n", "text/plain")

@@ -33,6 +33,7 @@ from pipeline.bus import (
     Bus,
     BusClosed,
     BusError,
+    BusRefused,
     Delivery,
     Message,
     MessageError,
@@ -151,22 +152,35 @@ def gather_batch(fetch: Callable[[int, float], list[T]], max_batch: int, max_wai
 
 
 def publish_until(bus: Bus, topic: str, payload: bytes, *, key: str | None, stop: threading.Event,
-                  grace_s: float = 0.0, slice_s: float = 0.5, blocked: Counter | None = None) -> bool:
+                  grace_s: float = 0.0, slice_s: float = 0.5, blocked: Counter | None = None,
+                  stalls: Counter | None = None, stall_after_s: float = 10.0) -> bool:
     """Publish, waiting out back-pressure; gives up `grace_s` seconds after `stop` is set. Returns success.
 
-    Time spent blocked on a full downstream is added to the `blocked` counter.
+    Time spent blocked on a full downstream is added to the `blocked` counter. A wait longer than `stall_after_s`
+    while the full group's consumers hold nothing (nobody is reading it) is a stall: logged once, counted in
+    `stalls`.
     """
     stopped_at: float | None = None
-    started = time.monotonic()
+    started = waiting_since = time.monotonic()
+    stalled = False
     while True:
         try:
             bus.publish(topic, payload, key=key, timeout=slice_s)
+            if stalled:
+                logger.warning("publish to %r resumed after %.0f s", topic, time.monotonic() - waiting_since)
             return True
-        except BackpressureTimeout:
+        except BackpressureTimeout as full:
+            now = time.monotonic()
             if blocked is not None:
-                now = time.monotonic()
                 blocked.inc(now - started)
                 started = now
+            if not stalled and full.pending == 0 and now - waiting_since >= stall_after_s:
+                stalled = True
+                if stalls is not None:
+                    stalls.inc()
+                who = f"group {full.group!r}" if full.group else "no consumer group"
+                logger.warning("publish to %r waiting %.0f s: %s has a backlog of %d and holds none of it; are its "
+                               "workers running?", topic, now - waiting_since, who, full.backlog)
             if stop.is_set():
                 stopped_at = stopped_at if stopped_at is not None else time.monotonic()
                 if time.monotonic() - stopped_at >= grace_s:
@@ -191,6 +205,7 @@ class StageLoop:
         self.lag_interval_s = lag_interval_s
         self.stop_grace_s = stop_grace_s
         self._next_lag = 0.0
+        self.refused: str | None = None
 
     def run(self) -> None:
         """Loop until stopped; then publish and acknowledge what is held, and close the stage."""
@@ -201,6 +216,12 @@ class StageLoop:
                     self.run_once()
                 except BusClosed:
                     break
+                except BusRefused as error:
+                    self.refused = str(error)
+                    logger.error("%s: %s; stopping", self.stage.name, error)
+                    if self.board is not None:
+                        self.board.failed(self.stage.name, str(error))
+                    return
                 except BusError as error:
                     logger.error("%s: bus error: %s; retrying", self.stage.name, error)
                     self.stop.wait(1.0)
@@ -296,7 +317,8 @@ class StageLoop:
             return False
         key = getattr(output, "key", None)
         if not publish_until(self.bus, self.stage.output_topic, payload, key=key, stop=self.stop,
-                             grace_s=self.stop_grace_s, blocked=self.metrics.backpressure_seconds):
+                             grace_s=self.stop_grace_s, blocked=self.metrics.backpressure_seconds,
+                             stalls=self.metrics.publish_stalls):
             logger.warning("%s: stopping with %s unpublished (downstream full); it will be redelivered",
                            self.stage.name, key)
             return False

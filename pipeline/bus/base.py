@@ -22,6 +22,7 @@ a topic through a named *group*:
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = [
     "Bus",
     "BusClosed",
     "BusError",
+    "BusRefused",
     "BusUnavailable",
     "DeadLetter",
     "Delivery",
@@ -56,11 +58,23 @@ class BusClosed(BusError):
 
 
 class BackpressureTimeout(BusError, TimeoutError):
-    """`publish` waited its whole timeout for the downstream backlog to drop below `max_backlog`."""
+    """`publish` waited its whole timeout for the downstream backlog to drop below `max_backlog`.
+
+    `group` is the slowest group (None: no group yet), `backlog` its backlog and `pending` how many of those
+    entries its consumers hold; a full backlog with nothing pending means nobody is reading.
+    """
+
+    def __init__(self, message: str, *, group: str | None = None, backlog: int = 0, pending: int = 0):
+        super().__init__(message)
+        self.group, self.backlog, self.pending = group, backlog, pending
 
 
 class BusUnavailable(BusError, ConnectionError):
     """The broker stayed unreachable for longer than the reconnect timeout."""
+
+
+class BusRefused(BusError):
+    """The broker refused this client (wrong password, missing ACL permission): retrying cannot help."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +155,12 @@ class Bus(Protocol):
         """Entries `topic` still holds: unacknowledged ones plus acknowledged ones not trimmed yet."""
         ...
 
+    def health(self) -> str | None:
+        """None while the transport works; else one line saying what is wrong (reconnecting, data lost)."""
+        ...
+
     def close(self) -> None:
-        """Release resources and wake blocked calls (they raise `BusClosed`)."""
+        """Release resources and wake blocked calls, reconnect waits included (they raise `BusClosed`)."""
         ...
 
 
@@ -158,12 +176,15 @@ class Backoff:
         self.attempt += 1
         return random.uniform(ceiling / 2, ceiling)
 
-    def sleep(self, deadline: float | None = None) -> None:
-        """Sleep the next delay, never past `deadline` (a `time.monotonic()` value)."""
+    def sleep(self, deadline: float | None = None, wake: threading.Event | None = None) -> None:
+        """Sleep the next delay, never past `deadline` (a `time.monotonic()` value); `wake` being set ends it."""
         delay = self.next_delay()
         if deadline is not None:
             delay = max(0.0, min(delay, deadline - time.monotonic()))
-        time.sleep(delay)
+        if wake is not None:
+            wake.wait(delay)
+        else:
+            time.sleep(delay)
 
     def reset(self) -> None:
         self.attempt = 0

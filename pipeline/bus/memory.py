@@ -124,9 +124,11 @@ class InProcessBus:
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    who = f"group {group!r}" if group else "no consumer group yet"
+                    pending = len(log.groups[group].pending) if group is not None else 0
+                    who = f"group {group!r}, {pending} pending" if group else "no consumer group yet"
                     raise BackpressureTimeout(f"publish to {topic!r} timed out after {timeout:.3g}s: backlog "
-                                              f"{backlog} ({who}) is at max_backlog {self.max_backlog}")
+                                              f"{backlog} ({who}) is at max_backlog {self.max_backlog}",
+                                              group=group, backlog=backlog, pending=pending)
                 self._changed.wait(remaining)
             log.entries.append(_Entry(log.next_seq, payload, key))
             log.next_seq += 1
@@ -194,6 +196,10 @@ class InProcessBus:
         with self._changed:
             log = self._topics.get(topic)
             return len(log.entries) if log else 0
+
+    def health(self) -> str | None:
+        """Always None: an in-process bus cannot be unreachable or lose its data without its process."""
+        return None
 
     def close(self) -> None:
         with self._changed:

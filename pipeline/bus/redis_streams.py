@@ -1,6 +1,6 @@
 """Redis Streams bus: one stream per topic, consumer groups, XAUTOCLAIM redelivery, dead letters, back-pressure.
 
-Mapping of the contract in `pipeline.bus.base` onto Redis (>= 6.2; 7 for the XINFO `lag` shortcut):
+Mapping of the contract in `pipeline.bus.base` onto Redis (>= 6.2):
 
 - topic → stream ``<namespace>:<topic>``; entry fields ``p`` (payload) and ``k`` (key);
 - group → ``XGROUP CREATE … 0 MKSTREAM`` (idempotent; re-created if the server came back empty);
@@ -8,21 +8,32 @@ Mapping of the contract in `pipeline.bus.base` onto Redis (>= 6.2; 7 for the XIN
   ``XREADGROUP >``; delivery counts come from the pending-entries list; past `max_deliveries` an entry is copied to
   ``<stream>:dead`` with the reason and acknowledged, in one MULTI;
 - ack → ``XACK``, only when the caller says so (after it published its result);
-- publish → one Lua script, atomic, one round trip: measure the slowest group's backlog (XINFO GROUPS ``lag`` +
-  ``pending``; without ``lag`` — Redis < 7 or deleted entries — count what follows ``last-delivered-id``) and, only
-  if it is below `max_backlog`, ``XADD … MINID ~ <oldest entry some group still needs>``. Otherwise `publish`
-  backs off and retries until its timeout. Being atomic, the bound holds exactly with any number of publishers.
+- publish → one Lua script, atomic, one round trip: measure the slowest group's real backlog (``pending`` plus the
+  entries after its ``last-delivered-id``) and, only if it is below `max_backlog`, ``XADD … MINID ~ <oldest entry
+  some group still needs>``. Otherwise `publish` backs off and retries until its timeout. Being atomic, the bound
+  holds exactly with any number of publishers. XINFO's ``lag`` is not trusted: after an AOF rewrite and restart
+  Redis 7.0 reports a lag of hundreds for a stream read to its end, which would block publishers forever. The
+  undelivered entries are counted instead in a payload-free *index* stream ``<stream>:ids`` that the script keeps
+  beside each stream (same ids, trimmed alike), so counting never copies clip payloads.
   Trimming by MINID rather than MAXLEN is what makes "never drop unread entries" hold by construction: MAXLEN counts
   entries whatever their state and would cut an old entry still pending on a slow or dead consumer; back-pressure
   is what keeps the stream short;
+- data loss → an *epoch* key ``<namespace>:epoch`` (a random token, set once) is checked after every reconnect and
+  at most every `epoch_check_s`: a server that restarted without its data has lost it (or another worker has
+  already re-created it with another token). The bus then logs an error, counts the reset and reports itself
+  degraded (`health`) for `reset_alarm_s`: the entries queued before the restart are gone and nothing can bring
+  them back. Run Redis with ``appendonly yes`` (``appendfsync everysec``) so that a restart keeps them;
 - connection errors (server restarting, loading its append-only file) are retried with exponential back-off for up
-  to `reconnect_timeout` seconds, then `BusUnavailable`. A retried XADD may have landed before the connection
-  dropped: that is a duplicate, which at-least-once consumers tolerate.
+  to `reconnect_timeout` seconds, then `BusUnavailable`; `close()` ends the wait at once (`BusClosed`), so a
+  worker told to stop never waits out an outage. A refused password or ACL is not retried (`BusRefused`). A retried
+  XADD may have landed before the connection dropped: that is a duplicate, which at-least-once consumers tolerate.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -35,6 +46,7 @@ from pipeline.bus.base import (
     Backoff,
     BackpressureTimeout,
     BusClosed,
+    BusRefused,
     BusUnavailable,
     DeadLetter,
     Delivery,
@@ -43,52 +55,12 @@ from pipeline.bus.base import (
     dead_topic,
     overdue_reason,
 )
+from pipeline.bus.redis_scripts import APPEND_IF_ROOM, EPOCH
 
 logger = logging.getLogger(__name__)
 
 PAYLOAD, KEY = b"p", b"k"
-
-
-# KEYS[1]: stream. ARGV: limit (add only while the worst backlog is below it; 0: just measure), group to report,
-# cap of the fallback count, then the entry's field/value pairs. Returns {id or nil, worst backlog, its group, backlog
-# of the reported group}; with no group yet, every retained entry counts as backlog.
-_APPEND_IF_ROOM = """
-local stream, limit, probe, cap = KEYS[1], tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-local function before(a, b)
-  local a_ms, a_seq = string.match(a, '(%d+)-(%d+)')
-  local b_ms, b_seq = string.match(b, '(%d+)-(%d+)')
-  a_ms, b_ms = tonumber(a_ms), tonumber(b_ms)
-  return a_ms < b_ms or (a_ms == b_ms and tonumber(a_seq) < tonumber(b_seq))
-end
-local length = redis.call('XLEN', stream)
-local ok, infos = pcall(redis.call, 'XINFO', 'GROUPS', stream)
-if not ok then infos = {} end
-local worst, worst_name, probed, keep_from = -1, false, length, false
-for _, info in ipairs(infos) do
-  local group = {}
-  for i = 1, #info, 2 do group[info[i]] = info[i + 1] end
-  local lag = group['lag']
-  if not lag then
-    lag = #redis.call('XRANGE', stream, '(' .. group['last-delivered-id'], '+', 'COUNT', cap)
-  end
-  local backlog = group['pending'] + lag
-  if backlog > worst then worst, worst_name = backlog, group['name'] end
-  if group['name'] == probe then probed = backlog end
-  local needed = group['last-delivered-id']
-  if group['pending'] > 0 then needed = redis.call('XPENDING', stream, group['name'])[2] end
-  if not keep_from or before(needed, keep_from) then keep_from = needed end
-end
-if worst < 0 then worst = length end
-local added = false
-if limit > 0 and worst < limit then
-  if keep_from then
-    added = redis.call('XADD', stream, 'MINID', '~', keep_from, '*', unpack(ARGV, 4))
-  else
-    added = redis.call('XADD', stream, '*', unpack(ARGV, 4))
-  end
-end
-return {added, worst, worst_name, probed}
-"""
+INDEX_SUFFIX = ":ids"
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -110,17 +82,24 @@ class RedisBus:
         Seconds of failed reconnects before a call raises `BusUnavailable`; None retries forever.
     socket_timeout:
         Seconds before a silent server counts as a connection error (blocking reads are capped below it).
+    epoch_check_s:
+        Most seconds between two checks of the epoch key (it is also checked after every reconnect).
+    reset_alarm_s:
+        Seconds `health` reports a detected data loss; None: until the process ends.
     """
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, namespace: str = "clipwatch",
                  max_backlog: int = 64, visibility_timeout_ms: int = 30_000, max_deliveries: int = 5,
                  publish_timeout: float | None = None, dead_letter_max_len: int = 10_000,
-                 reconnect_timeout: float | None = 120.0, socket_timeout: float = 10.0) -> None:
+                 reconnect_timeout: float | None = 120.0, socket_timeout: float = 10.0,
+                 epoch_check_s: float = 1.0, reset_alarm_s: float | None = 3600.0) -> None:
         check_options(max_backlog=max_backlog, visibility_timeout_ms=visibility_timeout_ms,
                       max_deliveries=max_deliveries, publish_timeout=publish_timeout,
                       dead_letter_max_len=dead_letter_max_len)
         if socket_timeout <= 1:
             raise ValueError(f"socket_timeout must be > 1 s, got {socket_timeout}")
+        if epoch_check_s <= 0:
+            raise ValueError(f"epoch_check_s must be > 0, got {epoch_check_s}")
         self.max_backlog = max_backlog
         self.visibility_timeout_ms = visibility_timeout_ms
         self.max_deliveries = max_deliveries
@@ -131,13 +110,26 @@ class RedisBus:
         self._max_block_ms = int((socket_timeout - 1) * 1000)
         self._client = redis.Redis.from_url(url, socket_timeout=socket_timeout,
                                             socket_connect_timeout=min(socket_timeout, 5.0),
-                                            retry=Retry(NoBackoff(), 0))
+                                            retry=Retry(NoBackoff(), 0), redis_connect_func=self._connected)
         kwargs = self._client.connection_pool.connection_kwargs
         self._where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
-        self._append_script = self._client.register_script(_APPEND_IF_ROOM)
+        self._append_script = self._client.register_script(APPEND_IF_ROOM)
+        self._epoch_script = self._client.register_script(EPOCH)
+        self._epoch_key = f"{namespace}:epoch" if namespace else "clipwatch:epoch"
+        self.epoch_check_s = epoch_check_s
+        self.reset_alarm_s = reset_alarm_s
         self._groups_made: set[tuple[str, str]] = set()
         self._claim_cursors: dict[tuple[str, str], str] = {}
         self._closed = False
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._epoch: str | None = None
+        self._next_epoch_check = 0.0  # 0: check at the next call (set by every new connection)
+        self._down_since: float | None = None
+        self._down_reason = ""
+        self._reset_at: float | None = None
+        self._reset_reason = ""
+        self.resets = 0
 
     # -- the Bus contract -------------------------------------------------------------------------------------
 
@@ -149,14 +141,17 @@ class RedisBus:
         fields = [PAYLOAD, payload] + ([KEY, key.encode()] if key is not None else [])
         backoff = Backoff(initial=0.002, maximum=0.1, factor=1.5)
         while True:
-            entry_id, backlog, group, _ = self._append_if_room(stream, self.max_backlog, fields)
+            entry_id, backlog, group, _, pending = self._append_if_room(stream, self.max_backlog, fields)
             if entry_id is not None:
                 return _text(entry_id)
             if deadline is not None and time.monotonic() >= deadline:
-                who = f"group {_text(group)!r}" if group else "no consumer group yet"
+                who = f"group {_text(group)!r}, {pending} pending" if group else "no consumer group yet"
                 raise BackpressureTimeout(f"publish to {topic!r} timed out after {timeout:.3g}s: backlog {backlog} "
-                                          f"({who}) is at max_backlog {self.max_backlog}")
-            backoff.sleep(deadline)
+                                          f"({who}) is at max_backlog {self.max_backlog}",
+                                          group=_text(group) if group else None, backlog=backlog, pending=pending)
+            backoff.sleep(deadline, self._wake)
+            if self._closed:
+                raise BusClosed(f"redis bus to {self._where} is closed")
 
     def consume(self, topic: str, group: str, consumer: str, *, count: int = 16,
                 block_ms: int = 1000) -> list[Delivery]:
@@ -210,15 +205,35 @@ class RedisBus:
             self._create_group(stream, group)
 
     def lag(self, topic: str, group: str) -> int:
-        return int(self._append_if_room(self._stream(topic), 0, [], probe=group)[3])
+        return self._append_if_room(self._stream(topic), 0, [], probe=group)[3]
 
     def retained(self, topic: str) -> int:
         """XLEN; approximate trimming frees whole stream nodes, so a few acknowledged entries may linger."""
         return int(self._call("read length", self._client.xlen, self._stream(topic)))
 
+    def ping(self) -> None:
+        """Reach the server once (retrying like any call) and read the epoch: `BusRefused` for a wrong password."""
+        self._call("ping", self._client.ping)
+        self._check_epoch()
+
+    def health(self) -> str | None:
+        """None while the server answers and has kept its data; else one line (reconnecting, data lost)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._down_since is not None:
+                return f"redis at {self._where} unreachable for {now - self._down_since:.0f} s: {self._down_reason}"
+            if self._reset_at is not None and (self.reset_alarm_s is None
+                                               or now - self._reset_at < self.reset_alarm_s):
+                return self._reset_reason
+        return None
+
     def close(self) -> None:
-        """Close the connection pool; later calls raise `BusClosed` (a read blocked right now ends on its own)."""
+        """Close the connection pool; later calls raise `BusClosed`, and so do calls waiting to reconnect.
+
+        A read blocked on the server right now ends on its own (within `socket_timeout`).
+        """
         self._closed = True
+        self._wake.set()
         self._client.close()
 
     def __enter__(self) -> RedisBus:
@@ -243,6 +258,10 @@ class RedisBus:
                 raise BusClosed(f"redis bus to {self._where} is closed")
             try:
                 result = fn(*args, **kwargs)
+            except (redis.AuthenticationError, redis.exceptions.AuthorizationError,
+                    redis.exceptions.NoPermissionError) as error:
+                raise BusRefused(f"redis at {self._where} refused {what}: {error} (check the password / ACL user "
+                                 "in bus.url)") from error
             except (redis.ConnectionError, redis.TimeoutError) as error:
                 if self._closed:
                     raise BusClosed(f"redis bus to {self._where} is closed") from error
@@ -250,14 +269,50 @@ class RedisBus:
                     backoff = Backoff(initial=0.02, maximum=1.0)
                     deadline = None if self.reconnect_timeout is None else time.monotonic() + self.reconnect_timeout
                     logger.warning("redis %s: %s failed (%s); reconnecting", self._where, what, error)
+                    with self._lock:
+                        if self._down_since is None:
+                            self._down_since = time.monotonic()
+                        self._down_reason = str(error) or type(error).__name__
                 if deadline is not None and time.monotonic() >= deadline:
                     raise BusUnavailable(f"redis at {self._where} unreachable for {self.reconnect_timeout:.3g}s "
                                          f"during {what}: {error}") from error
-                backoff.sleep(deadline)
+                backoff.sleep(deadline, self._wake)
                 continue
             if backoff is not None:
                 logger.warning("redis %s: %s succeeded after %d retries", self._where, what, backoff.attempt)
+                with self._lock:
+                    self._down_since = None
+                self._check_epoch()
+            elif time.monotonic() >= self._next_epoch_check:
+                self._check_epoch()
             return result
+
+    def _connected(self, connection: redis.connection.AbstractConnection) -> None:
+        """redis-py's connect hook: a new connection (redis-py reconnects silently too) checks the epoch next."""
+        connection.on_connect()
+        self._next_epoch_check = 0.0
+
+    def _check_epoch(self) -> None:
+        """Compare the server's epoch token with the one this bus saw; a change means the server lost its data."""
+        self._next_epoch_check = time.monotonic() + self.epoch_check_s
+        try:
+            token, created = self._epoch_script(keys=[self._epoch_key], args=[secrets.token_hex(8)])
+        except redis.RedisError:
+            return  # the next call reconnects and checks again
+        token = _text(token)
+        previous, self._epoch = self._epoch, token
+        if previous is None or previous == token:
+            return
+        how = "came back without its data" if created else "lost its data (another worker noticed first)"
+        reason = (f"redis at {self._where} {how}: entries queued before {time.strftime('%H:%M:%S')} are lost; "
+                  "run Redis with appendonly yes (appendfsync everysec) to keep them across restarts")
+        with self._lock:
+            self.resets += 1
+            self._reset_at = time.monotonic()
+            self._reset_reason = reason
+        self._groups_made.clear()
+        self._claim_cursors.clear()
+        logger.error("%s", reason)
 
     def _in_group(self, what: str, stream: str, group: str, fn: Callable[..., Any], *args: Any,
                   **kwargs: Any) -> Any:
@@ -267,7 +322,9 @@ class RedisBus:
         except redis.ResponseError as error:
             if not str(error).startswith("NOGROUP"):
                 raise
-            logger.warning("redis %s: group %s of %s is missing; re-creating it", self._where, group, stream)
+            logger.error("redis %s: group %s of %s is missing (server lost its data?); re-creating it", self._where,
+                         group, stream)
+            self._check_epoch()
             self._create_group(stream, group)
             return self._call(what, fn, *args, **kwargs)
 
@@ -280,12 +337,14 @@ class RedisBus:
         self._groups_made.add((stream, group))
 
     def _append_if_room(self, stream: str, limit: int, fields: list[bytes],
-                        probe: str = "") -> tuple[bytes | None, int, bytes | None, int]:
-        """Run `_APPEND_IF_ROOM`: (new entry id or None, worst backlog, its group, backlog of group `probe`)."""
+                        probe: str = "") -> tuple[bytes | None, int, bytes | None, int, int]:
+        """Run `APPEND_IF_ROOM`: (new entry id or None, worst backlog, its group, backlog of group `probe`,
+        pending entries of the worst group)."""
         what = "publish" if limit else "read backlog"
-        added, worst, group, probed = self._call(what, self._append_script, keys=[stream],
-                                                 args=[limit, probe, self.max_backlog + 1, *fields])
-        return added, int(worst), group, int(probed)
+        added, worst, group, probed, pending = self._call(
+            what, self._append_script, keys=[stream, stream + INDEX_SUFFIX],
+            args=[limit, probe, self.max_backlog + 1, *fields])
+        return added, int(worst), group, int(probed), int(pending)
 
     def _claim_overdue(self, topic: str, stream: str, group: str, consumer: str, count: int) -> list[Delivery]:
         """XAUTOCLAIM entries idle past the visibility timeout; dead-letter those delivered too often."""
