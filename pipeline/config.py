@@ -340,10 +340,6 @@ class PipelineConfig(Section):
         if repeated:
             raise ValueError(f"sources: stream ids must be unique, repeated: {', '.join(repeated)}")
         _check_stream_ids(self.sources)
-        if self.alerts.reorder_window_s * 1000 >= self.bus.visibility_timeout_ms:
-            raise ValueError(f"alerts.reorder_window_s ({self.alerts.reorder_window_s:g} s) must be shorter than "
-                             f"bus.visibility_timeout_ms ({self.bus.visibility_timeout_ms} ms), or held verdicts "
-                             "would be redelivered")
         return self
 
     @property

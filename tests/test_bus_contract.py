@@ -329,3 +329,18 @@ def test_the_slowest_group_sets_the_pace_and_acknowledged_entries_are_released(m
         bus.publish("verdicts", str(i).encode())
         assert bus.retained("verdicts") <= 20
     assert bus.retained("nothing-here") == 0
+
+
+def test_extend_keeps_a_held_entry_from_being_redelivered(make_bus):
+    bus = make_bus(visibility_timeout_ms=300)
+    bus.publish("verdicts", b"held", key="cam:1")
+    [held] = bus.consume("verdicts", "sink", "sink-1", count=1, block_ms=100)
+    for _ in range(4):  # held for 4 x 0.15 s = 2 visibility timeouts, extended every half of one
+        time.sleep(0.15)
+        assert bus.extend("verdicts", "sink", "sink-1", [held.id]) == 1
+        assert bus.consume("verdicts", "sink", "sink-2", count=1, block_ms=0) == []
+    time.sleep(0.4)  # no longer extended: handed to another consumer, with no delivery counted for the extensions
+    [again] = bus.consume("verdicts", "sink", "sink-2", count=1, block_ms=500)
+    assert (again.id, again.delivery_count) == (held.id, 2)
+    assert bus.ack("verdicts", "sink", [again.id]) == 1
+    assert bus.extend("verdicts", "sink", "sink-2", [again.id]) == 0

@@ -236,6 +236,7 @@ def test_zero_init_residual_makes_blocks_identity(name):
 
 @pytest.mark.parametrize("name", ["c3d", "r3d-50"])
 def test_backward_reaches_every_parameter_and_input(name):
+    torch.manual_seed(0)  # a width-4 C3D can, for an unlucky draw, zero every input gradient through dead ReLUs
     options = {"width": 4, "fc_dim": 8, "adaptive_pool": True} if name == "c3d" else {"width": 4}
     model = build_model(name, 3, **options).train()
     clips = torch.randn(2, 3, 8, 32, 32, requires_grad=True)

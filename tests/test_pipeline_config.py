@@ -78,7 +78,6 @@ def test_a_full_config_loads_with_environment_and_relative_paths(tmp_path, tiny_
     ({"sources": [{"path": "a.mp4", "uri": "rtsp://a/b"}]}, "sources.0: give exactly one of path, uri, webcam"),
     ({"sources": [{"uri": "udp://127.0.0.1:5000", "loop": True}]}, "sources.0: loop and pace apply to path sources"),
     ({"sources": [{"id": "a", "webcam": 0}, {"id": "a", "webcam": 1}]}, "sources: stream ids must be unique, repeated: a"),
-    ({"alerts": {"reorder_window_s": 40}}, "alerts.reorder_window_s (40 s) must be shorter than bus.visibility"),
     ({"alerts": {"webhooks": {"urls": ["ftp://h/x"]}}},
      "alerts.webhooks.urls: 'ftp://h/x': a webhook URL must be http(s)://host/..."),
     ({"ops": {"log_format": "xml"}}, "ops.log_format: Input should be 'text' or 'json'"),

@@ -88,6 +88,10 @@ class ReorderBuffer(Generic[T]):
         raise SeqJumpError(f"{stream_id}:{seq}: seq is {seq - state.top} ahead of the stream's position "
                            f"{state.top} (more than alerts.max_seq_jump {self.max_jump}, and not a decoder restart)")
 
+    def items(self) -> list[T]:
+        """Every item held, all streams."""
+        return [item for state in self._streams.values() for item, _ in state.held.values()]
+
     def held(self, stream_id: str, seq: int) -> T | None:
         """The item held for (stream, seq), if any."""
         state = self._streams.get(stream_id)

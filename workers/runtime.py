@@ -105,6 +105,10 @@ class Stage:
         """On shutdown: outcomes of everything still held."""
         return []
 
+    def held(self) -> list[Delivery]:
+        """Deliveries the stage holds across rounds (their visibility timeout is extended while held)."""
+        return []
+
     def close(self) -> None:
         """Release resources after the loop's last ack."""
 
@@ -205,6 +209,7 @@ class StageLoop:
         self.lag_interval_s = lag_interval_s
         self.stop_grace_s = stop_grace_s
         self._next_lag = 0.0
+        self._next_extend = 0.0
         self.refused: str | None = None
 
     def run(self) -> None:
@@ -248,8 +253,20 @@ class StageLoop:
                 outcomes += self._step([item])
         outcomes += stage.poll()
         self._finish(outcomes)
+        self._extend_held()
         self._refresh_lag()
         return len(deliveries)
+
+    def _extend_held(self) -> None:
+        """Keep the stage's held inputs from being redelivered: restart their visibility timeout every third of it."""
+        now = time.monotonic()
+        if now < self._next_extend:
+            return
+        visibility_s = getattr(self.bus, "visibility_timeout_ms", 30_000) / 1000
+        self._next_extend = now + visibility_s / 3
+        held = self.stage.held()
+        if held:
+            self.bus.extend(self.stage.input_topic, self.stage.name, self.consumer, [d.id for d in held])
 
     def _step(self, items: list[Inbound]) -> list[Outcome]:
         """The stage's outcomes for `items`; [] if the step raised (the inputs stay unacknowledged)."""

@@ -34,7 +34,7 @@ from pipeline.alerts import (
     store_thumbnail,
 )
 from pipeline.alerts.journal import JsonlJournal
-from pipeline.bus import HealthMessage, VerdictMessage
+from pipeline.bus import Delivery, HealthMessage, VerdictMessage
 from pipeline.config import AlertsConfig
 from workers.ops import PipelineMetrics
 from workers.reorder import ReorderBuffer, SeqJumpError
@@ -256,6 +256,9 @@ class SinkStage(Stage):
 
     def drain(self) -> list[Outcome]:
         return self._record(self.buffer.drain())
+
+    def held(self) -> list[Delivery]:
+        return [item.delivery for item in self.buffer.items()]
 
     def close(self) -> None:
         self.record.close(self.flush_timeout_s)

@@ -135,6 +135,12 @@ class Bus(Protocol):
         """Acknowledge entries (after their results are published); returns how many were still pending."""
         ...
 
+    def extend(self, topic: str, group: str, consumer: str, ids: Iterable[str]) -> int:
+        """Restart the visibility timeout of entries `consumer` holds on purpose (the sink's reorder buffer holds
+        verdicts until their stream's gap fills); returns how many were still pending. No delivery count is added.
+        """
+        ...
+
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move a delivery to ``<topic>:dead`` with a one-line reason and acknowledge it (e.g. a malformed payload)."""
         ...

@@ -164,6 +164,21 @@ class InProcessBus:
                 self._changed.notify_all()
             return acked
 
+    def extend(self, topic: str, group: str, consumer: str, ids: Iterable[str]) -> int:
+        with self._changed:
+            self._check_open()
+            log = self._topics.get(topic)
+            state = log.groups.get(group) if log else None
+            if state is None:
+                return 0
+            now, extended = time.monotonic(), 0
+            for entry_id in ids:
+                pending = state.pending.get(_seq(entry_id))
+                if pending is not None:
+                    pending.consumer, pending.delivered_at = consumer, now
+                    extended += 1
+            return extended
+
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         with self._changed:
             self._check_open()

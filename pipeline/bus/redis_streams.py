@@ -184,6 +184,19 @@ class RedisBus:
                            group)
             return 0
 
+    def extend(self, topic: str, group: str, consumer: str, ids: Iterable[str]) -> int:
+        """XCLAIM … 0 … JUSTID: resets the entries' idle time without counting a delivery."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        try:
+            return len(self._call("extend", self._client.xclaim, self._stream(topic), group, consumer, 0, ids,
+                                  justid=True))
+        except redis.ResponseError as error:
+            if not str(error).startswith("NOGROUP"):
+                raise
+            return 0
+
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self._bury(delivery.topic, delivery.group, delivery.id, delivery.payload, delivery.key, reason,
                    delivery.delivery_count)
@@ -278,14 +291,21 @@ class RedisBus:
                                          f"during {what}: {error}") from error
                 backoff.sleep(deadline, self._wake)
                 continue
+            except redis.RedisError:  # an error reply: the server is reachable again all the same
+                if backoff is not None:
+                    self._reconnected(what, backoff)
+                raise
             if backoff is not None:
-                logger.warning("redis %s: %s succeeded after %d retries", self._where, what, backoff.attempt)
-                with self._lock:
-                    self._down_since = None
-                self._check_epoch()
+                self._reconnected(what, backoff)
             elif time.monotonic() >= self._next_epoch_check:
                 self._check_epoch()
             return result
+
+    def _reconnected(self, what: str, backoff: Backoff) -> None:
+        logger.warning("redis %s: %s answered after %d retries", self._where, what, backoff.attempt)
+        with self._lock:
+            self._down_since = None
+        self._check_epoch()
 
     def _connected(self, connection: redis.connection.AbstractConnection) -> None:
         """redis-py's connect hook: a new connection (redis-py reconnects silently too) checks the epoch next."""
