@@ -40,7 +40,7 @@ from pipeline.data.motions import sample_spec
 from pipeline.data.render import SourceImagery, render_video
 from pipeline.data.synth import write_video
 from pipeline.demo.run import DEFAULT_BUNDLE
-from pipeline.detect import DetectorBundle, extract_video_features, model_input
+from pipeline.detect import Detector, DetectorBundle, extract_video_features, model_input
 from pipeline.models import build_model, default_layers, load_model, save_model
 from pipeline.video import KINETICS_MEAN, KINETICS_STD, ClipSplitter, iter_file_clips
 
@@ -154,8 +154,8 @@ def throughput(label: str, bundle_dir: Path, files: list[Path], out: Path, batch
     The bare forward and ``clipwatch run`` alternate for ``rounds`` rounds, so a machine whose speed drifts (a
     shared host) moves both alike; ratios are per round, and the median is reported with the range.
     """
-    bundle = DetectorBundle.load(bundle_dir)
-    model, manifest = load_model(bundle.resolve_model(bundle_dir))
+    detector = Detector.load(bundle_dir)
+    model, manifest = detector.model, detector.manifest
     prep = manifest.preprocessing
     stride = prep.clip_len * prep.frame_step
     inputs = forward_inputs(prep, files, batch, stride)
@@ -213,8 +213,8 @@ def main() -> None:
     parser.add_argument("--skip-full-width", action="store_true")
     args = parser.parse_args()
 
-    bundle = DetectorBundle.load(args.bundle)
-    model, manifest = load_model(bundle.resolve_model(args.bundle))
+    detector = Detector.load(args.bundle)
+    bundle, manifest = detector.bundle, detector.manifest
     prep = manifest.preprocessing
     stride = prep.clip_len * prep.frame_step
     clip_rate = FPS / stride

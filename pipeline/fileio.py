@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.errors import ClipwatchError
+
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks."""
@@ -19,20 +21,41 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it over ``path``.
+def atomic_write(path: str | os.PathLike[str], content: bytes | str | Callable[[str], object], *,
+                 durable: bool = False) -> None:
+    """Write ``content`` to a temporary file beside ``path``, then rename it over ``path``.
 
-    Readers never see a partial file, and a failed write leaves no temporary file behind.
+    ``content`` is the bytes (or UTF-8 text) of the file, or a callable ``write(tmp_path)`` that writes the
+    temporary file itself (for libraries that take a path, such as safetensors). Readers never see a partial
+    file, and a failed write leaves no temporary file behind. ``durable``: the file is fsync'd before the rename
+    and its directory after it, so the new content, not just "old or new", survives a power loss.
     """
     path = Path(path)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
     try:
-        write(tmp)
+        if callable(content):
+            os.close(handle)
+            content(tmp)
+        else:
+            with os.fdopen(handle, "wb") as file:
+                file.write(content.encode("utf-8") if isinstance(content, str) else content)
+        if durable:
+            fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    if durable:
+        fsync_path(path.parent)
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync a file's content or a directory's entries (a created, renamed or removed file) to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 DIGESTS_FILE = "digests.json"
@@ -40,7 +63,7 @@ DIGESTS_FORMAT = "clipwatch.digests"
 DIGESTS_VERSION = 1
 
 
-class IntegrityError(ValueError):
+class IntegrityError(ClipwatchError, ValueError):
     """A sealed directory whose files no longer match its digest manifest, or a directory that is not sealed."""
 
 

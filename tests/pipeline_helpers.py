@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import cv2
 import numpy as np
 import yaml
 
-from pipeline.bus import VerdictMessage
+from pipeline.stream.messages import VerdictMessage
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def verdict(stream: str, seq: int, kind: str = "novel", **fields) -> VerdictMessage:
@@ -46,3 +53,51 @@ def wait_for(condition, timeout: float, interval: float = 0.1, what: str = "cond
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout} s")
         time.sleep(interval)
+
+
+class WorkerProcess:
+    """One `python -m workers worker NAME` process, restartable, with one log file per start."""
+
+    def __init__(self, name: str, config: Path, logs: Path, env: dict[str, str]):
+        self.name, self.config, self.logs, self.env = name, config, logs, env
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> WorkerProcess:
+        self.starts += 1
+        self.log = self.logs / f"{self.name}-{self.starts}.log"
+        with open(self.log, "w") as stream:
+            self.process = subprocess.Popen([sys.executable, "-m", "workers", "worker", self.name, "--config",
+                                             str(self.config)], cwd=REPO, env=self.env, stdout=stream, stderr=stream)
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> int:
+        self.process.send_signal(signal.SIGKILL)
+        return self.process.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def ops_port(self) -> int | None:
+        """The ops port the worker logged (JSON logs), None before it did."""
+        for line in self.log.read_text().splitlines():
+            if line.startswith("{") and "ops_port" in line:
+                return json.loads(line)["ops_port"]
+        return None
+
+    def ops(self, path: str) -> tuple[int, bytes]:
+        """(status, body) of GET `path` on the worker's ops port."""
+        port = wait_for(self.ops_port, 60, what=f"{self.name} ops port")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def healthz(self) -> dict:
+        return json.loads(self.ops("/healthz")[1])

@@ -19,7 +19,7 @@ from pipeline.alerts import (
     store_thumbnail,
     validate_alert_body,
 )
-from pipeline.bus.messages import VerdictMessage
+from pipeline.stream.messages import VerdictMessage
 
 JPEG = b"\xff\xd8\xff\xe0fake-but-opaque-jpeg-bytes\xff\xd9"
 
@@ -156,7 +156,7 @@ def test_forget_starts_a_stream_afresh():
         ({"kinds": {"novel": {"k": 3, "n": 2}}}, r"^alert rules: kinds\.novel: k \(3\) must not exceed n \(2\)$"),
         ({"kinds": {"novel": {"k": 0}}}, r"^alert rules: kinds\.novel\.k: Input should be greater than or equal to 1"),
         ({"kinds": {"novel": {"max_p_value": 1.5}}}, r"^alert rules: kinds\.novel\.max_p_value: .*less than or equal"),
-        ({"kinds": {"novel": {"windw": 3}}}, r"^alert rules: kinds\.novel\.windw: Extra inputs are not permitted$"),
+        ({"kinds": {"novel": {"windw": 3}}}, r"^alert rules: kinds\.novel\.windw: unknown key$"),
         ({"cooldown_clock": "wall"}, r"^alert rules: cooldown_clock: Input should be 'stream' or 'scored_at'$"),
     ],
 )

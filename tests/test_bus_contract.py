@@ -11,19 +11,8 @@ import numpy as np
 import pytest
 from redis_server import RedisServer
 
-from pipeline.bus import (
-    BackpressureTimeout,
-    Bus,
-    BusClosed,
-    ClipMessage,
-    EmbeddingMessage,
-    InProcessBus,
-    MessageError,
-    RedisBus,
-    decode,
-    encode,
-    open_bus,
-)
+from pipeline.bus import BackpressureTimeout, Bus, BusClosed, InProcessBus, RedisBus, open_bus
+from pipeline.stream.messages import ClipMessage, EmbeddingMessage, MessageError, decode, encode
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.bus import BusClosed, ClipMessage, InProcessBus, decode, encode
+from pipeline.bus import BusClosed, InProcessBus
+from pipeline.stream.messages import ClipMessage, decode, encode
 
 
 def run_in_thread(fn) -> tuple[threading.Thread, list]:

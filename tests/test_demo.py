@@ -8,7 +8,9 @@ from pipeline.attacks import AdversarialFrame
 from pipeline.cli import main
 from pipeline.demo import paint_frame, run_demo
 from pipeline.demo.run import MARKER, prepare_output
+from pipeline.errors import ClipwatchError
 from pipeline.video import open_video
+from workers.launch import run_pipeline
 
 
 def test_paint_frame_changes_only_the_border_of_the_crop_window():
@@ -26,7 +28,7 @@ def test_paint_frame_changes_only_the_border_of_the_crop_window():
 def test_demo_runs_the_pipeline_and_writes_a_report(tiny_bundle, tmp_path, capsys):
     frame_path = AdversarialFrame(torch.rand(3, 8, 32, 32, generator=torch.Generator().manual_seed(0)),
                                   width=2).save(tmp_path / "frame")
-    summary = run_demo(tmp_path / "demo", bundle=tiny_bundle, frame=frame_path, recordings=1, progress=False)
+    summary = run_demo(tmp_path / "demo", runner=run_pipeline, bundle=tiny_bundle, frame=frame_path, recordings=1, progress=False)
     out = tmp_path / "demo"
     assert len(summary["verdicts"]) == summary["expected_clips"] > 0
     cameras = [v["stream_id"].split("/")[0] for v in summary["verdicts"]]
@@ -74,5 +76,5 @@ def test_demo_output_is_cleared_of_its_own_entries_only(tmp_path):
     prepare_output(foreign, overwrite=True)
     assert sorted(p.name for p in foreign.iterdir()) == [MARKER, "data.csv"]
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="exists and is not a folder"):
+    with pytest.raises(ClipwatchError, match="exists and is not a folder"):
         prepare_output(tmp_path / "file", overwrite=True)

@@ -284,14 +284,17 @@ def test_likelihood_detects_shifted_samples():
 
 
 def test_sep_and_gmm_on_the_same_features_share_one_cross_validation(monkeypatch):
-    from pipeline.density import covariance
+    from pipeline.density import ShrinkageCache, covariance
 
     calls = []
     real = covariance._cross_validate
     monkeypatch.setattr(covariance, "_cross_validate", lambda *args: calls.append(1) or real(*args))
     (X, y), _ = scarce_classes(seed=11)
-    sep = SeparateGaussian().fit(X, y)
-    gmm = ClassConditionalGMM().fit(X, y)
+    cache = ShrinkageCache()
+    sep = SeparateGaussian().fit(X, y, shrinkage_cache=cache)
+    gmm = ClassConditionalGMM().fit(X, y, shrinkage_cache=cache)
     assert len(calls) == 1 and gmm.shrinkage_ == sep.shrinkage_ and gmm.shrinkage_scores_ == sep.shrinkage_scores_
-    SeparateGaussian().fit(X[:-3], y[:-3])
-    assert len(calls) == 2
+    SeparateGaussian().fit(X[:-3], y[:-3], shrinkage_cache=cache)
+    assert len(calls) == 2 and len(cache) == 2
+    alone = SeparateGaussian().fit(X, y)  # no hidden state: without a cache every fit cross-validates
+    assert len(calls) == 3 and alone.shrinkage_scores_ == sep.shrinkage_scores_

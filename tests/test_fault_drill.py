@@ -13,16 +13,12 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import read_jsonl, wait_for, write_config
+from pipeline_helpers import WorkerProcess, read_jsonl, wait_for, write_config
 from redis_server import RedisServer
 from webhook_server import Reply, WebhookServer
 
@@ -44,42 +40,6 @@ def drill_videos(tmp_path_factory):
                classes=["MoveLeft", "MoveRight", "Grow", "Shrink"], novel_classes=["Orbit", "Blink"],
                novel_videos_per_class=1, progress=False)
     return sorted(root.rglob("*.avi"))
-
-
-class Process:
-    """One `python -m workers worker NAME` process, restartable, with one log file per start."""
-
-    def __init__(self, name: str, config: Path, logs: Path, env: dict[str, str]):
-        self.name, self.config, self.logs, self.env = name, config, logs, env
-        self.process: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> Process:
-        self.starts += 1
-        log = self.logs / f"{self.name}-{self.starts}.log"
-        with open(log, "w") as stream:
-            self.process = subprocess.Popen([sys.executable, "-m", "workers", "worker", self.name, "--config",
-                                             str(self.config)], cwd=REPO, env=self.env, stdout=stream, stderr=stream)
-        self.log = log
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def ops(self, path: str) -> tuple[int, bytes]:
-        port = wait_for(lambda: next((json.loads(line)["ops_port"] for line in self.log.read_text().splitlines()
-                                      if line.startswith("{") and "ops_port" in line), None), 60,
-                        what=f"{self.name} ops port")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
 
 
 def drill_config(path: Path, videos: list[Path], bundle: Path, url: str, state: Path, hook_url: str,
@@ -121,7 +81,7 @@ def run_drill(videos, bundle, root: Path, *, faults: bool) -> dict:
     with RedisServer(appendonly=True) as redis_server, WebhookServer(secret=SECRET) as hook:
         config = drill_config(root / "drill.yaml", videos, bundle, redis_server.url, state, hook.url,
                               pace=0.5 if faults else None)
-        procs = {name: Process(name, config, logs, env) for name in WORKERS}
+        procs = {name: WorkerProcess(name, config, logs, env) for name in WORKERS}
         verdicts = lambda: read_jsonl(state / "verdicts.jsonl")  # noqa: E731
         try:
             for name in WORKERS:
@@ -193,7 +153,7 @@ def test_redis_restarted_without_persistence_is_reported_not_silent(drill_videos
     with RedisServer(appendonly=False) as redis_server, WebhookServer(secret=SECRET) as hook:
         config = drill_config(tmp_path / "drill.yaml", drill_videos[:2], tiny_bundle, redis_server.url, state,
                               hook.url, pace=1.0)
-        procs = {name: Process(name, config, logs, env) for name in ("sink", "decoder")}
+        procs = {name: WorkerProcess(name, config, logs, env) for name in ("sink", "decoder")}
         try:
             for proc in procs.values():
                 proc.start()

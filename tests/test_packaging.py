@@ -33,6 +33,10 @@ def test_wheel_carries_the_shipped_assets_and_an_installed_copy_uses_them(tmp_pa
     names = set(zipfile.ZipFile(wheel).namelist())
     assert not [path for path in SHIPPED if path not in names]
     assert not [name for name in names if name.endswith((".pkl", ".pt", ".pth"))]
+    [entry_file] = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
+    entries = zipfile.ZipFile(wheel).read(entry_file).decode()
+    assert "[clipwatch.commands]" in entries  # run, worker and demo reach the CLI from the workers side
+    assert all(f"{command} = workers.cli:register_{command}" in entries for command in ("run", "worker", "demo"))
 
     target = tmp_path / "site"
     install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),

@@ -79,12 +79,49 @@ def test_a_full_config_loads_with_environment_and_relative_paths(tmp_path, tiny_
     ({"sources": [{"uri": "udp://127.0.0.1:5000", "loop": True}]}, "sources.0: loop and pace apply to path sources"),
     ({"sources": [{"id": "a", "webcam": 0}, {"id": "a", "webcam": 1}]}, "sources: stream ids must be unique, repeated: a"),
     ({"alerts": {"webhooks": {"urls": ["ftp://h/x"]}}},
-     "alerts.webhooks.urls: 'ftp://h/x': a webhook URL must be http(s)://host/..."),
+     "alerts.webhooks.urls: ftp://h/x: webhook URL must be http(s)://host/..."),
     ({"ops": {"log_format": "xml"}}, "ops.log_format: Input should be 'text' or 'json'"),
     ({"bus": {"url": "${REDIS_URL}"}}, "bus.url: environment variable REDIS_URL is not set"),
 ])
 def test_a_bad_config_fails_with_one_line_naming_the_key(tmp_path, base, change, expected):
     assert error_of(tmp_path, {**base, **change}).startswith(expected)
+
+
+def test_environment_references_are_read_field_by_field(tmp_path, base):
+    data = {**base, "sources": [{"path": "${VIDEOS}/lobby.mp4", "id": "${CAMERA:-lobby}"},
+                                {"uri": "rtsp://${CAM_HOST}/live", "options": {"rtsp_transport": "${TRANSPORT:-tcp}"}}],
+            "alerts": {"jsonl": "${OUT:-runs}/alerts.jsonl",
+                       "webhooks": {"urls": ["https://${HOOK_HOST}/a"], "ledger": "${STATE}/ledger.jsonl"}},
+            "ops": {"host": "${OPS_HOST}", "log_level": "${LOG_LEVEL:-INFO}", "base_port": "${OPS_PORT}"},
+            "classifier": {"max_batch": "${BATCH:-4}", "threads": "${THREADS:-2}"}}
+    injected = "x: [1, {a: b}]\nbundle: /etc"
+    environ = {"VIDEOS": "feeds", "CAMERA": "", "CAM_HOST": "10.0.0.7", "OUT": "", "HOOK_HOST": "hooks.example",
+               "STATE": "/var/state", "OPS_HOST": injected, "LOG_LEVEL": "DEBUG", "OPS_PORT": "9100", "BATCH": "16"}
+    config = load_config(write_config(tmp_path / "pipeline.yaml", data), environ=environ)
+    lobby, camera = config.sources
+    assert lobby.path == tmp_path / "feeds" / "lobby.mp4" and lobby.id == "lobby"  # empty: the default applies
+    assert camera.uri == "rtsp://10.0.0.7/live" and camera.options == {"rtsp_transport": "tcp"}
+    assert config.alerts.jsonl == tmp_path / "runs" / "alerts.jsonl"
+    assert config.alerts.webhooks.urls == ["https://hooks.example/a"]
+    assert config.alerts.webhooks.ledger == Path("/var/state/ledger.jsonl")
+    assert config.ops.host == injected and config.ops.log_level == "DEBUG"  # a value stays a value, never YAML
+    assert (config.ops.base_port, config.classifier.max_batch, config.classifier.threads) == (9100, 16, 2)
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"sources": [{"path": "${VIDEOS}/a.mp4"}]}, "sources.0.path: environment variable VIDEOS is not set"),
+    ({"sources": [{"uri": "rtsp://h/x", "options": {"rtsp_transport": "${TRANSPORT}"}}]},
+     "sources.0.options.rtsp_transport: environment variable TRANSPORT is not set"),
+    ({"alerts": {"webhooks": {"urls": ["https://h/a", "${HOOK_URL}"]}}},
+     "alerts.webhooks.urls.1: environment variable HOOK_URL is not set"),
+    ({"ops": {"host": "${OPS_HOST}"}}, "ops.host: environment variable OPS_HOST is not set"),
+    ({"bus": {"max_backlog": "${BACKLOG}"}}, "bus.max_backlog: environment variable BACKLOG is not set"),
+    ({"bus": {"max_backlog": "${BACKLOG:-many}"}}, "bus.max_backlog: Input should be a valid integer, unable to "
+                                                    "parse string as an integer"),
+    ({"bundle": "${CLIPWATCH_BUNDLE}"}, "bundle: environment variable CLIPWATCH_BUNDLE is not set"),
+])
+def test_an_unset_variable_fails_naming_the_key_and_the_variable(tmp_path, base, change, expected):
+    assert error_of(tmp_path, {**base, **change}) == expected
 
 
 def test_bundle_must_be_a_bundle_directory(tmp_path, base):

@@ -12,15 +12,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import read_jsonl, wait_for, write_config
+from pipeline_helpers import WorkerProcess, read_jsonl, wait_for, write_config
 from redis_server import RedisServer
 from webhook_server import Reply, WebhookServer
 
@@ -45,42 +42,6 @@ def camera_videos(tmp_path_factory):
                classes=["MoveLeft", "MoveRight", "Grow"], novel_classes=["Orbit"], novel_videos_per_class=1,
                progress=False)
     return sorted(root.rglob("*.avi"))
-
-
-class Worker:
-    """One `python -m workers worker NAME` process with its log file."""
-
-    def __init__(self, name: str, config: Path, logs: Path, env: dict[str, str]):
-        self.name, self.config, self.logs, self.env = name, config, logs, env
-        self.process: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> Worker:
-        self.starts += 1
-        self.log = self.logs / f"{self.name}-{self.starts}.log"
-        with open(self.log, "w") as stream:
-            self.process = subprocess.Popen([sys.executable, "-m", "workers", "worker", self.name, "--config",
-                                             str(self.config)], cwd=REPO, env=self.env, stdout=stream, stderr=stream)
-        return self
-
-    def kill(self) -> int:
-        self.process.send_signal(signal.SIGKILL)
-        return self.process.wait(10)
-
-    def terminate(self, timeout: float = 30) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-    def ops_port(self) -> int | None:
-        for line in self.log.read_text().splitlines():
-            if line.startswith("{") and "ops_port" in line:
-                return json.loads(line)["ops_port"]
-        return None
-
-    def healthz(self) -> dict:
-        port = wait_for(self.ops_port, 60, what=f"{self.name} ops port")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
-            return json.load(response)
 
 
 def pending(server: RedisServer, topic: str, group: str) -> int:
@@ -121,7 +82,7 @@ def test_workers_survive_crashes_a_redis_restart_and_a_failing_webhook(camera_vi
         env = {**os.environ, "CLIPWATCH_WEBHOOK_SECRET": SECRET, "OMP_NUM_THREADS": "1"}
         logs = tmp_path / "logs"
         logs.mkdir()
-        workers = {name: Worker(name, config, logs, env) for name in ("sink", "density", "classifier", "decoder")}
+        workers = {name: WorkerProcess(name, config, logs, env) for name in ("sink", "density", "classifier", "decoder")}
         with RedisBus(redis_server.url, namespace="it") as probe:
             probe.publish("clips", b"\xc1 this is not a clip", key="garbage:0")
         verdicts = lambda: read_jsonl(state / "verdicts.jsonl")  # noqa: E731

@@ -21,8 +21,7 @@ from redis_server import free_port
 
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.detect import DetectorBundle, extract_video_features
-from pipeline.models import load_model
+from pipeline.detect import Detector, extract_video_features
 from pipeline.video import ClipSplitter, iter_file_clips
 from workers.launch import run_pipeline
 
@@ -44,13 +43,11 @@ def inputs(tiny_dataset, tmp_path_factory):
 
 def offline_verdicts(bundle_dir, videos: dict[str, Path], alpha: float) -> dict[str, tuple[float, str]]:
     """{clip key: (fused score, verdict)} computed in one batch pass, as `clipwatch score` would."""
-    bundle = DetectorBundle.load(bundle_dir)
-    bundle.calibration.alpha = alpha
-    model, manifest = load_model(bundle.resolve_model(bundle_dir))
+    detector = Detector.load(bundle_dir, alpha=alpha)
     names = list(videos)
-    features = extract_video_features(model, manifest.preprocessing, [(videos[n], 0) for n in names],
-                                      bundle.layers, progress=False)
-    scores = bundle.score(features.layers, features.softmax.max(axis=1))
+    features = extract_video_features(detector.model, detector.manifest.preprocessing, [(videos[n], 0) for n in names],
+                                      detector.layers, pool_factor=detector.settings.pool_factor, progress=False)
+    scores = detector.score_features(features.layers, features.softmax)
     name_of = {str(path): name for name, path in videos.items()}
     keys = [f"{name_of[path]}:{seq}" for path, seq in zip(features.videos, features.seqs, strict=True)]
     return {key: (float(scores.fused[i]), scores.verdicts[i]) for i, key in enumerate(keys)}

@@ -9,11 +9,13 @@ from pipeline_helpers import read_jsonl, verdict
 from webhook_server import WebhookServer
 
 from pipeline.alerts import AlertRules, JsonlSink, WebhookSink
-from pipeline.bus import InProcessBus, encode
+from pipeline.bus import InProcessBus
+from pipeline.stream.messages import encode
+from pipeline.stream.reorder import ReorderBuffer, SeqJumpError
+from pipeline.stream.steps.record import SinkStep, VerdictLog
+from workers.loop import StageLoop
 from workers.ops import PipelineMetrics
-from workers.reorder import ReorderBuffer, SeqJumpError
-from workers.runtime import StageLoop
-from workers.sink import SinkStage, SinkStep, VerdictLog
+from workers.stages import SinkStage
 
 SECRET = "s3cret"
 RULES = {"kinds": {"novel": {"k": 2, "n": 3, "cooldown_s": 2.0}, "adversarial": {"cooldown_s": 1.0}}}

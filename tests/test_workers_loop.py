@@ -13,13 +13,17 @@ import pytest
 from pipeline_helpers import verdict
 
 from pipeline.alerts import AlertRules, JsonlSink
-from pipeline.bus import EmbeddingMessage, InProcessBus, VerdictMessage, decode, encode
+from pipeline.bus import InProcessBus
+from pipeline.detect import Detector
+from pipeline.stream.messages import EmbeddingMessage, VerdictMessage, decode, encode
+from pipeline.stream.steps.classify import ClassifierStep
+from pipeline.stream.steps.decode import file_clip_messages
+from pipeline.stream.steps.record import SinkStep, VerdictLog
+from pipeline.stream.topology import stage as stage_spec
 from pipeline.video import ClipSplitter
-from workers.classifier import ClassifierStage, ClassifierStep
-from workers.decoder import file_clip_messages
+from workers.loop import Outcome, Stage, StageLoop
 from workers.ops import HealthBoard, OpsServer, PipelineMetrics
-from workers.runtime import Outcome, Stage, StageLoop
-from workers.sink import SinkStage, SinkStep, VerdictLog
+from workers.stages import BatchStage, SinkStage
 
 
 def make_loop(stage, bus, metrics, **options):
@@ -45,7 +49,8 @@ def test_classifier_loop_batches_clips_of_several_streams(tiny_bundle, stream_cl
         for clip in row:
             bus.publish("clips", encode(clip), key=clip.key)
     total = sum(len(clips) for clips in stream_clips)
-    stage = ClassifierStage(ClassifierStep.from_bundle(tiny_bundle), max_batch=4, max_wait_s=0.3)
+    stage = BatchStage(stage_spec("classifier"), ClassifierStep.from_detector(Detector.load(tiny_bundle)), max_batch=4,
+                       max_wait_s=0.3)
     loop = make_loop(stage, bus, metrics)
     sizes = []
     while sum(sizes) < total:

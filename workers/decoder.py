@@ -1,18 +1,9 @@
-"""Decoder stage: every source (files, directories, stream URLs, webcams) → clips → `ClipMessage`s on "clips".
+"""The decoder worker: every configured source in its own thread (a directory's files one after another), each
+stream's clips published on the bus, each stream's health events beside them.
 
-Clip geometry comes from the bundle's model (clip length, frame step; stride per source). With
-``decoder.resize: model`` (the default) frames are resized so their shorter side is the model's ``short_side``
-before publishing, with the very operation `pipeline.video.preprocess` applies (bilinear on uint8, no
-antialiasing): the classifier then skips its own resize and sees bit-identical pixels, while a 1080p clip
-shrinks ~70× on the bus. Frames smaller than that are sent as they are.
-
-Clip keys: files start at seq 0, so decoding a file again yields the same keys and everything downstream
-recognises them as already done. Live sources and looped files start at the current time in milliseconds, so
-keys stay unique across decoder restarts (seq keeps counting up within a run).
-
-Health: each stream's events (up, down, stalled, reconnecting, ended) go to the "health" topic from a queue, so a
-reader thread never waits on the bus. Clips are published with back-pressure: a slow pipeline slows file reading,
-and live readers drop their oldest frames rather than fall behind.
+The work on one file or stream is `pipeline.stream.steps.decode`; this module adds the threads, back-pressure
+(a slow pipeline slows file reading; live readers drop their oldest frames rather than fall behind), shutdown and
+health: events go to the bus from a queue, so a reader thread never waits on it.
 """
 
 from __future__ import annotations
@@ -20,137 +11,32 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
-from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
-
-from pipeline.bus import BackpressureTimeout, Bus, BusClosed, BusError, ClipMessage, HealthMessage, MessageError, encode
+from pipeline.bus import BackpressureTimeout, Bus, BusClosed, BusError
 from pipeline.config import PipelineConfig, SourceConfig
-from pipeline.detect import DetectorBundle
+from pipeline.detect import Detector
 from pipeline.models import Preprocessing
-from pipeline.models.manifest import MANIFEST_FILE, read_manifest
-from pipeline.video import (
-    BadVideo,
-    Clip,
-    ClipSplitter,
-    StreamEvent,
-    VideoError,
-    VideoReader,
-    iter_file_clips,
-    open_source,
-    open_video,
+from pipeline.stream.messages import ClipMessage, HealthMessage, MessageError, encode
+from pipeline.stream.steps.decode import (
+    StreamPlan,
+    clip_message,
+    file_clip_messages,
+    live_seq_start,
+    plan_streams,
+    splitter_for,
 )
+from pipeline.stream.topology import stage
+from pipeline.video import StreamEvent, VideoError, open_source, open_video
 from pipeline.video.errors import describe_source, error_reason
-from pipeline.video.preprocess import MIN_FRAME_SIDE, resize_frames
-from pipeline.video.scan import find_video_files
+from pipeline.video.preprocess import MIN_FRAME_SIDE
+from workers.loop import publish_until
 from workers.ops import HealthBoard, PipelineMetrics
-from workers.runtime import publish_until
 
 logger = logging.getLogger(__name__)
 
-CLIPS_TOPIC = "clips"
-HEALTH_TOPIC = "health"
-
-
-def model_preprocessing(bundle_dir: str | Path) -> Preprocessing:
-    """The preprocessing of the bundle's model (after checking the model's SHA-256), without loading weights."""
-    bundle = DetectorBundle.load(bundle_dir)
-    return read_manifest(bundle.resolve_model(bundle_dir) / MANIFEST_FILE).preprocessing
-
-
-def shrink_frames(frames: np.ndarray, short_side: int) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames with the shorter side scaled down to `short_side`, as `preprocess` would do it.
-
-    Frames no larger than that are returned as they are; ValueError if the resized clip would be too large.
-    """
-    if min(frames.shape[1:3]) <= short_side:
-        return frames
-    return resize_frames(frames, short_side).numpy()
-
-
-def clip_message(clip: Clip, *, short_side: int | None = None, source: str | None = None,
-                 seq_offset: int = 0) -> ClipMessage:
-    """The message of one clip, frames resized to `short_side` if given, sequence number moved by `seq_offset`."""
-    try:
-        frames = clip.frames if short_side is None else shrink_frames(clip.frames, short_side)
-    except ValueError as error:
-        raise MessageError(f"clip {clip.stream_id}:{clip.seq + seq_offset}: {error}") from None
-    return ClipMessage.from_array(frames, stream_id=clip.stream_id, seq=clip.seq + seq_offset,
-                                  first_frame=clip.first_frame, last_frame=clip.last_frame, pts=clip.pts,
-                                  source=source)
-
-
-def file_clip_messages(path: str | Path | VideoReader, splitter: ClipSplitter, stream_id: str, *, short_side: int | None = None,
-                       seq_offset: int = 0, pace: float | None = None,
-                       stop: threading.Event | None = None) -> Iterator[ClipMessage]:
-    """The clip messages of one video file (a path, or an open reader left open), in order.
-
-    VideoError (one line) if the file cannot be used.
-    With `pace`, each clip is released when its last frame would have been shown playing the file at `pace` times
-    real time (a recorded camera replayed live).
-    """
-    started = time.monotonic()
-    name = str(path.path if isinstance(path, VideoReader) else path)
-    for clip in iter_file_clips(path, splitter, stream_id):
-        if stop is not None and stop.is_set():
-            return
-        if pace is not None and np.isfinite(clip.pts[-1]):
-            delay = started + float(clip.pts[-1]) / pace - time.monotonic()
-            if delay > 0 and stop is not None and stop.wait(delay):
-                return
-            if delay > 0 and stop is None:
-                time.sleep(delay)
-        yield clip_message(clip, short_side=short_side, source=name, seq_offset=seq_offset)
-
-
-@dataclass(frozen=True)
-class StreamPlan:
-    """One stream to decode: a file (`is_file`) or a live target (URI or camera index)."""
-
-    stream_id: str
-    target: str | int
-    source: SourceConfig
-    is_file: bool
-
-
-def plan_streams(source: SourceConfig) -> tuple[list[StreamPlan], list[BadVideo]]:
-    """The streams of a source: one per video file of a directory (each validated when its turn comes).
-
-    Stream ids are `SourceConfig.stream_id`; a directory's files get ``<that>/<path inside it>``, without the
-    suffix unless two files differ only by it (``cam.mp4`` and ``cam.avi`` become ``.../cam.mp4`` and
-    ``.../cam.avi``), so every file keeps its own clip keys. A path that does not exist is returned as a
-    `BadVideo`, not raised, so the other sources keep running.
-    """
-    if source.webcam is not None or source.uri is not None:
-        return [StreamPlan(source.stream_id, source.webcam if source.uri is None else source.uri, source, False)], []
-    path = source.path
-    if path.is_file():
-        return [StreamPlan(source.stream_id, str(path), source, True)], []
-    if not path.is_dir():
-        return [], [BadVideo(str(path), "no such file or directory")]
-    videos = find_video_files(path, recursive=source.recursive)
-    names = directory_stream_names([video.relative_to(path) for video in videos])
-    return [StreamPlan(f"{source.stream_id}/{name}", str(video), source, True)
-            for video, name in zip(videos, names, strict=True)], []
-
-
-def directory_stream_names(relative: list[Path]) -> list[str]:
-    """Unique stream names of a directory's files: the path without its suffix, with it where that is ambiguous."""
-    names = [path.with_suffix("").as_posix() for path in relative]
-    while True:
-        clashing = {name for name, count in Counter(names).items() if count > 1}
-        if not clashing:
-            return names
-        names = [path.as_posix() if name in clashing else name for name, path in zip(names, relative, strict=True)]
-
-
-def live_seq_start() -> int:
-    """First seq of a live stream: the time in ms, so keys never repeat across restarts (< 1000 clips/s)."""
-    return int(time.time() * 1000)
+CLIPS_TOPIC = stage("decoder").output_topic
+HEALTH_TOPIC = stage("health").input_topic
 
 
 class HealthPublisher:
@@ -221,7 +107,7 @@ class DecoderWorker:
         self.metrics = metrics
         self.stage_metrics = metrics.stage(self.name)
         self.board = board
-        prep = preprocessing or model_preprocessing(config.bundle)
+        prep = preprocessing or Detector.preprocessing(config.bundle)
         self.preprocessing = prep
         self.short_side = prep.short_side if config.decoder.resize == "model" else None
         self.report = DecoderReport()
@@ -229,9 +115,8 @@ class DecoderWorker:
         self._live: list = []
         self.health = HealthPublisher(bus, metrics, board=board)
 
-    def splitter(self, source: SourceConfig) -> ClipSplitter:
-        prep = self.preprocessing
-        return ClipSplitter(prep.clip_len, source.stride or prep.clip_len, prep.frame_step)
+    def splitter(self, source: SourceConfig):
+        return splitter_for(self.preprocessing, source.stride)
 
     def run(self) -> DecoderReport:
         """Decode until every source has ended (files) or `stop` is set (live sources run until then)."""

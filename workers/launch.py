@@ -19,14 +19,17 @@ from typing import TextIO
 
 from pipeline.alerts import Alert
 from pipeline.bus import Bus, BusRefused, open_bus
-from pipeline.config import STAGES, PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.stream.steps.record import format_alert
+from pipeline.stream.topology import STAGES, WORKERS
+from workers.loop import Stage, StageLoop
 from workers.ops import HealthBoard, OpsServer, PipelineMetrics, handle_signals
-from workers.runtime import Stage, StageLoop
-from workers.sink import HealthStage, SinkStage, SinkStep, format_alert
+from workers.stages import build_stages
 
 logger = logging.getLogger(__name__)
 
-DRAIN_TOPICS = (("clips", "classifier"), ("embeddings", "density"), ("verdicts", "sink"), ("health", "health"))
+DRAIN_TOPICS = tuple((spec.input_topic, spec.name) for spec in STAGES if spec.input_topic is not None)
+"""(topic, group) of every consuming stage in flow order: a run has drained when each has acknowledged all."""
 
 
 def open_config_bus(config: PipelineConfig) -> Bus:
@@ -74,30 +77,6 @@ def close_when_overdue(bus: Bus, stop: threading.Event, done: threading.Event, t
     return thread
 
 
-def build_stages(name: str, config: PipelineConfig, metrics: PipelineMetrics,
-                 on_alert: Callable[[Alert], None] | None = None) -> list[Stage]:
-    """The consuming stages of worker `name` (the sink also runs the health log).
-
-    Stage modules are imported here, so a sink process never loads torch.
-    """
-    if name == "classifier":
-        from workers.classifier import ClassifierStage
-
-        return [ClassifierStage.from_config(config.bundle, config.classifier)]
-    if name == "density":
-        from workers.density import DensityStage
-
-        return [DensityStage.from_config(config.bundle, config.density)]
-    if name == "sink":
-        alerts = config.alerts
-        step = SinkStep.from_config(alerts, config.webhook_config(), on_alert=on_alert, metrics=metrics)
-        flush = alerts.webhooks.flush_timeout_s if alerts.webhooks is not None else 0.0
-        return [SinkStage(step, reorder_window_s=alerts.reorder_window_s, max_seq_jump=alerts.max_seq_jump,
-                          flush_timeout_s=flush, metrics=metrics),
-                HealthStage(alerts.health_jsonl, metrics)]
-    raise ValueError(f"unknown worker {name!r}: expected one of {', '.join(STAGES)}")
-
-
 def stage_loop(stage: Stage, bus: Bus, config: PipelineConfig, *, stop: threading.Event, metrics: PipelineMetrics,
                board: HealthBoard) -> StageLoop:
     consumer = f"{stage.name}-{socket.gethostname()}-{os.getpid()}"
@@ -135,7 +114,7 @@ def run_pipeline(config: PipelineConfig, *, stop: threading.Event | None = None,
     to `out` (stdout) as they fire when ``alerts.print`` is on.
     """
     if not config.sources:
-        raise ValueError(f"{config.source_file}: sources: nothing to run (no sources configured)")
+        raise ConfigError(f"{config.source_file}: sources: nothing to run (no sources configured)")
     stop = stop or threading.Event()
     with handle_signals(stop):
         return _run_pipeline(config, stop, out or sys.stdout, drain_timeout_s)
@@ -156,7 +135,7 @@ def _run_pipeline(config: PipelineConfig, stop: threading.Event, out: TextIO,
             printer(alert)
 
     stages_stop = threading.Event()
-    stages = [stage for name in STAGES[1:] for stage in build_stages(name, config, metrics, on_alert)]
+    stages = [stage for name in WORKERS for stage in build_stages(name, config, metrics, on_alert)]
     loops = [stage_loop(stage, bus, config, stop=stages_stop, metrics=metrics, board=board) for stage in stages]
     threads = [threading.Thread(target=loop.run, name=f"stage-{loop.stage.name}", daemon=True) for loop in loops]
     ops = start_ops(config, "run", config.ops.port_for("run"), metrics, board, bus)
@@ -203,8 +182,8 @@ def run_worker(name: str, config: PipelineConfig, *, stop: threading.Event | Non
 
     Returns the exit code: 0 after a clean stop; 1 for a decoder that lost the bus or whose every source failed.
     """
-    if name not in STAGES:
-        raise ValueError(f"unknown worker {name!r}: expected one of {', '.join(STAGES)}")
+    if name not in WORKERS:
+        raise ValueError(f"unknown worker {name!r}: expected one of {', '.join(WORKERS)}")
     stop = stop or threading.Event()
     with handle_signals(stop):
         return _run_worker(name, config, stop, port)
@@ -223,7 +202,7 @@ def _run_worker(name: str, config: PipelineConfig, stop: threading.Event, port: 
             from workers.decoder import DecoderWorker
 
             if not config.sources:
-                raise ValueError(f"{config.source_file}: sources: the decoder has no sources to read")
+                raise ConfigError(f"{config.source_file}: sources: the decoder has no sources to read")
             report = DecoderWorker(config, bus, stop=stop, metrics=metrics, board=board).run()
             return 1 if report.failed or (report.skipped and not report.published) else 0
         printer = alert_printer(sys.stdout) if config.alerts.print else None

@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from pipeline.alerts.errors import AlertInputError
+from pipeline.fileio import atomic_write
 
 SCHEMA_VERSION = 1
 """Version of the alert body; bumped on any change a receiver could notice (``schema_version`` in every body)."""
@@ -276,14 +276,5 @@ def store_thumbnail(alert: Alert, directory: str | os.PathLike) -> Alert:
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{ref.sha256}.jpg"
     if not target.exists():
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".thumb-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(ref.data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, ref.data, durable=True)
     return replace(alert, thumbnail=replace(ref, uri=str(target)))

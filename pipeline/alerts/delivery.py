@@ -10,15 +10,14 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema
 
 from pipeline import __version__
-from pipeline.alerts.errors import one_line
 from pipeline.alerts.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_body
+from pipeline.errors import one_line
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
 USER_AGENT = f"clipwatch-webhook/{__version__}"
@@ -119,17 +118,6 @@ def post_alert(
         if 300 <= status < 400:
             reason += " (redirects are not followed)"
         return AttemptResult(False, retryable, reason, "http_status", status, _retry_after(response))
-
-
-def redact_url(url: str) -> str:
-    """`url` without a password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def _retry_after(response: requests.Response) -> float | None:

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from pipeline.errors import ClipwatchError, one_line, validation_problem
+
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def one_line(text: object) -> str:
-    """`text` as a single line: whitespace runs (newlines included) collapse to one space."""
-    return re.sub(r"\s+", " ", str(text)).strip()
-
-
-class AlertError(ValueError):
+class AlertError(ClipwatchError, ValueError):
     """Base class of the alerting errors."""
 
 
@@ -31,11 +27,7 @@ def validate_config(model: type[Model], config: Model | Mapping[str, Any] | None
     try:
         return model.model_validate(config or {})
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
-        raise AlertConfigError(f"{what}: {one_line(problems)}") from None
+        raise AlertConfigError(f"{what}: {validation_problem(exc)}") from None
 
 
 class AlertInputError(AlertError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from pipeline.alerts.alert import canonical_json
 from pipeline.alerts.errors import JournalError
+from pipeline.fileio import atomic_write, fsync_path
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +49,13 @@ class JsonlJournal:
         with self._lock:
             if self._file is not None:
                 self._file.close()
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as handle:
+
+            def write(tmp: str) -> None:
+                with open(tmp, "wb") as handle:
                     for record in records:
                         handle.write(canonical_json(record) + b"\n")
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            _fsync_directory(self.path.parent)
+
+            atomic_write(self.path, write, durable=True)
             self._file = self._open_for_append()
 
     def close(self) -> None:
@@ -73,7 +68,7 @@ class JsonlJournal:
         created = not self.path.exists()
         handle = open(self.path, "ab")
         if created:
-            _fsync_directory(self.path.parent)
+            fsync_path(self.path.parent)
         return handle
 
     def _load(self) -> list[dict[str, Any]]:
@@ -99,11 +94,3 @@ class JsonlJournal:
                 raise JournalError(self.path, number, "a record must be a JSON object")
             records.append(record)
         return records
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import requests
 
 from pipeline.alerts.alert import canonical_json
-from pipeline.alerts.delivery import post_alert, redact_url
+from pipeline.alerts.delivery import post_alert
 from pipeline.alerts.errors import JournalError, validate_config
 from pipeline.alerts.journal import JsonlJournal
 from pipeline.alerts.ledger import DeliveryLedger
 from pipeline.alerts.webhook import WebhookConfig
+from pipeline.errors import redact
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class ReplayOutcome:
         return self.status != "failed"
 
     def __str__(self) -> str:
-        return f"{self.status} {self.key}" + (f" {redact_url(self.url)}" if self.url else "") + f": {self.reason}"
+        return f"{self.status} {self.key}" + (f" {redact(self.url)}" if self.url else "") + f": {self.reason}"
 
 
 def replay_dead_letters(config: WebhookConfig | Mapping, keys: Collection[str] | None = None) -> list[ReplayOutcome]:

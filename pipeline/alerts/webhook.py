@@ -30,12 +30,24 @@ import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from pipeline.alerts.alert import Alert
-from pipeline.alerts.delivery import AttemptResult, RetryPolicy, post_alert, redact_url
+from pipeline.alerts.delivery import AttemptResult, RetryPolicy, post_alert
 from pipeline.alerts.errors import SinkClosedError, validate_config
 from pipeline.alerts.journal import JsonlJournal
 from pipeline.alerts.ledger import DeliveryLedger, Progress, QueuedDelivery
+from pipeline.errors import redact
 
 logger = logging.getLogger(__name__)
+
+
+def check_webhook_urls(urls: list[str]) -> list[str]:
+    """`urls` if each is http(s)://host/... and none repeats; ValueError (URL without its password) otherwise."""
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{redact(url)}: webhook URL must be http(s)://host/...")
+    if len(set(urls)) != len(urls):
+        raise ValueError("webhook URLs must be distinct")
+    return urls
 
 
 class WebhookConfig(BaseModel):
@@ -55,13 +67,7 @@ class WebhookConfig(BaseModel):
     @field_validator("urls")
     @classmethod
     def _check_urls(cls, urls: list[str]) -> list[str]:
-        for url in urls:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"{redact_url(url)}: webhook URL must be http(s)://host/...")
-        if len(set(urls)) != len(urls):
-            raise ValueError("webhook URLs must be distinct")
-        return urls
+        return check_webhook_urls(urls)
 
     @field_validator("secret")
     @classmethod
@@ -136,7 +142,7 @@ class WebhookSink:
                     self._enqueue(queued, self._ledger.progress.get((queued.url, queued.key)))
                 else:
                     logger.warning("%s: ledger entry for unconfigured URL %s left alone",
-                                   queued.key, redact_url(queued.url))
+                                   queued.key, redact(queued.url))
         self._threads = [
             threading.Thread(target=self._work, args=(route,), name=f"webhook-{index}-{worker}", daemon=True)
             for index, route in enumerate(self._routes.values())
@@ -267,7 +273,7 @@ class WebhookSink:
                     try:
                         self._settle(route, lane, delivery, result)
                     except Exception:
-                        logger.exception("%s: recording the delivery to %s failed", q.key, redact_url(route.url))
+                        logger.exception("%s: recording the delivery to %s failed", q.key, redact(route.url))
                         self._schedule(route, lane, time.monotonic() + self.config.retry.max_delay_s)
         finally:
             session.close()
@@ -285,7 +291,7 @@ class WebhookSink:
             delivery.next_attempt_at = now + delay
             self._ledger.attempted(q.url, q.key, Progress(delivery.attempts, delivery.first_attempt_at or now,
                                                           delivery.next_attempt_at), result.reason)
-            logger.info("%s: %s: %s, retry in %.3g s", q.key, redact_url(route.url), result.reason, delay)
+            logger.info("%s: %s: %s, retry in %.3g s", q.key, redact(route.url), result.reason, delay)
             self._schedule(route, lane, time.monotonic() + delay)
             return
         if result.ok:
@@ -319,4 +325,4 @@ class WebhookSink:
         self._ledger.settled(q.url, q.key, "dead_lettered", delivery.attempts, result.status)
         self._counts["dead_lettered"] += 1
         logger.warning("%s: dead-lettered for %s after %d attempt(s): %s",
-                       q.key, redact_url(q.url), delivery.attempts, result.reason)
+                       q.key, redact(q.url), delivery.attempts, result.reason)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pipeline.errors import ClipwatchError
 
-class AttackError(ValueError):
+
+class AttackError(ClipwatchError, ValueError):
     """Bad input to an attack: clip shape or range, labels, frame geometry or hyper-parameters."""
 
 

@@ -26,10 +26,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.data import UCF101
-from pipeline.detect import DetectorBundle, extract_from_tensors
+from pipeline.data.ucf101 import DatasetError
+from pipeline.detect import Detector
 from pipeline.detect.bundle import bundle_digest
-from pipeline.detect.features import model_input_problem, model_inputs
-from pipeline.models import load_model
+from pipeline.detect.features import model_input_problem
+from pipeline.errors import ClipwatchError
 from pipeline.video import ClipSplitter, VideoError, iter_file_clips, open_video, scan_videos
 from pipeline.video.preprocess import MIN_FRAME_SIDE
 
@@ -56,7 +57,7 @@ def list_videos(data: str | Path, split: str | None = None) -> tuple[list[VideoI
     if split:
         subset, number = split.rstrip("0123456789"), split[len(split.rstrip("0123456789")):]
         if subset not in ("train", "test") or number not in ("1", "2", "3"):
-            raise ValueError(f"split must be train1..3 or test1..3, got {split!r}")
+            raise DatasetError(f"split must be train1..3 or test1..3, got {split!r}")
         dataset = UCF101(data, split=int(number), subset=subset, missing="skip")
         skipped = [(str(path), "listed but missing") for path in dataset.skipped]
         return [VideoItem(s.path, s.label) for s in dataset.samples], list(dataset.classes), skipped
@@ -67,7 +68,7 @@ def list_videos(data: str | Path, split: str | None = None) -> tuple[list[VideoI
     if data.is_dir():
         scan = scan_videos(data)
         return [VideoItem(Path(p)) for p in scan.paths], None, [(str(b.path), b.reason) for b in scan.bad]
-    raise FileNotFoundError(f"{data}: no such dataset, directory or file list")
+    raise DatasetError(f"{data}: no such dataset, directory or file list")
 
 
 def _done_videos(path: Path) -> set[str]:
@@ -98,7 +99,7 @@ def claim_output(out: Path, bundle_dir: str | Path, *, overwrite: bool = False) 
     stale = previous != digest if previous else records.is_file() and records.stat().st_size > 0
     if stale and not overwrite:
         what = f"bundle {previous[:12]}… ({previous_path})" if previous else "an unrecorded bundle"
-        raise ValueError(f"{out}: holds scores from {what}, not from {bundle_dir} ({digest[:12]}…); choose a new "
+        raise ClipwatchError(f"{out}: holds scores from {what}, not from {bundle_dir} ({digest[:12]}…); choose a new "
                          f"--out, or pass --overwrite to replace the score files there ({', '.join(OUTPUTS)})")
     if stale:
         for name in OUTPUTS:
@@ -117,10 +118,9 @@ def score_archive(bundle_dir: str | Path, videos: Sequence[VideoItem], out: str 
     counted with the ones found here. ``overwrite`` replaces the scores of another bundle (see `claim_output`).
     """
     out = Path(out)
-    bundle = DetectorBundle.load(bundle_dir)
-    model, manifest = load_model(bundle.resolve_model(bundle_dir))
-    if class_names is not None and list(class_names) != list(bundle.class_names):
-        raise ValueError(f"dataset classes {class_names} differ from the bundle's {bundle.class_names}")
+    detector = Detector.load(bundle_dir)
+    if class_names is not None and list(class_names) != detector.class_names:
+        raise DatasetError(f"dataset classes {class_names} differ from the bundle's {detector.class_names}")
     digest = claim_output(out, bundle_dir, overwrite=overwrite)
     records_path = out / RECORDS
     done = _done_videos(records_path)
@@ -129,14 +129,14 @@ def score_archive(bundle_dir: str | Path, videos: Sequence[VideoItem], out: str 
     errors: list[tuple[str, str]] = list(skipped)
     started = time.perf_counter()
     with open(records_path, "a", encoding="utf-8") as sink:
-        for _video, records in tqdm(_score_videos(bundle, model, manifest, todo, batch_size, errors),
+        for _video, records in tqdm(_score_videos(detector, todo, batch_size, errors),
                                    total=len(todo), desc="scoring", unit="video", disable=not progress):
             sink.write("".join(json.dumps(r) + "\n" for r in records))
             sink.flush()
             os.fsync(sink.fileno())
     for path, reason in errors:
         print(f"skipped {path}: {reason}")
-    summary = summarise(records_path, bundle, errors, time.perf_counter() - started)
+    summary = summarise(records_path, detector.alpha, errors, time.perf_counter() - started)
     summary["bundle_sha256"] = digest
     write_table(records_path, out / TABLE)
     (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
@@ -173,9 +173,9 @@ def _unusable(reader, splitter: ClipSplitter, prep) -> str | None:
     return model_input_problem((prep.clip_len, reader.height, reader.width, 3), prep)
 
 
-def _score_videos(bundle, model, manifest, todo, batch_size, errors) -> Iterator[tuple[VideoItem, list[dict]]]:
+def _score_videos(detector: Detector, todo, batch_size, errors) -> Iterator[tuple[VideoItem, list[dict]]]:
     """Batches clips across videos through the model; yields each video's records once all its clips are scored."""
-    prep = manifest.preprocessing
+    prep = detector.manifest.preprocessing
     splitter = ClipSplitter(prep.clip_len, prep.clip_len, prep.frame_step)
     pending: dict[int, list[dict]] = {}
     finished: dict[int, int] = {}
@@ -185,7 +185,7 @@ def _score_videos(bundle, model, manifest, todo, batch_size, errors) -> Iterator
         if batch:
             pending_batch = list(batch)
             batch.clear()
-            for (index, _), record in zip(pending_batch, _score_batch(bundle, model, prep, pending_batch, todo), strict=True):
+            for (index, _), record in zip(pending_batch, _score_batch(detector, pending_batch, todo), strict=True):
                 pending.setdefault(index, []).append(record)
         for index in [i for i, total in finished.items() if len(pending.get(i, [])) == total]:
             del finished[index]
@@ -203,20 +203,17 @@ def _score_videos(bundle, model, manifest, todo, batch_size, errors) -> Iterator
     yield from flush()
 
 
-def _score_batch(bundle, model, prep, batch, todo) -> list[dict]:
-    inputs = model_inputs([clip.frames for _, clip in batch], prep)
-    layers, logits = extract_from_tensors(model, [inputs], bundle.layers)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    softmax = shifted / shifted.sum(axis=1, keepdims=True)
-    scores = bundle.score(layers, softmax.max(axis=1))
+def _score_batch(detector: Detector, batch, todo) -> list[dict]:
+    features, scores = detector.score_clips([clip.frames for _, clip in batch])
+    softmax = features.softmax
     records = []
     for i, (index, clip) in enumerate(batch):
         video = todo[index]
-        prediction = int(np.argmax(logits[i]))
+        prediction = int(np.argmax(features.logits[i]))
         records.append({
             "video": str(video.path), "clip_key": clip.key, "seq": clip.seq, "first_frame": clip.first_frame,
             "last_frame": clip.last_frame, "start_s": float(clip.pts[0]), "end_s": float(clip.pts[-1]),
-            "label": video.label, "prediction": prediction, "class_name": bundle.class_names[prediction],
+            "label": video.label, "prediction": prediction, "class_name": detector.class_names[prediction],
             "softmax": float(softmax[i].max()), "scores": {k: float(v[i]) for k, v in scores.loglik.items()},
             "fused": float(scores.fused[i]), "p_value": float(scores.p_value[i]), "verdict": scores.verdicts[i],
             "reasons": scores.reasons[i],
@@ -230,14 +227,15 @@ def _read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def summarise(records_path: Path, bundle, errors, seconds: float) -> dict:
+def summarise(records_path: Path, alpha: float, errors, seconds: float) -> dict:
+    """Counts per verdict of the records (accuracy and flag rate when labelled); ``alpha``: the false-alarm rate."""
     records = _read_records(records_path)
     verdicts = [r["verdict"] for r in records]
     summary = {
         "clips": len(records), "videos": len({r["video"] for r in records}),
         "verdicts": {v: verdicts.count(v) for v in ("normal", "novel", "adversarial")},
         "skipped": [{"path": p, "reason": r} for p, r in errors], "seconds_this_run": round(seconds, 1),
-        "requested_false_alarm": bundle.calibration.alpha,
+        "requested_false_alarm": alpha,
     }
     labelled = [r for r in records if r["label"] is not None]
     if labelled:

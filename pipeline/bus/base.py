@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from pipeline.errors import ClipwatchError
+
 __all__ = [
     "BackpressureTimeout",
     "Backoff",
@@ -49,7 +51,7 @@ def dead_topic(topic: str) -> str:
     return topic + DEAD_SUFFIX
 
 
-class BusError(RuntimeError):
+class BusError(ClipwatchError, RuntimeError):
     """Base of bus failures (not raised for bad payloads: those are `MessageError`)."""
 
 

@@ -153,9 +153,7 @@ class InProcessBus:
 
     def ack(self, topic: str, group: str, ids: Iterable[str]) -> int:
         with self._changed:
-            self._check_open()
-            log = self._topics.get(topic)
-            state = log.groups.get(group) if log else None
+            log, state = self._existing_group(topic, group)
             if state is None:
                 return 0
             acked = sum(state.pending.pop(_seq(entry_id), None) is not None for entry_id in ids)
@@ -166,9 +164,7 @@ class InProcessBus:
 
     def extend(self, topic: str, group: str, consumer: str, ids: Iterable[str]) -> int:
         with self._changed:
-            self._check_open()
-            log = self._topics.get(topic)
-            state = log.groups.get(group) if log else None
+            _, state = self._existing_group(topic, group)
             if state is None:
                 return 0
             now, extended = time.monotonic(), 0
@@ -283,6 +279,12 @@ class InProcessBus:
     def _check_open(self) -> None:
         if self._closed:
             raise BusClosed("bus is closed")
+
+    def _existing_group(self, topic: str, group: str):
+        """(topic log, group state) of a group that exists, else (log or None, None); the caller holds the lock."""
+        self._check_open()
+        log = self._topics.get(topic)
+        return log, log.groups.get(group) if log else None
 
 
 def _seq(entry_id: str) -> int:

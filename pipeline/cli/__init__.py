@@ -1,7 +1,11 @@
-"""The ``clipwatch`` command: one sub-command per module in this package.
+"""The ``clipwatch`` command: one sub-command per module in this package, plus those other packages register.
 
-Each command module exposes ``register(subparsers)``, which adds its parser and sets
-``func`` (called with the parsed arguments, returning an exit code).
+Each command module exposes ``register(subparsers)``, which adds its parser and sets ``func`` (called with the
+parsed arguments, returning an exit code). The commands that run the pipeline's processes (``run``, ``worker``,
+``demo``) come from the ``clipwatch.commands`` entry points, so this library never imports the application.
+
+Exit codes: 0 done; 2 for a problem with what the command was given (a `ClipwatchError`, or a file that cannot
+be opened: one line naming it and why); 130 on Ctrl-C; anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ import importlib
 import logging
 import os
 import sys
+from importlib.metadata import entry_points
 
 from pipeline import __version__
+from pipeline.errors import ClipwatchError, one_line
 
-COMMAND_MODULES = ("synth", "train", "fit", "attack", "evaluate", "score", "run", "worker", "alerts", "demo")
+COMMAND_MODULES = ("synth", "train", "fit", "attack", "evaluate", "score", "alerts")
+ENTRY_POINT_GROUP = "clipwatch.commands"
 SHARED_CORE_COMMANDS = ("run", "demo")
 """Commands that run every pipeline stage in one process: see :func:`yield_idle_cores`."""
 
@@ -23,12 +30,11 @@ def yield_idle_cores(argv: list[str]) -> None:
     """Make OpenMP threads sleep instead of spin while they wait, for commands whose stages share the cores.
 
     libgomp's default spin-wait keeps the classifier's idle intra-op threads busy while the decoder and density
-    threads need the cores: on two cores a full-width r3d-18 pipeline ran at 0.57 of its bare forward with spinning
-    forced and 0.92 with ``OMP_WAIT_POLICY=PASSIVE``. Spinning is faster for a process that only runs the model
+    threads need the cores (``benchmarks/pipeline.py`` measures the difference). Spinning is faster for a process that only runs the model
     (training, ``fit``), so only the multi-stage commands ask for passive waiting; the variable is read when torch
     loads, so this runs before any torch import, and a value the user set wins.
     """
-    command = next((arg for arg in argv if arg in COMMAND_MODULES), None)
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
     if command in SHARED_CORE_COMMANDS and "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -40,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"pipeline.cli.{name}").register(subparsers)
+    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda entry: entry.name):
+        entry.load()(subparsers)
     return parser
 
 
@@ -54,8 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"clipwatch {args.command}: error: {exc}", file=sys.stderr)
+    except ClipwatchError as exc:
+        print(f"clipwatch {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        print(f"clipwatch {args.command}: error: {exc.filename}: {exc.strerror or one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -25,12 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_replay(args: argparse.Namespace) -> int:
     from pipeline.alerts.replay import replay_dead_letters
-    from pipeline.config import load_config
+    from pipeline.config import ConfigError, load_config
 
     config = load_config(args.config)
     webhooks = config.webhook_config()
     if webhooks is None:
-        raise ValueError(f"{args.config}: alerts.webhooks is not configured, nothing to replay")
+        raise ConfigError(f"{args.config}: alerts.webhooks is not configured, nothing to replay")
     outcomes = replay_dead_letters(webhooks, None if args.all else args.keys)
     for outcome in outcomes:
         print(outcome)

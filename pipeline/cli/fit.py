@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from pipeline.data import UCF101
+from pipeline.data.ucf101 import DatasetError
 from pipeline.detect import DetectorBundle, extract_video_features
 from pipeline.models import SHIPPED_MODELS, default_layers, file_sha256, load_model, resolve_model_dir
 
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     layers = args.layers or default_layers(manifest.architecture)
     dataset = UCF101(args.data, split=args.split, subset="train", missing="skip")
     if list(dataset.classes) != list(manifest.class_names):
-        raise ValueError(f"{args.data}: classes {dataset.classes} differ from the model's {list(manifest.class_names)}")
+        raise DatasetError(f"{args.data}: classes {dataset.classes} differ from the model's {list(manifest.class_names)}")
     low_level = layers[:-2] if args.low_level_layers is None else args.low_level_layers
     train_videos, calibration_videos = calibration_videos_for(args, dataset)
     common = dict(batch_size=args.batch_size, pool_factor=args.pool_factor, stride=args.stride,
@@ -86,10 +87,9 @@ def run(args: argparse.Namespace) -> int:
         train, calibration, model_ref=model_reference(args.model), class_names=list(manifest.class_names),
         densities=args.densities, fused_density=args.fused_density, variance=args.variance,
         pool_factor=args.pool_factor, false_alarm=args.false_alarm, seed=args.seed, low_level_layers=low_level,
+        provenance={"dataset": str(Path(args.data).resolve()), "split": args.split,
+                    "calibration_data": str(Path(args.calibration_data).resolve()) if args.calibration_data else None},
         progress=not args.no_progress)
-    bundle.settings.update({"dataset": str(Path(args.data).resolve()), "split": args.split,
-                            "calibration_data": str(Path(args.calibration_data).resolve())
-                            if args.calibration_data else None})
     bundle.save(args.out)
     print(f"bundle written to {args.out}: {len(train)} train clips, {len(calibration)} calibration clips, "
           f"layers {layers}, {time.perf_counter() - start:.0f} s")
@@ -112,11 +112,11 @@ def calibration_videos_for(args: argparse.Namespace, dataset: UCF101) -> tuple[l
         subsets = [UCF101(args.calibration_data, split=args.split, subset=name, missing="skip")
                    for name in ("train", "test")]
         if list(subsets[0].classes) != list(dataset.classes):
-            raise ValueError(f"{args.calibration_data}: classes {subsets[0].classes} differ from the training data's")
+            raise DatasetError(f"{args.calibration_data}: classes {subsets[0].classes} differ from the training data's")
         samples = list({s.path: s for s in subsets[0].samples + subsets[1].samples}.values())
         training = {Path(s.path).resolve() for s in dataset.samples}
         if any(Path(s.path).resolve() in training for s in samples):
-            raise ValueError(f"{args.calibration_data}: calibration videos overlap the training videos")
+            raise DatasetError(f"{args.calibration_data}: calibration videos overlap the training videos")
         return list(dataset.samples), samples
     print(f"note: calibrating on {args.calibration_fraction:.0%} of the training groups, which the model was "
           "trained on: expect more false alarms than requested on new clips (use --calibration-data)")

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import ClipwatchError
+
 SYNTH_CLASSES = (
     "MoveLeft", "MoveRight", "MoveUp", "MoveDown", "RotateClockwise", "RotateCounterClockwise",
     "Grow", "Shrink", "ApproachAndRetreat", "StandStill",
@@ -136,7 +138,7 @@ def trajectory(spec: VideoSpec) -> Trajectory:
 def sample_spec(class_name: str, rng: np.random.Generator, width: int, height: int, num_frames: int) -> VideoSpec:
     """Draw a random video of ``class_name``: its motion from the class, everything else independently of it."""
     if class_name not in ALL_CLASSES:
-        raise ValueError(f"unknown synthetic class {class_name!r}; known: {', '.join(ALL_CLASSES)}")
+        raise ClipwatchError(f"unknown synthetic class {class_name!r}; known: {', '.join(ALL_CLASSES)}")
     motion = _sample_motion(class_name, rng, float(width), float(height), num_frames)
     return VideoSpec(class_name=class_name, width=width, height=height, num_frames=num_frames,
                      **motion, **_sample_appearance(rng))

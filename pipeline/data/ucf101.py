@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pipeline.errors import ClipwatchError
+
 log = logging.getLogger(__name__)
 
 ANNOTATION_DIR = "ucfTrainTestlist"
@@ -23,7 +25,7 @@ GROUPS_PER_TEST_SPLIT = 7
 _VIDEO_NAME = re.compile(r"^v_(?P<cls>[A-Za-z0-9]+)_g(?P<group>\d+)_c(?P<clip>\d+)\.avi$")
 
 
-class DatasetError(ValueError):
+class DatasetError(ClipwatchError, ValueError):
     """A dataset on disk is missing, malformed or inconsistent; the message names the file and the reason."""
 
 

@@ -24,6 +24,7 @@ from pipeline.data import SYNTH_CLASSES, SYNTH_NOVEL_CLASSES
 from pipeline.data.motions import sample_spec
 from pipeline.data.render import SourceImagery, render_video
 from pipeline.data.synth import write_video
+from pipeline.video.preprocess import resize_crop
 
 CAMERAS = ("lobby", "yard", "gate")
 
@@ -37,14 +38,6 @@ def write_lossless(path: Path, frames: np.ndarray, fps: float) -> None:
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
-
-
-def _resize_crop(frames: np.ndarray, side: int) -> np.ndarray:
-    """Frames scaled so the short side is ``side`` and centre-cropped to ``side x side`` (uint8)."""
-    from pipeline.video import preprocess
-
-    pixels = preprocess(frames, short_side=side, crop=side, mean=(0.0,) * 3, std=(1 / 255,) * 3)[0]
-    return pixels.permute(1, 2, 3, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def paint_frame(frames: np.ndarray, frame: AdversarialFrame, crop: int) -> np.ndarray:
@@ -85,6 +78,7 @@ def write_feeds(out: Path, frame: AdversarialFrame, *, short_side: int, crop: in
 
         known = SYNTH_CLASSES[int(rng.integers(len(SYNTH_CLASSES)))]
         frames, _ = render_video(sample_spec(known, rng, width, height, num_frames), imagery)
-        attacked = paint_frame(_resize_crop(frames, short_side), frame, crop)
+        square = np.ascontiguousarray(resize_crop(frames, short_side, short_side).numpy())
+        attacked = paint_frame(square, frame, crop)
         write_lossless(folders["gate"] / f"gate-{index:02d}-{known}.mkv", attacked, fps)
     return folders

@@ -6,18 +6,19 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
 import pipeline
 from pipeline.attacks import AdversarialFrame
-from pipeline.config import parse_config
+from pipeline.config import PipelineConfig, parse_config
 from pipeline.demo.feeds import write_feeds
 from pipeline.demo.report import read_jsonl, write_report
-from pipeline.detect import DetectorBundle
-from pipeline.models import load_model
+from pipeline.detect import Detector
+from pipeline.errors import ClipwatchError
 from pipeline.video import ClipSplitter, open_video
 
 ASSETS = Path(pipeline.__file__).resolve().parent / "assets"
@@ -36,12 +37,12 @@ def prepare_output(out: Path, *, overwrite: bool = False) -> None:
     """Make `out` ready for a run, removing only the demo's own entries (`OUTPUTS`) from an earlier run.
 
     A missing or empty folder, or one holding `MARKER` (an earlier demo's output), is used; with `overwrite`, any
-    folder is. Otherwise ValueError: a user's folder (``--out .``) is never cleared without being asked.
+    folder is. Otherwise ClipwatchError: a user's folder (``--out .``) is never cleared without being asked.
     """
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder")
+        raise ClipwatchError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file() and not overwrite:
-        raise ValueError(f"{out}: folder is not empty and was not written by clipwatch demo; choose another --out, "
+        raise ClipwatchError(f"{out}: folder is not empty and was not written by clipwatch demo; choose another --out, "
                          f"or pass --overwrite to replace the demo's own entries there ({', '.join(OUTPUTS)})")
     for name in OUTPUTS:
         path = out / name
@@ -89,33 +90,34 @@ def _progress(path: Path, total: int, done: threading.Event, enabled: bool) -> N
             bar.update(sum(1 for _ in path.open()) - bar.n)
 
 
-def run_demo(out: str | Path, *, bundle: str | Path = DEFAULT_BUNDLE, frame: str | Path = DEFAULT_FRAME,
-             recordings: int = 4, seed: int = 7, progress: bool = True, stdout: TextIO | None = None,
-             overwrite: bool = False) -> dict:
-    """Generate the feeds, run the pipeline, write ``report.html`` / ``report.md``; returns the summary.
+Runner = Callable[..., Any]
+"""Runs a `PipelineConfig` to its end: ``runner(config, out=stdout)`` returns a summary with ``skipped`` lines
+(`workers.launch.run_pipeline`, given by the ``clipwatch demo`` command)."""
+
+
+def run_demo(out: str | Path, *, runner: Runner, bundle: str | Path = DEFAULT_BUNDLE,
+             frame: str | Path = DEFAULT_FRAME, recordings: int = 4, seed: int = 7, progress: bool = True,
+             stdout: TextIO | None = None, overwrite: bool = False) -> dict:
+    """Generate the feeds, run the pipeline with `runner`, write ``report.html`` / ``report.md``; returns the summary.
 
     `out` must be new, empty or an earlier demo's output unless `overwrite` (see `prepare_output`).
     """
-    from workers.launch import run_pipeline
-
     stdout = stdout or sys.stdout
     out, bundle = Path(out), Path(bundle)
     prepare_output(out, overwrite=overwrite)
     started = time.perf_counter()
-    detector = DetectorBundle.load(bundle)
-    _, manifest = load_model(detector.resolve_model(bundle))
-    prep = manifest.preprocessing
+    prep = Detector.preprocessing(bundle)
     print(f"writing simulated camera feeds to {out / 'feeds'} ...", file=stdout)
     feeds = write_feeds(out / "feeds", AdversarialFrame.load(frame), short_side=prep.short_side, crop=prep.crop,
                         recordings=recordings, seed=seed)
     total = _expected_clips(feeds, ClipSplitter(prep.clip_len, prep.clip_len, prep.frame_step))
-    config = parse_config(demo_config(feeds, bundle, out), source="clipwatch demo")
+    config: PipelineConfig = parse_config(demo_config(feeds, bundle, out), source="clipwatch demo")
     print(f"running the pipeline on {len(feeds)} cameras ({total} clips); alerts print as they fire:", file=stdout)
     done = threading.Event()
     watcher = threading.Thread(target=_progress, args=(out / "verdicts.jsonl", total, done, progress), daemon=True)
     watcher.start()
     try:
-        run = run_pipeline(config, out=stdout)
+        run = runner(config, out=stdout)
     finally:
         done.set()
         watcher.join()

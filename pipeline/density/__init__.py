@@ -5,7 +5,7 @@ Densities follow scikit-learn's estimator contract: ``fit(X, y)`` returns ``self
 """
 
 from pipeline.density.base import ClassConditionalDensity, check_features
-from pipeline.density.covariance import CovarianceFit, regularised_cholesky
+from pipeline.density.covariance import CovarianceFit, ShrinkageCache, regularised_cholesky
 from pipeline.density.gaussian import SeparateGaussian, TiedGaussian
 from pipeline.density.gmm import ClassConditionalGMM
 from pipeline.density.persistence import PersistenceError, load, read_manifest, save
@@ -22,6 +22,7 @@ __all__ = [
     "PCAReducer",
     "PersistenceError",
     "SeparateGaussian",
+    "ShrinkageCache",
     "TiedGaussian",
     "check_features",
     "load",

@@ -8,7 +8,12 @@ from typing import ClassVar
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from pipeline.density.covariance import CovarianceFit, covariance_from_precision_cholesky, select_shrinkage
+from pipeline.density.covariance import (
+    CovarianceFit,
+    ShrinkageCache,
+    covariance_from_precision_cholesky,
+    select_shrinkage,
+)
 from pipeline.density.scoring import ComponentScorer
 
 
@@ -55,7 +60,7 @@ def check_labels(y, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
 class ClassConditionalDensity(BaseEstimator):
     """Base class: ``fit(X, y)``, ``class_log_likelihood``, ``score_samples``, ``predict``.
 
-    Subclasses implement ``_fit(X, y_index, n_classes)`` setting their fitted attributes and
+    Subclasses implement ``_fit(X, y_index, n_classes, shrinkage_cache)`` setting their fitted attributes and
     ``_components()`` returning ``(means, precisions_cholesky, log_weights, component_class)``.
     """
 
@@ -68,15 +73,19 @@ class ClassConditionalDensity(BaseEstimator):
         for covariance, factor in self._derived_attributes.items():
             setattr(self, covariance, covariance_from_precision_cholesky(getattr(self, factor)))
 
-    def fit(self, X, y=None):
-        """Fit one density per class of ``y`` (all samples form one class when ``y`` is None)."""
+    def fit(self, X, y=None, *, shrinkage_cache: ShrinkageCache | None = None):
+        """Fit one density per class of ``y`` (all samples form one class when ``y`` is None).
+
+        ``shrinkage_cache`` is shared by densities fitted on the same ``(X, y)`` so that a cross-validated
+        ``shrinkage`` is chosen once (:class:`~pipeline.density.covariance.ShrinkageCache`); results are the same.
+        """
         X = check_features(X)
         classes, y_index = check_labels(y, X.shape[0])
         self.classes_ = classes
         self.n_features_in_ = X.shape[1]
         self.center_ = X.mean(axis=0, dtype=np.float64)
         self.fit_report_: list[CovarianceFit] = []
-        self._fit(X, y_index, len(classes))
+        self._fit(X, y_index, len(classes), shrinkage_cache)
         self._scorer = None
         return self
 
@@ -111,14 +120,15 @@ class ClassConditionalDensity(BaseEstimator):
             self._scorer = scorer
         return scorer
 
-    def _fit_shrinkage(self, X: np.ndarray, y_index: np.ndarray, n_classes: int) -> float:
+    def _fit_shrinkage(self, X: np.ndarray, y_index: np.ndarray, n_classes: int,
+                       cache: ShrinkageCache | None = None) -> float:
         """Set ``shrinkage_`` (toward the pooled covariance) from the ``shrinkage`` parameter: a fixed intensity
         in [0, 1], or ``"cv"`` for :func:`select_shrinkage` (its held-out scores go to ``shrinkage_scores_``, with
         ``None`` for a singular grid value). One class has no pooled covariance to shrink toward: 0."""
         setting = self.shrinkage
         self.shrinkage_scores_: list[float | None] = []
         if isinstance(setting, str) and setting == "cv":
-            self.shrinkage_, scores = select_shrinkage(X, y_index, n_classes, folds=self.cv_folds)
+            self.shrinkage_, scores = select_shrinkage(X, y_index, n_classes, folds=self.cv_folds, cache=cache)
             self.shrinkage_scores_ = [float(v) if np.isfinite(v) else None for v in scores]
         elif isinstance(setting, Real) and not isinstance(setting, bool) and 0.0 <= float(setting) <= 1.0:
             self.shrinkage_ = float(setting)
@@ -132,7 +142,8 @@ class ClassConditionalDensity(BaseEstimator):
         label = self.classes_[k]
         return f"class {label.item() if hasattr(label, 'item') else label}"
 
-    def _fit(self, X: np.ndarray, y_index: np.ndarray, n_classes: int) -> None:
+    def _fit(self, X: np.ndarray, y_index: np.ndarray, n_classes: int,
+             shrinkage_cache: ShrinkageCache | None = None) -> None:
         raise NotImplementedError
 
     def _components(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

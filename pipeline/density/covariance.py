@@ -135,8 +135,30 @@ def class_folds(y_index: np.ndarray, n_classes: int, folds: int) -> np.ndarray:
     return fold
 
 
+class ShrinkageCache:
+    """Results of :func:`select_shrinkage` by a digest of its inputs, for densities fitted on the same features.
+
+    ``DetectorBundle.fit`` passes one to every density of a bundle (``fit(X, y, shrinkage_cache=...)``), so Sep and
+    GMM on one layer cross-validate once (101 classes x 128 dims: GMM fit 13 s -> 2.3 s). It holds a float and a
+    short score array per distinct input, never the inputs.
+    """
+
+    def __init__(self) -> None:
+        self._results: dict[tuple, tuple[float, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    def get(self, key: tuple) -> tuple[float, np.ndarray] | None:
+        return self._results.get(key)
+
+    def put(self, key: tuple, best: float, scores: np.ndarray) -> None:
+        self._results[key] = (best, scores.copy())
+
+
 def select_shrinkage(
-    X: np.ndarray, y_index: np.ndarray, n_classes: int, *, folds: int = 5, grid=SHRINKAGE_GRID
+    X: np.ndarray, y_index: np.ndarray, n_classes: int, *, folds: int = 5, grid=SHRINKAGE_GRID,
+    cache: ShrinkageCache | None = None,
 ) -> tuple[float, np.ndarray]:
     """Cross-validated intensity ``a`` of the per-class covariances ``(1 - a) S_k + a S_pooled``.
 
@@ -145,7 +167,8 @@ def select_shrinkage(
     rank-deficient class shrunk at least as :func:`regularised_cholesky` would; a grid value whose covariance is
     singular scores ``-inf``, and when none is finite the choice is 0 (the default regularisation path then
     applies). Per-class covariances fitted on a few hundred clips in a hundred or more PCA dimensions are badly
-    overfitted without it: a held-out clip scores orders of magnitude below a training one.
+    overfitted without it: a held-out clip scores orders of magnitude below a training one. A ``cache`` that saw
+    the same inputs answers without cross-validating again.
     """
     if not isinstance(folds, (int, np.integer)) or folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds!r}")
@@ -153,18 +176,14 @@ def select_shrinkage(
     grid = np.asarray(grid, dtype=np.float64)
     if n_classes < 2:
         return 0.0, np.zeros(0)
-    global _last_selection
-    key = _selection_key(X, y_index, n_classes, folds, grid)
-    cached = _last_selection  # one reference read: another thread may replace it meanwhile
-    if cached is not None and cached[0] == key:  # Sep then GMM on the same layer: one cross-validation
-        return cached[1], cached[2].copy()
+    key = _selection_key(X, y_index, n_classes, folds, grid) if cache is not None else None
+    cached = cache.get(key) if cache is not None else None
+    if cached is not None:
+        return cached[0], cached[1].copy()
     best, scores = _cross_validate(X, y_index, n_classes, folds, grid)
-    _last_selection = (key, best, scores)
-    return best, scores.copy()
-
-
-_last_selection: tuple | None = None
-
+    if cache is not None:
+        cache.put(key, best, scores)
+    return best, scores
 
 def _selection_key(X: np.ndarray, y_index: np.ndarray, n_classes: int, folds: int, grid: np.ndarray) -> tuple:
     digest = hashlib.sha1(np.ascontiguousarray(X).view(np.uint8))

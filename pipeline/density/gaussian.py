@@ -37,7 +37,7 @@ class TiedGaussian(ClassConditionalDensity):
     def __init__(self, scoring_dtype: str = "float32"):
         self.scoring_dtype = scoring_dtype
 
-    def _fit(self, X, y_index, n_classes):
+    def _fit(self, X, y_index, n_classes, shrinkage_cache=None):  # no shrinkage to choose
         self.means_, _ = class_means(X, y_index, n_classes)
         cov, chol, record = pooled_covariance(X, y_index, self.means_)
         self.covariance_ = cov
@@ -67,9 +67,9 @@ class SeparateGaussian(ClassConditionalDensity):
         self.cv_folds = cv_folds
         self.scoring_dtype = scoring_dtype
 
-    def _fit(self, X, y_index, n_classes):
+    def _fit(self, X, y_index, n_classes, shrinkage_cache=None):
         self.means_, counts = class_means(X, y_index, n_classes)
-        intensity = self._fit_shrinkage(X, y_index, n_classes)
+        intensity = self._fit_shrinkage(X, y_index, n_classes, shrinkage_cache)
         target = None
         if n_classes > 1 and (intensity > 0 or np.any(counts <= X.shape[1])):
             target, _, pooled_record = pooled_covariance(X, y_index, self.means_)

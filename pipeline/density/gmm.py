@@ -170,13 +170,13 @@ class ClassConditionalGMM(ClassConditionalDensity):
             return [], f"{n_samples} samples for {d} features: one shrunk Gaussian instead of {wanted}"
         return feasible, f"{n_samples} samples for {d} features: components limited to {feasible}"
 
-    def _fit(self, X, y_index, n_classes):
+    def _fit(self, X, y_index, n_classes, shrinkage_cache=None):
         if not isinstance(self.max_components, (int, np.integer)) or self.max_components < 1:
             raise ValueError(f"max_components must be a positive int, got {self.max_components!r}")
         self._candidate_counts(X.shape[0], X.shape[1])
         d = X.shape[1]
         means_c, counts = class_means(X, y_index, n_classes)
-        intensity = self._fit_shrinkage(X, y_index, n_classes)
+        intensity = self._fit_shrinkage(X, y_index, n_classes, shrinkage_cache)
         target = None
         if n_classes > 1 and (intensity > 0 or np.any(counts <= d)):
             target = pooled_covariance(X, y_index, means_c)[0]

@@ -24,6 +24,7 @@ from pipeline.density.covariance import CovarianceFit
 from pipeline.density.gaussian import SeparateGaussian, TiedGaussian
 from pipeline.density.gmm import ClassConditionalGMM
 from pipeline.density.reduce import PCAReducer
+from pipeline.errors import ClipwatchError
 
 FORMAT = "clipwatch.density"
 FORMAT_VERSION = 1
@@ -34,7 +35,7 @@ _SCALARS = ("n_features_in_", "n_components_")
 _JSON_ATTRIBUTES = ("shrinkage_", "shrinkage_scores_")
 
 
-class PersistenceError(ValueError):
+class PersistenceError(ClipwatchError, ValueError):
     """A saved directory is missing, of another format version, incomplete or tampered with."""
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
@@ -25,6 +27,7 @@ from tqdm.auto import tqdm
 from pipeline import density as dens
 from pipeline.detect.calibration import Calibration
 from pipeline.detect.features import ClipFeatures
+from pipeline.errors import ClipwatchError
 from pipeline.fileio import IntegrityError, seal_directory, verify_directory
 from pipeline.models import file_sha256, resolve_model_dir
 
@@ -33,9 +36,11 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT = "clipwatch.bundle"
 BUNDLE_VERSION = 2
 DENSITY_NAMES = ("gmm", "sep", "tied")
+PROVENANCE_KEYS = ("dataset", "split", "calibration_data")
+"""Settings that say where a bundle's clips came from (recorded by ``clipwatch fit``, absent from older bundles)."""
 
 
-class BundleError(ValueError):
+class BundleError(ClipwatchError, ValueError):
     """A bundle directory is missing, of another version, incomplete, edited, or does not match its model."""
 
 
@@ -75,18 +80,24 @@ class DetectorBundle:
     def fit(cls, train: ClipFeatures, calibration: ClipFeatures, *, model_ref: dict, class_names: list[str],
             densities=DENSITY_NAMES, fused_density: str = "sep", variance: float = 0.995, pool_factor: int = 4,
             gmm_max_components: int = 4, false_alarm: float = 0.01, seed: int = 0, low_level_layers=(),
-            progress: bool = True) -> DetectorBundle:
+            provenance: Mapping[str, Any] | None = None, progress: bool = True) -> DetectorBundle:
         """Fit reducers and densities on ``train`` clips, calibrate on held-out in-distribution ``calibration`` clips.
 
         ``low_level_layers`` (early convolutions) are fused apart from the others (see ``detect.calibration``).
+        ``provenance`` (``dataset``, ``split``, ``calibration_data``: where the clips came from) is recorded in
+        ``settings`` after the fitted values.
         """
         unknown = [d for d in densities if d not in dens.DENSITY_TYPES]
         if unknown or fused_density not in densities:
-            raise ValueError(f"densities must be among {list(dens.DENSITY_TYPES)} and include {fused_density!r}")
+            raise BundleError(f"densities must be among {list(dens.DENSITY_TYPES)} and include {fused_density!r}")
         layers = list(train.layers)
         if [layer for layer in low_level_layers if layer not in layers]:
-            raise ValueError(f"low-level layers {list(low_level_layers)} must be among the tapped layers {layers}")
+            raise BundleError(f"low-level layers {list(low_level_layers)} must be among the tapped layers {layers}")
+        provenance = dict(provenance or {})
+        if set(provenance) - set(PROVENANCE_KEYS):
+            raise BundleError(f"provenance keys must be among {list(PROVENANCE_KEYS)}, got {sorted(provenance)}")
         reducers, models = {}, {}
+        shrinkage_cache = dens.ShrinkageCache()  # Sep and GMM on one layer: one cross-validation
         steps = [(layer, name) for layer in layers for name in densities]
         bar = tqdm(steps, desc="fit densities", unit="density", disable=not progress)
         for layer, name in bar:
@@ -95,11 +106,12 @@ class DetectorBundle:
                 reducers[layer] = dens.PCAReducer(variance=variance, pool_factor=1).fit(train.layers[layer])
             reduced = reducers[layer].transform(train.layers[layer])
             params = {"max_components": gmm_max_components, "random_state": seed} if name == "gmm" else {}
-            models[f"{layer}/{name}"] = dens.DENSITY_TYPES[name](**params).fit(reduced, train.labels)
+            models[f"{layer}/{name}"] = dens.DENSITY_TYPES[name](**params).fit(reduced, train.labels,
+                                                                              shrinkage_cache=shrinkage_cache)
         settings = {"densities": list(densities), "fused_density": fused_density, "variance": variance,
                     "pool_factor": pool_factor, "false_alarm": false_alarm, "seed": seed,
                     "low_level_layers": list(low_level_layers),
-                    "train_clips": len(train), "calibration_clips": len(calibration)}
+                    "train_clips": len(train), "calibration_clips": len(calibration), **provenance}
         bundle = cls(model_ref, layers, list(class_names), reducers, models, None, settings)
         scores = bundle.loglik(calibration.layers)
         fused_keys = [f"{layer}/{fused_density}" for layer in layers]
@@ -117,9 +129,13 @@ class DetectorBundle:
                 out[f"{layer}/{name}"] = self.densities[f"{layer}/{name}"].score_samples(reduced).astype(np.float64)
         return out
 
-    def score(self, layer_features: dict[str, np.ndarray], softmax_max: np.ndarray) -> BundleScores:
+    def score(self, layer_features: dict[str, np.ndarray], softmax_max: np.ndarray, *,
+              alpha: float | None = None) -> BundleScores:
+        """Scores and verdicts of a batch of clips; ``alpha`` flags at that false-alarm rate instead of the
+        calibration's (the bundle is not changed)."""
         loglik = self.loglik(layer_features)
-        fused, p, results = self.calibration.verdicts(loglik, np.asarray(softmax_max))
+        calibration = self.calibration if alpha is None else self.calibration.with_alpha(alpha)
+        fused, p, results = calibration.verdicts(loglik, np.asarray(softmax_max))
         return BundleScores(loglik, fused, p, [r[0] for r in results], [r[1] for r in results])
 
     def save(self, directory: str | Path) -> Path:
@@ -141,8 +157,9 @@ class DetectorBundle:
         seal_directory(directory)
         return directory
 
-    @classmethod
-    def load(cls, directory: str | Path) -> DetectorBundle:
+    @staticmethod
+    def read_manifest(directory: str | Path) -> dict:
+        """``bundle.json`` of a bundle directory, after verifying every file against its digests and the format."""
         directory = Path(directory)
         manifest_path = directory / "bundle.json"
         if not manifest_path.is_file():
@@ -152,11 +169,19 @@ class DetectorBundle:
             manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as exc:
             raise BundleError(f"{manifest_path}: invalid JSON ({exc})") from None
-        if manifest.get("format") != BUNDLE_FORMAT or manifest.get("format_version") != BUNDLE_VERSION:
+        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT \
+                or manifest.get("format_version") != BUNDLE_VERSION:
+            found = manifest if isinstance(manifest, dict) else {}
             raise BundleError(
-                f"{manifest_path}: unsupported bundle format {manifest.get('format')!r} "
-                f"version {manifest.get('format_version')!r} (expected {BUNDLE_FORMAT!r} {BUNDLE_VERSION})"
+                f"{manifest_path}: unsupported bundle format {found.get('format')!r} "
+                f"version {found.get('format_version')!r} (expected {BUNDLE_FORMAT!r} {BUNDLE_VERSION})"
             )
+        return manifest
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DetectorBundle:
+        directory = Path(directory)
+        manifest = cls.read_manifest(directory)
         calibration_path = directory / "calibration.safetensors"
         if not calibration_path.is_file():
             raise BundleError(f"{calibration_path}: missing")
@@ -176,27 +201,32 @@ class DetectorBundle:
                    manifest["settings"])
 
     def resolve_model(self, bundle_dir: str | Path) -> Path:
-        """Path of the bundle's model directory, after checking its weights' (and ``model.json``'s) SHA-256.
+        """Path of the bundle's model directory, after checking its weights' (and ``model.json``'s) SHA-256."""
+        return resolve_model_ref(self.model_ref, bundle_dir)
 
-        Bundles fitted before ``manifest_sha256`` was recorded check the weights only; a shipped model's own
-        ``digests.json`` still covers its ``model.json``.
-        """
-        ref = self.model_ref
-        candidate = Path(ref["path"])
-        if not candidate.is_absolute() and ref.get("relative_to_bundle"):
-            candidate = Path(bundle_dir) / candidate
-        model_dir = resolve_model_dir(str(candidate) if ref.get("name") is None else ref["name"])
-        weights = model_dir / "model.safetensors"
-        if not weights.is_file():
-            raise BundleError(f"{weights}: model weights of the bundle are missing")
-        actual = file_sha256(weights)
-        if actual != ref["sha256"]:
-            raise BundleError(
-                f"{weights}: SHA-256 {actual[:12]}… does not match the bundle's model {ref['sha256'][:12]}… "
-                "(the bundle was fitted on other weights: refit it with `clipwatch fit`)"
-            )
-        manifest_sha = ref.get("manifest_sha256")
-        if manifest_sha is not None and file_sha256(model_dir / "model.json") != manifest_sha:
-            raise BundleError(f"{model_dir / 'model.json'}: SHA-256 mismatch with the bundle's model reference "
-                              "(model.json edited after the bundle was fitted?)")
-        return model_dir
+
+def resolve_model_ref(ref: dict, bundle_dir: str | Path) -> Path:
+    """Path of the model directory a bundle's ``model`` reference names, after checking its weights' (and
+    ``model.json``'s) SHA-256.
+
+    Bundles fitted before ``manifest_sha256`` was recorded check the weights only; a shipped model's own
+    ``digests.json`` still covers its ``model.json``.
+    """
+    candidate = Path(ref["path"])
+    if not candidate.is_absolute() and ref.get("relative_to_bundle"):
+        candidate = Path(bundle_dir) / candidate
+    model_dir = resolve_model_dir(str(candidate) if ref.get("name") is None else ref["name"])
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        raise BundleError(f"{weights}: model weights of the bundle are missing")
+    actual = file_sha256(weights)
+    if actual != ref["sha256"]:
+        raise BundleError(
+            f"{weights}: SHA-256 {actual[:12]}… does not match the bundle's model {ref['sha256'][:12]}… "
+            "(the bundle was fitted on other weights: refit it with `clipwatch fit`)"
+        )
+    manifest_sha = ref.get("manifest_sha256")
+    if manifest_sha is not None and file_sha256(model_dir / "model.json") != manifest_sha:
+        raise BundleError(f"{model_dir / 'model.json'}: SHA-256 mismatch with the bundle's model reference "
+                          "(model.json edited after the bundle was fitted?)")
+    return model_dir

@@ -19,7 +19,7 @@ clip is unusual, which layers and the softmax only suggest *why*.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -76,6 +76,13 @@ class Calibration:
         calibration.group_stds = np.array([np.std(g) if np.std(g) > 0 else 1.0 for g in groups.values()])
         calibration.sorted_fused = np.sort(calibration.fuse(scores))
         return calibration
+
+    def with_alpha(self, alpha: float) -> Calibration:
+        """A copy flagging at false-alarm rate ``alpha`` instead (this calibration is left as it is; arrays shared)."""
+        alpha = float(alpha)
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"false-alarm rate must be in (0, 1), got {alpha}")
+        return replace(self, alpha=alpha)
 
     def standardise(self, key: str, scores: np.ndarray) -> np.ndarray:
         i = self.keys.index(key)

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pipeline.errors import ClipwatchError
 from pipeline.models import FeatureTap
 from pipeline.video import ClipSplitter, VideoError, iter_file_clips, preprocess
-from pipeline.video.preprocess import resize_target
+from pipeline.video.preprocess import resize_crop, resize_target
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +119,11 @@ def extract_from_tensors(
     with FeatureTap(model, list(layers), pool_factor=pool_factor) as tap:
         for batch in inputs:
             logits, features = tap(batch)
-            logits_parts.append(logits.float().numpy())
+            logits_parts.append(logits.float().cpu().numpy())
             for name in layers:
-                per_layer[name].append(features[name].float().numpy())
+                per_layer[name].append(features[name].float().cpu().numpy())
     if not logits_parts:
-        raise ValueError("no clips to extract features from")
+        raise ClipwatchError("no clips to extract features from")
     return {name: np.concatenate(parts) for name, parts in per_layer.items()}, np.concatenate(logits_parts)
 
 
@@ -153,15 +154,16 @@ def load_clips(
             for clip in iter_file_clips(path, splitter):
                 if max_clips_per_video is not None and clip.seq >= max_clips_per_video:
                     break
-                pixels = pixel_input(clip.frames[None], preprocessing)[0]
-                clips.append((pixels.permute(1, 2, 3, 0) * 255.0).round().clamp(0, 255).to(torch.uint8).numpy())
+                size = _fixed_size(clip.frames.shape, preprocessing)
+                window = resize_crop(clip.frames, preprocessing.short_side, preprocessing.crop, size=size)
+                clips.append(np.ascontiguousarray(window.numpy()))
                 labels.append(int(label))
                 paths.append(str(path))
         except VideoError as exc:
             skipped.append((str(path), str(exc)))
             log.warning("skipping %s", exc)
     if not clips:
-        raise ValueError(f"no readable clips among {len(videos)} videos")
+        raise ClipwatchError(f"no readable clips among {len(videos)} videos")
     return np.stack(clips), np.array(labels), paths, skipped
 
 

@@ -27,7 +27,8 @@ from pipeline.attacks import (
     to_uint8,
 )
 from pipeline.data import UCF101
-from pipeline.detect import BundleScores, ClipFeatures, DetectorBundle, extract_clip_features, load_clips
+from pipeline.detect import BundleScores, ClipFeatures, Detector, DetectorBundle, load_clips
+from pipeline.errors import ClipwatchError
 from pipeline.evaluation import plots
 from pipeline.evaluation.report import (
     P_VALUE_LEVELS,
@@ -107,7 +108,7 @@ def _attack_sets(settings, model, manifest, clips01, labels) -> dict[str, np.nda
                 continue
             surrogate, surrogate_manifest = load_model(settings.surrogate)
             if surrogate_manifest.preprocessing.crop != prep.crop:
-                raise ValueError(f"surrogate crop {surrogate_manifest.preprocessing.crop} differs from the model's")
+                raise ClipwatchError(f"surrogate crop {surrogate_manifest.preprocessing.crop} differs from the model's")
             frame = attack.fit_universal(surrogate, train_clips, train_labels,
                                          Normalize.from_preprocessing(surrogate_manifest.preprocessing),
                                          epochs=settings.framing_epochs, progress=settings.progress)
@@ -118,7 +119,7 @@ def _attack_sets(settings, model, manifest, clips01, labels) -> dict[str, np.nda
                           normalize, eps=settings.fgsm_eps) for i in range(0, len(clips01), settings.batch_size)]
             out[name] = to_uint8(torch.cat(parts))
         else:
-            raise ValueError(f"unknown attack {name!r}; choose from {ATTACKS}")
+            raise ClipwatchError(f"unknown attack {name!r}; choose from {ATTACKS}")
         log.info("%s: %.0f s", name, time.perf_counter() - started)
     return out
 
@@ -127,47 +128,46 @@ def evaluate(settings: EvaluationSettings) -> dict:
     """Run the whole evaluation; writes ``results.json``, ``results.md`` and PNG figures to ``settings.out``."""
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
-    bundle = DetectorBundle.load(settings.bundle)
-    model, manifest = load_model(bundle.resolve_model(settings.bundle))
-    prep, layers = manifest.preprocessing, bundle.layers
+    detector = Detector.load(settings.bundle)
+    bundle, model, manifest, prep = detector.bundle, detector.model, detector.manifest, detector.manifest.preprocessing
     common = dict(max_clips_per_video=settings.max_clips_per_video, progress=settings.progress)
 
     clips, labels, _, skipped = load_clips(_videos(settings.data, settings.split, "test"), prep,
                                            description="test clips", **common)
-    clean = extract_clip_features(model, prep, clips, layers, labels, batch_size=settings.batch_size)
+    clean = detector.features(clips, labels, batch_size=settings.batch_size)
     ood: dict[str, ClipFeatures] = {}
     novel_root = settings.novel or (settings.data / "novel" if (settings.data / "novel").is_dir() else None)
     if novel_root is not None:
         novel_clips, _, _, novel_skipped = load_clips(_videos(novel_root, 1, None), prep,
                                                       description="novel clips", **common)
         skipped += novel_skipped
-        ood["novel"] = extract_clip_features(model, prep, novel_clips, layers, batch_size=settings.batch_size)
+        ood["novel"] = detector.features(novel_clips, batch_size=settings.batch_size)
     attacked = _attack_sets(settings, model, manifest, from_uint8(clips), torch.as_tensor(labels))
     for name, adv in attacked.items():
-        ood[name] = extract_clip_features(model, prep, adv, layers, labels, batch_size=settings.batch_size)
+        ood[name] = detector.features(adv, labels, batch_size=settings.batch_size)
     for name, path in settings.extra_ood.items():
         user = load_attacked_clips(path)
-        ood[name] = extract_clip_features(model, prep, user.frames, layers, user.labels, batch_size=settings.batch_size)
+        ood[name] = detector.features(user.frames, user.labels, batch_size=settings.batch_size)
 
     accuracy = {"clean": accuracy_of(clean)}
     accuracy.update({name: accuracy_of(ood[name]) for name in ood if name != "novel"})
-    set_scores = {name: bundle.score(f.layers, f.softmax.max(axis=1)) for name, f in {"clean": clean, **ood}.items()}
+    set_scores = {name: detector.score_features(f.layers, f.softmax) for name, f in {"clean": clean, **ood}.items()}
     verdicts = verdict_rows(set_scores)
     results = {
         "accuracy": accuracy,
         "detection": detection_rows(set_scores, {"clean": clean, **ood}),
         "likelihood_accuracy": likelihood_accuracy_rows(bundle, clean),
         "verdicts": verdicts,
-        "false_alarm": {"requested": bundle.calibration.alpha, "measured": verdicts[0]["flagged"], "clips": len(clean),
+        "false_alarm": {"requested": detector.alpha, "measured": verdicts[0]["flagged"], "clips": len(clean),
                         "p_value_calibration": p_value_calibration_rows(
-                            set_scores["clean"].p_value, sorted({*P_VALUE_LEVELS, bundle.calibration.alpha}))},
+                            set_scores["clean"].p_value, sorted({*P_VALUE_LEVELS, detector.alpha}))},
         "counts": {"clean": len(clean), **{name: len(f) for name, f in ood.items()}},
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items() if k != "extra_ood"},
     }
     settings.out.mkdir(parents=True, exist_ok=True)
     results["figures"] = _figures(bundle, clean, ood, set_scores, settings.out)
-    results["figures"].append(plots.p_value_calibration(set_scores["clean"].p_value, bundle.calibration.alpha,
+    results["figures"].append(plots.p_value_calibration(set_scores["clean"].p_value, detector.alpha,
                                                         settings.out / "p_values.png").name)
     results["seconds"] = round(time.perf_counter() - started, 1)
     write_results(results, settings.out)

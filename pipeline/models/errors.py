@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pipeline.errors import ClipwatchError
 
-class ModelError(ValueError):
+
+class ModelError(ClipwatchError, ValueError):
     """Base class for model construction, tapping and weights errors."""
 
 

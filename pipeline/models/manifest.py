@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.errors import validation_problem
 from pipeline.models.errors import WeightsError
 
 FORMAT_VERSION = 1
@@ -75,7 +76,7 @@ def read_manifest(path: Path) -> ModelManifest:
     try:
         return ModelManifest.model_validate(raw)
     except ValidationError as exc:
-        raise WeightsError(f"{path}: invalid manifest: {_one_line(exc)}") from None
+        raise WeightsError(f"{path}: invalid manifest: {validation_problem(exc)}") from None
 
 
 def build_manifest(**fields: Any) -> ModelManifest:
@@ -84,13 +85,8 @@ def build_manifest(**fields: Any) -> ModelManifest:
         manifest = ModelManifest.model_validate({"format_version": FORMAT_VERSION, **fields})
         json.dumps(manifest.model_dump(mode="json"), allow_nan=False)
     except ValidationError as exc:
-        raise WeightsError(f"cannot save model: {_one_line(exc)}") from None
+        raise WeightsError(f"cannot save model: {validation_problem(exc)}") from None
     except (TypeError, ValueError) as exc:
         raise WeightsError(f"cannot save model: options/extra must be plain JSON values ({exc})") from None
     return manifest
 
-
-def _one_line(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'manifest'}: {error['msg']}" for error in exc.errors()
-    )

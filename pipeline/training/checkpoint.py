@@ -9,7 +9,6 @@ resumed run continues exactly where the checkpoint was taken.
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipeline.models.io import file_sha256
+from pipeline.fileio import atomic_write, file_sha256
 from pipeline.training.errors import TrainingError
 
 CHECKPOINT_FORMAT = 1
@@ -66,7 +65,7 @@ def save_checkpoint(out: Path, *, epoch: int, step: int, model: nn.Module, optim
             tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).contiguous()
     tensors["rng.torch"] = torch.get_rng_state()
     tensors["rng.sampler"] = sampler_rng.get_state()
-    _atomic(tensor_path, lambda tmp: save_file(tensors, tmp))
+    atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp))
     numpy_state = np.random.get_state()
     meta = {
         "format": CHECKPOINT_FORMAT,
@@ -82,7 +81,7 @@ def save_checkpoint(out: Path, *, epoch: int, step: int, model: nn.Module, optim
         "elapsed": elapsed,
     }
     text = json.dumps(meta, indent=1, allow_nan=True)
-    _atomic(json_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(json_path, text)
     for old in sorted((out / CHECKPOINT_DIR).glob(f"{_PREFIX}*.json"))[:-keep]:
         old.with_suffix(".safetensors").unlink(missing_ok=True)
         old.unlink()
@@ -134,12 +133,3 @@ def _to_json(value: Any) -> Any:
 
 def _to_tuple(value: Any) -> Any:
     return tuple(_to_tuple(item) for item in value) if isinstance(value, list) else value
-
-
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.errors import validation_problem
 from pipeline.training.errors import TrainingError
 from pipeline.training.symmetry import SYNTH_SYMMETRIES, check_symmetries
 from pipeline.video import KINETICS_MEAN, KINETICS_STD
@@ -128,8 +129,7 @@ class TrainConfig(BaseModel):
         try:
             return cls.model_validate(fields)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
-            raise TrainingError(f"invalid training config: {problems}") from None
+            raise TrainingError(f"invalid training config: {validation_problem(exc)}") from None
 
     def differences(self, other: TrainConfig) -> list[str]:
         """Fields (other than RESUME_FREE_FIELDS) whose values differ between ``self`` and ``other``."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pipeline.errors import ClipwatchError
 
-class TrainingError(ValueError):
+
+class TrainingError(ClipwatchError, ValueError):
     """A training run that cannot start or go on: bad settings, output folder, checkpoint or diverging loss."""

@@ -3,33 +3,17 @@
 from __future__ import annotations
 
 import os
-import re
-from urllib.parse import urlsplit, urlunsplit
+
+from pipeline.errors import ClipwatchError, one_line, redact
 
 
-class VideoError(ValueError):
+class VideoError(ClipwatchError, ValueError):
     """A video input that cannot be used: the message is one line, ``"<input>: <reason>"``."""
 
     def __init__(self, source: object, reason: str):
         self.source = describe_source(source)
         self.reason = one_line(reason)
         super().__init__(f"{self.source}: {self.reason}")
-
-
-def one_line(text: object) -> str:
-    """`text` as a single line: whitespace runs (newlines included) collapse to one space."""
-    return re.sub(r"\s+", " ", str(text)).strip()
-
-
-def redact_uri(uri: str) -> str:
-    """`uri` without a password (``rtsp://user:secret@host`` → ``rtsp://user:***@host``), safe for logs and ids."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def describe_source(source: object) -> str:
@@ -39,7 +23,7 @@ def describe_source(source: object) -> str:
     if isinstance(source, os.PathLike):
         return os.fspath(source)
     text = str(source)
-    return redact_uri(text) if "://" in text else text
+    return redact(text) if "://" in text else text
 
 
 def error_reason(error: BaseException) -> str:

@@ -52,20 +52,38 @@ def resize_target(length: int, height: int, width: int, short_side: int,
     return out_height, out_width
 
 
-def resize_frames(frames: np.ndarray | torch.Tensor, short_side: int, *,
-                  size: tuple[int, int] | None = None) -> torch.Tensor:
-    """(T, H, W, 3) uint8 frames resized exactly as `preprocess` resizes them (bilinear on uint8, no antialias).
+def resize_frames(frames: np.ndarray | torch.Tensor, short_side: int, *, size: tuple[int, int] | None = None,
+                  antialias: bool = False) -> torch.Tensor:
+    """(T, H, W, 3) or (B, T, H, W, 3) uint8 frames resized as `preprocess` resizes them: bilinear on uint8, all
+    frames in one call; ``antialias`` low-passes before downscaling (off matches OpenCV INTER_LINEAR).
 
-    Returns the frames themselves (as a tensor) when the size does not change; ValueError as in `resize_target`.
+    Returns the frames themselves (as a tensor) when the size does not change; ValueError as in `resize_target`
+    (the limit applies to each clip of T frames).
     """
     clips = torch.as_tensor(frames)
-    length, height, width, _ = clips.shape
-    out_height, out_width = resize_target(length, height, width, short_side, size)
+    *leading, height, width, channels = clips.shape
+    out_height, out_width = resize_target(leading[-1], height, width, short_side, size)
     if (out_height, out_width) == (height, width):
         return clips
-    images = F.interpolate(clips.permute(0, 3, 1, 2), size=(out_height, out_width), mode="bilinear",
-                           align_corners=False, antialias=False)
-    return images.permute(0, 2, 3, 1).contiguous()
+    images = F.interpolate(clips.reshape(-1, height, width, channels).permute(0, 3, 1, 2),
+                           size=(out_height, out_width), mode="bilinear", align_corners=False, antialias=antialias)
+    return images.permute(0, 2, 3, 1).contiguous().reshape(*leading, out_height, out_width, channels)
+
+
+def resize_crop(frames: np.ndarray | torch.Tensor, short_side: int, crop: int, *,
+                size: tuple[int, int] | None = None, antialias: bool = False) -> torch.Tensor:
+    """The centred ``crop`` x ``crop`` window of `resize_frames`: ``(..., T, crop, crop, 3)`` uint8, a view of the
+    resized frames (of ``frames`` themselves when they are not resized). These are the pixels `preprocess`
+    normalises; ValueError before anything is allocated if the clip is too large or ``crop`` too large.
+    """
+    clips = torch.as_tensor(frames)
+    length, height, width = clips.shape[-4:-1]
+    out_height, out_width = resize_target(length, height, width, short_side, size)
+    if crop > min(out_height, out_width):
+        raise ValueError(f"crop {crop} is larger than the resized frames {out_height}x{out_width}")
+    resized = resize_frames(clips, short_side, size=(out_height, out_width), antialias=antialias)
+    top, left = crop_offsets(out_height, out_width, crop)
+    return resized[..., top:top + crop, left:left + crop, :]
 
 
 def crop_offsets(height: int, width: int, crop: int) -> tuple[int, int]:
@@ -97,20 +115,11 @@ def preprocess(frames: np.ndarray | torch.Tensor, short_side: int = 128, crop: i
         clips = clips.unsqueeze(0)
     if clips.ndim != 5 or clips.shape[-1] != 3:
         raise ValueError(f"preprocess: frames must be (T, H, W, 3) or (B, T, H, W, 3), got {tuple(clips.shape)}")
-    batch, length, height, width, _ = clips.shape
-    out_height, out_width = resize_target(length, height, width, short_side, size)
-    if crop > min(out_height, out_width):
-        raise ValueError(f"preprocess: crop {crop} is larger than the resized frames {out_height}x{out_width}")
+    batch, length = clips.shape[:2]
     scale, shift = _affine(mean, std)
-
-    images = clips.reshape(batch * length, height, width, 3).permute(0, 3, 1, 2)
-    if (out_height, out_width) != (height, width):
-        images = F.interpolate(images, size=(out_height, out_width), mode="bilinear", align_corners=False,
-                               antialias=antialias)
-    top, left = crop_offsets(out_height, out_width, crop)
-    images = images[:, :, top:top + crop, left:left + crop]
+    window = resize_crop(clips, short_side, crop, size=size, antialias=antialias)
     out = torch.empty((batch, 3, length, crop, crop), dtype=torch.float32)
-    out.copy_(images.reshape(batch, length, 3, crop, crop).transpose(1, 2))
+    out.copy_(window.permute(0, 4, 1, 2, 3))
     return out.mul_(scale).add_(shift)
 
 

@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.errors import ClipwatchError, validation_problem
+
 SCHEMA_VERSION = 1
 """Wire schema version, the ``v`` field of every payload; bump it on any incompatible field change."""
 
@@ -62,7 +64,7 @@ M = TypeVar("M", bound="Message")
 R = TypeVar("R", bound="ClipRef")
 
 
-class MessageError(ValueError):
+class MessageError(ClipwatchError, ValueError):
     """A payload that is not a valid clipwatch message; the text is a one-line reason."""
 
 
@@ -166,7 +168,7 @@ class ClipMessage(ClipRef):
                        pts=[float(p) for p in pts], shape=shape, frames=np.ascontiguousarray(frames).tobytes(),
                        **metadata)
         except ValidationError as error:
-            raise MessageError(f"clip {stream_id}:{seq}: invalid clip message: {_summarise(error)}") from None
+            raise MessageError(f"clip {stream_id}:{seq}: invalid clip message: {validation_problem(error)}") from None
 
     @classmethod
     def from_clip(cls, clip: Any, **metadata: Any) -> ClipMessage:
@@ -252,25 +254,6 @@ class VerdictMessage(ClipRef):
         return self
 
 
-class AlertMessage(ClipRef):
-    """One alert to deliver; sinks deduplicate on `idempotency_key` (stream id + seq + kind)."""
-
-    TYPE: ClassVar[str] = "alert"
-
-    kind: Name
-    verdict: VerdictLabel
-    fused_score: StrictFloat
-    p_value: Probability | None = None
-    reasons: list[StrictStr] = Field(default_factory=list)
-    prediction: Count
-    class_name: StrictStr
-    thumbnail_ref: StrictStr | None = Field(None, description="path or URL of the stored thumbnail")
-
-    @property
-    def idempotency_key(self) -> str:
-        return f"{self.key}:{self.kind}"
-
-
 class HealthMessage(Message):
     """A change in a stream's health (mirrors `pipeline.video.StreamEvent`)."""
 
@@ -289,7 +272,7 @@ class HealthMessage(Message):
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (ClipMessage, EmbeddingMessage, VerdictMessage, AlertMessage, HealthMessage)
+    cls.TYPE: cls for cls in (ClipMessage, EmbeddingMessage, VerdictMessage, HealthMessage)
 }
 
 
@@ -351,26 +334,7 @@ def decode(payload: bytes | bytearray | memoryview, *, expect: type[M] | None = 
     try:
         return cls.model_validate(body)
     except ValidationError as error:
-        raise MessageError(f"{prefix}invalid {kind} message: {_summarise(error)}") from None
-
-
-def _summarise(error: ValidationError) -> str:
-    """Pydantic's multi-line report as one line: the first problem, and how many more there are."""
-    problems = error.errors(include_url=False, include_input=False)
-    first = problems[0]
-    where = ".".join(str(part) for part in first["loc"])
-    if first["type"] == "missing" and len(first["loc"]) == 1:
-        text = f"missing field {where!r}"
-    elif first["type"] == "missing":
-        parent = ".".join(str(part) for part in first["loc"][:-1])
-        text = f"field {parent!r}: item {first['loc'][-1]!r} missing"
-    elif first["type"] == "extra_forbidden":
-        text = f"unexpected field {where!r}"
-    else:
-        message = first["msg"].removeprefix("Value error, ")
-        text = f"field {where!r}: {message}" if where else message
-    more = len(problems) - 1
-    return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+        raise MessageError(f"{prefix}invalid {kind} message: {validation_problem(error)}") from None
 
 
 def _describe(message: Message) -> str:

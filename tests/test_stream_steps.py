@@ -1,4 +1,4 @@
-"""The pure steps of the four workers, without any bus: decoder, classifier (and its batching), density, sink."""
+"""The steps of `pipeline.stream.steps`, without any bus: decode, classify (and its batching), score, record."""
 
 from __future__ import annotations
 
@@ -15,19 +15,20 @@ from pipeline_helpers import verdict
 from videos import read_indices, write_indexed_video
 from webhook_server import Reply, WebhookServer
 
-import workers.classifier
+import pipeline.stream.steps.classify as classify
 from pipeline.alerts import AlertRules, JsonlSink, ScoredClip, WebhookSink, verify_signature
-from pipeline.bus import ClipMessage, VerdictMessage
 from pipeline.config import SourceConfig
-from pipeline.detect import DetectorBundle, extract_from_tensors, model_input
+from pipeline.detect import Detector, DetectorBundle, extract_from_tensors, model_input
 from pipeline.models import Preprocessing, load_model
+from pipeline.stream.messages import ClipMessage, VerdictMessage
+from pipeline.stream.reorder import ReorderBuffer
+from pipeline.stream.steps import Rejected
+from pipeline.stream.steps.classify import ClassifierStep
+from pipeline.stream.steps.decode import clip_message, file_clip_messages, plan_streams
+from pipeline.stream.steps.record import SinkStep, VerdictLog, scored_clip
+from pipeline.stream.steps.score import DensityStep
 from pipeline.video import Clip, ClipSplitter, iter_file_clips
-from workers.classifier import ClassifierStep
-from workers.decoder import clip_message, file_clip_messages, plan_streams, shrink_frames
-from workers.density import DensityStep
-from workers.reorder import ReorderBuffer
-from workers.runtime import Rejected, gather_batch
-from workers.sink import SinkStep, VerdictLog, scored_clip
+from workers.loop import gather_batch
 
 PREP = Preprocessing(clip_len=8, frame_step=1, short_side=32, crop=32, mean=(0.45,) * 3, std=(0.225,) * 3)
 
@@ -48,7 +49,7 @@ def clip_batch(tiny_dataset, tiny_bundle):
 
 @pytest.fixture(scope="module")
 def classifier(tiny_bundle):
-    step = ClassifierStep.from_bundle(tiny_bundle)
+    step = ClassifierStep.from_detector(Detector.load(tiny_bundle))
     yield step
     step.close()
 
@@ -75,8 +76,9 @@ def test_decoder_resize_gives_the_classifier_bit_identical_input(indexed_video):
     assert len(resized[0].frames) < len(originals[0].tobytes()) / 2
     for message, frames in zip(resized, originals, strict=True):
         assert torch.equal(model_input(np.array(message.array[None]), PREP), model_input(frames[None], PREP))
-    small = np.zeros((8, 20, 30, 3), dtype=np.uint8)
-    assert shrink_frames(small, 32) is small
+    small = Clip(stream_id="cam", seq=0, frames=np.zeros((8, 20, 30, 3), dtype=np.uint8), first_frame=0,
+                 last_frame=7, pts=np.arange(8) / 25.0)
+    assert clip_message(small, short_side=32).shape == (8, 20, 30, 3)  # never enlarged
 
 
 def test_decoder_pace_replays_a_file_no_faster_than_real_time(indexed_video):
@@ -171,13 +173,13 @@ def test_classifier_step_rejects_a_sliver_clip_without_resizing_it(classifier, c
                                       timestamps={}, first_frame=0, last_frame=7, shape=sliver.shape, dtype="uint8",
                                       frames=sliver.tobytes())
     resized_shapes = []
-    real_model_inputs = workers.classifier.model_inputs
+    real_model_inputs = classify.model_inputs
 
     def spy(clips, preprocessing):
         resized_shapes.extend(clip.shape for clip in clips)
         return real_model_inputs(clips, preprocessing)
 
-    monkeypatch.setattr(workers.classifier, "model_inputs", spy)
+    monkeypatch.setattr(classify, "model_inputs", spy)
     good, rejected = classifier([clip_batch[0], bad])
     assert isinstance(rejected, Rejected) and "\n" not in rejected.reason
     assert rejected.reason.startswith("clip wide:0: frame size 1x65536 exceeds the largest side of 8192 pixels")

@@ -18,10 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from pipeline.errors import ClipwatchError
+
 T = TypeVar("T")
 
 
-class SeqJumpError(ValueError):
+class SeqJumpError(ClipwatchError, ValueError):
     """An item whose seq is implausibly far ahead of its stream's position: ``"<stream>:<seq>: <reason>"``."""
 
 

@@ -1,14 +1,14 @@
-"""Sink stage: verdicts → alert rules → durable alert log, thumbnails, signed webhooks; plus the health log.
+"""Record step: a verdict → alert rules → durable alert log, thumbnails, signed webhooks, verdict log; and the
+health log of stream events.
 
 `SinkStep` handles one verdict: evaluate the alert rules, and for an alert store its thumbnail, append it to the
 alert JSONL (once per idempotency key, fsync'd) and hand it to the webhook sink (whose ledger is written before
-`submit` returns); then record the verdict in the verdict log (optional, once per clip key). Only then does the
-loop acknowledge the verdict, so an alert is never lost to a crash, and the idempotency keys keep a redelivered
-verdict from alerting twice. `SinkStage` puts each stream's verdicts back in order first (`ReorderBuffer`), because
-the rules are a state machine over each stream's clips in sequence, and dead-letters a verdict whose seq jumps
-implausibly far ahead of its stream.
+`submit` returns); then record the verdict in the verdict log (optional, once per clip key). Only then may the
+caller acknowledge the verdict, so an alert is never lost to a crash, and the idempotency keys keep a redelivered
+verdict from alerting twice. The rules are a state machine over each stream's clips in sequence: the caller hands
+verdicts over in order (see `pipeline.stream.reorder`).
 
-Restarts: the verdict log is the rules' commit log. On start the sink replays it through the rules (k-of-n windows,
+Restarts: the verdict log is the rules' commit log. On start the step replays it through the rules (k-of-n windows,
 cooldowns on the stream clock, each stream's position), so the state is what it was, and a verdict whose key is
 already in the log is not evaluated again. Without a verdict log the rules start empty after a restart: windows
 and cooldowns forget the past, and a redelivered verdict can alert again (a warning says so at start).
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,19 +29,17 @@ from pipeline.alerts import (
     JournalError,
     JsonlSink,
     ScoredClip,
+    WebhookConfig,
     WebhookSink,
     store_thumbnail,
 )
 from pipeline.alerts.journal import JsonlJournal
-from pipeline.bus import Delivery, HealthMessage, VerdictMessage
 from pipeline.config import AlertsConfig
-from workers.ops import PipelineMetrics
-from workers.reorder import ReorderBuffer, SeqJumpError
-from workers.runtime import Inbound, Outcome, Stage
+from pipeline.stream.messages import HealthMessage, VerdictMessage
+
+__all__ = ["HealthLog", "SinkStep", "VerdictLog", "format_alert", "scored_clip", "verdict_record"]
 
 logger = logging.getLogger(__name__)
-
-INPUT_TOPIC, HEALTH_TOPIC = "verdicts", "health"
 
 
 def scored_clip(verdict: VerdictMessage) -> ScoredClip:
@@ -55,23 +52,18 @@ def scored_clip(verdict: VerdictMessage) -> ScoredClip:
 
 
 def verdict_record(verdict: VerdictMessage, clip: ScoredClip | None = None) -> dict[str, Any]:
-    """The verdict log line of a verdict: everything but the thumbnail bytes; clip times as the rules read them."""
+    """The verdict log line of a verdict: its clip key, every field of the message but the thumbnail bytes, and
+    the clip times as the rules read them."""
     clip = clip or scored_clip(verdict)
-    return {
-        "clip_key": verdict.key, "stream_id": verdict.stream_id, "seq": verdict.seq, "verdict": verdict.verdict,
-        "fused_score": verdict.fused_score, "p_value": verdict.p_value, "reasons": verdict.reasons,
-        "prediction": verdict.class_name, "prediction_index": verdict.prediction,
-        "softmax_max": verdict.softmax_max, "log_likelihoods": verdict.log_likelihoods,
-        "clip_start": clip.clip_start, "clip_end": clip.clip_end,
-        "label": verdict.label, "source": verdict.source, "model_id": verdict.model_id,
-        "timestamps": verdict.timestamps,
-    }
+    return {"clip_key": verdict.key, **verdict.model_dump(exclude={"thumbnail"}), "clip_start": clip.clip_start,
+            "clip_end": clip.clip_end}
 
 
 def record_clip(record: dict[str, Any]) -> ScoredClip:
-    """The scored clip the rules read for a verdict log line (lines of older versions have null clip times)."""
+    """The scored clip the rules read for a verdict log line (lines of older versions name the class index
+    ``prediction_index`` and may have null clip times)."""
     data = dict(record)
-    if data.get("prediction") is None and data.get("prediction_index") is not None:
+    if data.get("class_name") is None and data.get("prediction") is None and data.get("prediction_index") is not None:
         data["prediction"] = str(data["prediction_index"])
     if data.get("clip_start") is None or data.get("clip_end") is None:
         stamps = data.get("timestamps") or {}
@@ -126,14 +118,15 @@ class SinkStep:
 
     def __init__(self, rules: AlertRules, alert_log: JsonlSink, *, webhooks: WebhookSink | None = None,
                  thumbnails_dir: str | Path | None = None, verdict_log: VerdictLog | None = None,
-                 on_alert: Callable[[Alert], None] | None = None, metrics: PipelineMetrics | None = None):
+                 on_alert: Callable[[Alert], None] | None = None,
+                 on_verdict: Callable[[VerdictMessage], None] | None = None):
         self.rules = rules
         self.alert_log = alert_log
         self.webhooks = webhooks
         self.thumbnails_dir = Path(thumbnails_dir) if thumbnails_dir is not None else None
         self.verdict_log = verdict_log
         self.on_alert = on_alert
-        self.metrics = metrics
+        self.on_verdict = on_verdict
         self.positions: dict[str, tuple[int, float | None]] = {}
         if verdict_log is not None:
             self._rebuild()
@@ -156,11 +149,8 @@ class SinkStep:
             alert = self._publish(alert)
         if self.verdict_log is not None:
             self.verdict_log.write(verdict, clip)
-        if self.metrics is not None:
-            self.metrics.verdicts.labels(verdict.verdict).inc()
-            started = verdict.timestamps.get("decoder")
-            if started is not None:
-                self.metrics.end_to_end_seconds.observe(max(0.0, time.time() - started))
+        if self.on_verdict is not None:
+            self.on_verdict(verdict)
         return alert
 
     def _publish(self, alert: Alert) -> Alert:
@@ -170,11 +160,8 @@ class SinkStep:
         written = self.alert_log.write(alert)
         if self.webhooks is not None:
             self.webhooks.submit(alert)
-        if written:
-            if self.metrics is not None:
-                self.metrics.alerts.labels(alert.kind).inc()
-            if self.on_alert is not None:
-                self.on_alert(alert)
+        if written and self.on_alert is not None:
+            self.on_alert(alert)
         return alert
 
     def _rebuild(self) -> None:
@@ -194,13 +181,14 @@ class SinkStep:
                         len(self.positions), self.verdict_log.path)
 
     @classmethod
-    def from_config(cls, config: AlertsConfig, webhook_config=None, *, on_alert=None,
-                    metrics: PipelineMetrics | None = None) -> SinkStep:
+    def from_config(cls, config: AlertsConfig, webhook_config: WebhookConfig | None = None, *,
+                    on_alert: Callable[[Alert], None] | None = None,
+                    on_verdict: Callable[[VerdictMessage], None] | None = None) -> SinkStep:
         return cls(AlertRules(config.rules), JsonlSink(config.jsonl),
                    webhooks=WebhookSink(webhook_config) if webhook_config is not None else None,
                    thumbnails_dir=config.thumbnails_dir,
                    verdict_log=VerdictLog(config.verdicts_jsonl) if config.verdicts_jsonl is not None else None,
-                   on_alert=on_alert, metrics=metrics)
+                   on_alert=on_alert, on_verdict=on_verdict)
 
     def close(self, flush_timeout_s: float = 30.0) -> None:
         """Flush webhooks (up to the timeout; the rest stays in the ledger for a restart) and close the logs."""
@@ -212,98 +200,20 @@ class SinkStep:
             self.verdict_log.close()
 
 
-class SinkStage(Stage):
-    """`SinkStep` on the "verdicts" topic, in order per stream; nothing is published (the sink is the end)."""
+class HealthLog:
+    """Stream health events: logged (a warning unless up or ended), optionally appended to a JSONL file."""
 
-    name = "sink"
-    input_topic = INPUT_TOPIC
-    input_type = VerdictMessage
-    max_batch = 64
-    max_wait_s = 0.0
-
-    def __init__(self, step: SinkStep, *, reorder_window_s: float = 2.0, max_seq_jump: int | None = 10_000,
-                 flush_timeout_s: float = 30.0, metrics: PipelineMetrics | None = None):
-        self.record = step
-        self.buffer: ReorderBuffer[Inbound] = ReorderBuffer(reorder_window_s, max_jump=max_seq_jump)
-        for stream_id, (seq, decoded_at) in step.positions.items():
-            self.buffer.resume(stream_id, seq, decoded_at)
-        self.flush_timeout_s = flush_timeout_s
-        self.metrics = metrics
-
-    def step(self, items: list[Inbound]) -> list[Outcome]:
-        ready, outcomes = [], []
-        for item in items:
-            verdict = item.message
-            held = self.buffer.held(verdict.stream_id, verdict.seq)
-            if held is not None:
-                if held.delivery.id != item.delivery.id:
-                    outcomes.append(Outcome(item))
-                continue
-            try:
-                ready += self.buffer.push(verdict.stream_id, verdict.seq, item, verdict.timestamps.get("decoder"))
-            except SeqJumpError as error:  # dead-lettered (and logged) by the loop
-                outcomes.append(Outcome(item, error=str(error)))
-        return outcomes + self._record(ready)
-
-    def poll(self) -> list[Outcome]:
-        outcomes = self._record(self.buffer.expire())
-        if self.metrics is not None and self.record.webhooks is not None:
-            stats = self.record.webhooks.stats
-            self.metrics.webhook_pending.set(stats.pending)
-            self.metrics.webhook_delivered.set(stats.delivered)
-            self.metrics.webhook_dead_lettered.set(stats.dead_lettered)
-        return outcomes
-
-    def drain(self) -> list[Outcome]:
-        return self._record(self.buffer.drain())
-
-    def held(self) -> list[Delivery]:
-        return [item.delivery for item in self.buffer.items()]
-
-    def close(self) -> None:
-        self.record.close(self.flush_timeout_s)
-
-    def _record(self, items: list[Inbound]) -> list[Outcome]:
-        late_before = self.buffer.late
-        outcomes = []
-        for item in items:
-            try:
-                self.record(item.message)
-            except AlertInputError as error:
-                outcomes.append(Outcome(item, error=str(error)))
-            else:
-                outcomes.append(Outcome(item))
-        if self.metrics is not None and self.buffer.late > late_before:
-            self.metrics.late_verdicts.inc(self.buffer.late - late_before)
-        return outcomes
-
-
-class HealthStage(Stage):
-    """Stream health events: logged, exported as ``clipwatch_stream_up``, optionally appended to a JSONL."""
-
-    name = "health"
-    input_topic = HEALTH_TOPIC
-    input_type = HealthMessage
-    max_batch = 64
-
-    def __init__(self, path: str | Path | None = None, metrics: PipelineMetrics | None = None):
+    def __init__(self, path: str | Path | None = None):
         self.journal = JsonlJournal(path) if path is not None else None
         if self.journal is not None:
             self.journal.existing = []
-        self.metrics = metrics
 
-    def step(self, items: list[Inbound]) -> list[Outcome]:
-        for item in items:
-            event: HealthMessage = item.message
-            level = logging.INFO if event.state in ("up", "ended") else logging.WARNING
-            logger.log(level, "stream %s %s%s", event.stream_id, event.state,
-                       f": {event.detail}" if event.detail else "")
-            if self.metrics is not None:
-                self.metrics.stream_up.labels(event.stream_id).set(1 if event.state == "up" else 0)
-            if self.journal is not None:
-                self.journal.append({"stream_id": event.stream_id, "state": event.state, "detail": event.detail,
-                                     "time": event.time})
-        return [Outcome(item) for item in items]
+    def __call__(self, event: HealthMessage) -> None:
+        level = logging.INFO if event.state in ("up", "ended") else logging.WARNING
+        logger.log(level, "stream %s %s%s", event.stream_id, event.state, f": {event.detail}" if event.detail else "")
+        if self.journal is not None:
+            self.journal.append({"stream_id": event.stream_id, "state": event.state, "detail": event.detail,
+                                 "time": event.time})
 
     def close(self) -> None:
         if self.journal is not None:

@@ -27,19 +27,9 @@ from typing import TypeVar
 
 from prometheus_client import Counter
 
-from pipeline.bus import (
-    DEFAULT_MAX_BYTES,
-    BackpressureTimeout,
-    Bus,
-    BusClosed,
-    BusError,
-    BusRefused,
-    Delivery,
-    Message,
-    MessageError,
-    decode,
-    encode,
-)
+from pipeline.bus import BackpressureTimeout, Bus, BusClosed, BusError, BusRefused, Delivery
+from pipeline.stream.messages import DEFAULT_MAX_BYTES, Message, MessageError, decode, encode
+from pipeline.stream.steps import Rejected
 from workers.ops import HealthBoard, StageMetrics
 
 logger = logging.getLogger(__name__)
@@ -67,13 +57,6 @@ class Outcome:
     item: Inbound
     output: Message | None = None
     error: str | None = None
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A step's answer for an input it cannot use, with the one-line reason."""
-
-    reason: str
 
 
 def outcomes_for(items: Sequence[Inbound], results: Sequence[Message | Rejected | None]) -> list[Outcome]:

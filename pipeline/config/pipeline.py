@@ -1,0 +1,53 @@
+"""`PipelineConfig`: the whole YAML file, one field per section."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from pipeline.alerts import WebhookConfig
+from pipeline.config.alerts import AlertsConfig
+from pipeline.config.base import ConfigPath, Section
+from pipeline.config.bus import BusConfig
+from pipeline.config.ops import OpsConfig
+from pipeline.config.sources import SourceConfig, check_stream_ids
+from pipeline.config.stages import ClassifierConfig, DecoderConfig, DensityConfig
+
+__all__ = ["PipelineConfig"]
+
+
+class PipelineConfig(Section):
+    """The whole pipeline; `source_file` is where it was loaded from (used in error messages)."""
+
+    sources: list[SourceConfig] = Field(default_factory=list)
+    bundle: ConfigPath = Field(description="detector bundle directory (bundle.json, densities, calibration)")
+    bus: BusConfig = Field(default_factory=BusConfig)
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    density: DensityConfig = Field(default_factory=DensityConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    ops: OpsConfig = Field(default_factory=OpsConfig)
+    _source_file: str = PrivateAttr("config")
+
+    @field_validator("bundle")
+    @classmethod
+    def _check_bundle(cls, bundle: Path) -> Path:
+        if not bundle.is_dir():
+            raise ValueError(f"{bundle}: no such bundle directory")
+        if not (bundle / "bundle.json").is_file():
+            raise ValueError(f"{bundle}: not a detector bundle (no bundle.json; make one with `clipwatch fit`)")
+        return bundle
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> PipelineConfig:
+        check_stream_ids(self.sources)
+        return self
+
+    @property
+    def source_file(self) -> str:
+        return self._source_file
+
+    def webhook_config(self, environ: Mapping[str, str] | None = None) -> WebhookConfig | None:
+        return self.alerts.webhook_config(self._source_file, environ)

@@ -1,0 +1,158 @@
+"""A loaded detector: a bundle, the model it was fitted on (weights checked against it) and its typed settings.
+
+:meth:`Detector.load` is the one way to go from a bundle directory to scores::
+
+    detector = Detector.load("pipeline/assets/bundles/default")          # or alpha=0.05: another false-alarm rate
+    features, scores = detector.score_clips(clips)                       # (T, H, W, 3) uint8 clips, any frame size
+    scores = detector.score_features(features.layers, features.softmax)  # tapped features from elsewhere
+
+:meth:`Detector.preprocessing` gives the model's preprocessing without loading its weights (a decoder needs
+nothing else). Nothing is changed after loading: an ``alpha`` override is applied when scoring, and the bundle's
+own calibration keeps the rate it was fitted for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.detect.bundle import BundleError, BundleScores, DetectorBundle, resolve_model_ref
+from pipeline.detect.features import ClipFeatures, extract_from_tensors, model_inputs
+from pipeline.errors import ClipwatchError
+from pipeline.models import ModelManifest, Preprocessing, load_model
+from pipeline.models.manifest import MANIFEST_FILE, read_manifest
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """How a bundle was fitted (``bundle.json`` ``settings``); provenance is None for bundles that did not record it."""
+
+    densities: tuple[str, ...]
+    fused_density: str
+    variance: float
+    pool_factor: int
+    false_alarm: float
+    seed: int
+    low_level_layers: tuple[str, ...]
+    train_clips: int
+    calibration_clips: int
+    dataset: str | None = None
+    split: int | None = None
+    calibration_data: str | None = None
+
+    @classmethod
+    def from_mapping(cls, settings: Mapping[str, Any]) -> DetectorSettings:
+        """Typed settings of a bundle; older bundles may lack provenance and ``low_level_layers`` (none fused apart)."""
+        try:
+            return cls(
+                densities=tuple(str(d) for d in settings["densities"]),
+                fused_density=str(settings["fused_density"]),
+                variance=float(settings["variance"]),
+                pool_factor=int(settings["pool_factor"]),
+                false_alarm=float(settings["false_alarm"]),
+                seed=int(settings["seed"]),
+                low_level_layers=tuple(str(layer) for layer in settings.get("low_level_layers") or ()),
+                train_clips=int(settings["train_clips"]),
+                calibration_clips=int(settings["calibration_clips"]),
+                dataset=_optional(settings.get("dataset"), str),
+                split=_optional(settings.get("split"), int),
+                calibration_data=_optional(settings.get("calibration_data"), str),
+            )
+        except KeyError as exc:
+            raise BundleError(f"bundle settings lack {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"bundle settings are malformed ({exc})") from None
+
+
+def _optional(value: Any, kind: type) -> Any:
+    return None if value is None else kind(value)
+
+
+def model_id(manifest: ModelManifest) -> str:
+    """How messages and records name a model: architecture and the first 12 hex digits of its weights' SHA-256."""
+    return f"{manifest.architecture}@{manifest.sha256[:12]}"
+
+
+@dataclass(frozen=True, eq=False)
+class Detector:
+    """A bundle and its model, loaded and checked together; build one with :meth:`Detector.load`."""
+
+    model: nn.Module
+    manifest: ModelManifest
+    bundle: DetectorBundle
+    settings: DetectorSettings
+    alpha_override: float | None = None
+    device: torch.device = torch.device("cpu")
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, *, alpha: float | None = None,
+             device: str | torch.device = "cpu") -> Detector:
+        """Load the bundle (every file checked against its digests) and its model (weights checked against the
+        bundle), in eval mode on ``device``; ``alpha`` flags at that false-alarm rate instead of the bundle's."""
+        bundle = DetectorBundle.load(bundle_dir)
+        settings = DetectorSettings.from_mapping(bundle.settings)
+        if alpha is not None:
+            bundle.calibration.with_alpha(alpha)  # refuse a bad rate now, not at the first score
+            alpha = float(alpha)
+        device = torch.device(device)
+        model, manifest = load_model(bundle.resolve_model(bundle_dir), map_location=device)
+        return cls(model.eval(), manifest, bundle, settings, alpha, device)
+
+    @staticmethod
+    def preprocessing(bundle_dir: str | Path) -> Preprocessing:
+        """The preprocessing of a bundle's model, after checking the bundle's digests and the model's SHA-256,
+        without loading the densities or the weights (what a decoder needs). A loaded detector's is
+        ``detector.manifest.preprocessing``."""
+        manifest = DetectorBundle.read_manifest(bundle_dir)
+        return read_manifest(resolve_model_ref(manifest["model"], bundle_dir) / MANIFEST_FILE).preprocessing
+
+    @property
+    def model_id(self) -> str:
+        return model_id(self.manifest)
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.bundle.layers)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.bundle.class_names)
+
+    @property
+    def alpha(self) -> float:
+        """The false-alarm rate verdicts are flagged at: the override, else the bundle's calibration."""
+        return self.bundle.calibration.alpha if self.alpha_override is None else self.alpha_override
+
+    def features(self, clips: Sequence[np.ndarray], labels: Sequence[int] | None = None, *,
+                 batch_size: int | None = None) -> ClipFeatures:
+        """Tapped features and logits of ``(T, H, W, 3)`` uint8 clips of any frame sizes, in order (one forward
+        pass per ``batch_size`` clips, all at once by default), pooled by the bundle's ``pool_factor``;
+        ``labels`` default to -1 (unknown)."""
+        if not len(clips):
+            raise ClipwatchError("no clips to extract features from")
+        size = batch_size or len(clips)
+        inputs = (model_inputs(clips[i:i + size], self.manifest.preprocessing).to(self.device)
+                  for i in range(0, len(clips), size))
+        layers, logits = extract_from_tensors(self.model, inputs, self.bundle.layers,
+                                              pool_factor=self.settings.pool_factor)
+        labels = np.full(len(clips), -1) if labels is None else np.asarray(labels)
+        return ClipFeatures(layers, logits, labels, seqs=np.arange(len(clips)))
+
+    def score_features(self, features: Mapping[str, np.ndarray], softmax: np.ndarray) -> BundleScores:
+        """Scores and verdicts of tapped features (``{layer: (N, D)}``); ``softmax`` is each clip's largest
+        softmax probability ``(N,)``, or the probabilities ``(N, C)``."""
+        softmax = np.asarray(softmax)
+        softmax_max = softmax.max(axis=1) if softmax.ndim == 2 else softmax
+        return self.bundle.score(dict(features), softmax_max, alpha=self.alpha_override)
+
+    def score_clips(self, clips: Sequence[np.ndarray], *,
+                    batch_size: int | None = None) -> tuple[ClipFeatures, BundleScores]:
+        """Features (with logits; ``.softmax`` gives probabilities) and scores of uint8 clips of any frame sizes."""
+        features = self.features(clips, batch_size=batch_size)
+        return features, self.score_features(features.layers, features.softmax)

@@ -1,0 +1,103 @@
+"""Classify step: a batch of clips, from any streams → one tapped forward pass → one `EmbeddingMessage` each.
+
+The clips are preprocessed as the model's manifest says (clips of equal frame size together, since streams differ
+in resolution); the model runs once with a `FeatureTap` on the bundle's layers; each embedding carries the
+prediction, the softmax maximum, each layer's pooled features as float32 and a small JPEG of the middle frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.detect import Detector
+from pipeline.detect.detector import model_id
+from pipeline.detect.features import model_input_problem, model_inputs
+from pipeline.models import FeatureTap, ModelManifest
+from pipeline.stream.messages import MAX_THUMBNAIL_BYTES, ClipMessage, EmbeddingMessage, frame_shape_problem
+from pipeline.stream.steps import Rejected, screen
+
+__all__ = ["ClassifierStep", "thumbnail_jpeg"]
+
+
+def thumbnail_jpeg(frame: np.ndarray, size: int, quality: int = 80) -> bytes | None:
+    """A JPEG of an (H, W, 3) RGB frame whose longer side is at most `size` pixels (None if `size` is 0)."""
+    if size <= 0:
+        return None
+    height, width = frame.shape[:2]
+    scale = size / max(height, width)
+    if scale < 1:
+        frame = cv2.resize(frame, (max(1, round(width * scale)), max(1, round(height * scale))),
+                           interpolation=cv2.INTER_AREA)
+    bgr = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2BGR)
+    for attempt in (quality, min(quality, 50)):
+        ok, encoded = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, attempt])
+        if ok and encoded.size <= MAX_THUMBNAIL_BYTES:
+            return encoded.tobytes()
+    return None
+
+
+class ClassifierStep:
+    """Clips → embeddings with one forward pass per call; answers `Rejected` for clips the model cannot take."""
+
+    def __init__(self, model: nn.Module, manifest: ModelManifest, layers: Sequence[str], *, pool_factor: int = 4,
+                 device: str = "cpu", thumbnail_size: int = 160, thumbnail_quality: int = 80):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.manifest = manifest
+        self.preprocessing = manifest.preprocessing
+        self.layers = list(layers)
+        self.tap = FeatureTap(self.model, self.layers, pool_factor=pool_factor)
+        self.model_id = model_id(manifest)
+        self.thumbnail_size = thumbnail_size
+        self.thumbnail_quality = thumbnail_quality
+
+    @classmethod
+    def from_detector(cls, detector: Detector, *, device: str = "cpu", thumbnail_size: int = 160,
+                      thumbnail_quality: int = 80) -> ClassifierStep:
+        """The detector's model tapped at its bundle's layers."""
+        return cls(detector.model, detector.manifest, detector.bundle.layers,
+                   pool_factor=detector.settings.pool_factor, device=device, thumbnail_size=thumbnail_size,
+                   thumbnail_quality=thumbnail_quality)
+
+    def problem(self, clip: ClipMessage) -> str | None:
+        """Why the model cannot take `clip`, or None; checks the shape only, before anything is resized."""
+        length, _, _, channels = clip.shape
+        if length != self.preprocessing.clip_len:
+            return (f"clip {clip.key} has {length} frames but model {self.model_id} takes "
+                    f"{self.preprocessing.clip_len}")
+        if channels != 3:
+            return f"clip {clip.key} has {channels} channels, the model takes RGB"
+        problem = frame_shape_problem(clip.shape) or model_input_problem(clip.shape, self.preprocessing)
+        return f"clip {clip.key}: {problem}" if problem else None
+
+    def __call__(self, clips: Sequence[ClipMessage]) -> list[EmbeddingMessage | Rejected]:
+        results, usable = screen(clips, self.problem)
+        if usable:
+            inputs = model_inputs([clips[i].array for i in usable], self.preprocessing).to(self.device)
+            logits, features = self.tap(inputs)
+            probabilities = torch.softmax(logits.double(), dim=1).cpu().numpy()
+            features = {name: values.cpu().numpy() for name, values in features.items()}
+            for row, index in enumerate(usable):
+                results[index] = self._embedding(clips[index], probabilities[row],
+                                                 {name: values[row] for name, values in features.items()})
+        return results
+
+    def _embedding(self, clip: ClipMessage, probabilities: np.ndarray,
+                   features: dict[str, np.ndarray]) -> EmbeddingMessage:
+        prediction = int(np.argmax(probabilities))
+        frames = clip.array
+        return EmbeddingMessage.from_arrays(
+            features, stream_id=clip.stream_id, seq=clip.seq, pts=list(clip.pts), label=clip.label,
+            source=clip.source, timestamps=clip.timestamps, model_id=self.model_id, prediction=prediction,
+            class_name=self.manifest.class_names[prediction],
+            softmax_max=min(1.0, max(0.0, float(probabilities[prediction]))),
+            thumbnail=thumbnail_jpeg(frames[len(frames) // 2], self.thumbnail_size, self.thumbnail_quality),
+        ).with_timestamp("classifier")
+
+    def close(self) -> None:
+        self.tap.close()

@@ -1,0 +1,205 @@
+"""The consuming stages of the workers: thin adapters between a step of `pipeline.stream.steps` and `StageLoop`.
+
+Each takes its name, topics and message type from `pipeline.stream.topology`; the step does the work, the adapter
+adds batching settings, metrics and, for the sink, per-stream ordering. `build_stages` makes the stages of one
+worker from the config; the modules with torch are imported only by the workers that need them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from pipeline.alerts import Alert, AlertInputError
+from pipeline.bus import Delivery
+from pipeline.config import PipelineConfig
+from pipeline.stream.messages import HealthMessage, Message, VerdictMessage
+from pipeline.stream.reorder import ReorderBuffer, SeqJumpError
+from pipeline.stream.steps import Rejected
+from pipeline.stream.steps.record import HealthLog, SinkStep
+from pipeline.stream.topology import StageSpec, stage, worker_stages
+from workers.loop import Inbound, Outcome, Stage, outcomes_for
+from workers.ops import PipelineMetrics
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BatchStage", "HealthStage", "SinkStage", "build_stages"]
+
+
+def _bind(target: Stage, spec: StageSpec) -> None:
+    target.name, target.input_topic, target.input_type = spec.name, spec.input_topic, spec.input_type
+    target.output_topic = spec.output_topic
+
+
+class BatchStage(Stage):
+    """A batch step (messages in, one message or `Rejected` out per input) on its stage of the topology."""
+
+    def __init__(self, spec: StageSpec, step: Callable[[Sequence[Message]], Sequence[Message | Rejected | None]],
+                 *, max_batch: int = 1, max_wait_s: float = 0.0):
+        _bind(self, spec)
+        self.run_step = step
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+
+    def step(self, items: list[Inbound]) -> list[Outcome]:
+        return outcomes_for(items, self.run_step([item.message for item in items]))
+
+    def close(self) -> None:
+        close = getattr(self.run_step, "close", None)
+        if close is not None:
+            close()
+
+
+class SinkStage(Stage):
+    """`SinkStep` on the verdicts, in order per stream (`ReorderBuffer`); a verdict whose seq jumps implausibly far
+    ahead of its stream is dead-lettered. Nothing is published: the sink is the end of the flow."""
+
+    max_batch = 64
+    max_wait_s = 0.0
+
+    def __init__(self, step: SinkStep, *, reorder_window_s: float = 2.0, max_seq_jump: int | None = 10_000,
+                 flush_timeout_s: float = 30.0, metrics: PipelineMetrics | None = None):
+        _bind(self, stage("sink"))
+        self.record = step
+        self.buffer: ReorderBuffer[Inbound] = ReorderBuffer(reorder_window_s, max_jump=max_seq_jump)
+        for stream_id, (seq, decoded_at) in step.positions.items():
+            self.buffer.resume(stream_id, seq, decoded_at)
+        self.flush_timeout_s = flush_timeout_s
+        self.metrics = metrics
+
+    def step(self, items: list[Inbound]) -> list[Outcome]:
+        ready, outcomes = [], []
+        for item in items:
+            verdict = item.message
+            held = self.buffer.held(verdict.stream_id, verdict.seq)
+            if held is not None:
+                if held.delivery.id != item.delivery.id:
+                    outcomes.append(Outcome(item))
+                continue
+            try:
+                ready += self.buffer.push(verdict.stream_id, verdict.seq, item, verdict.timestamps.get("decoder"))
+            except SeqJumpError as error:  # dead-lettered (and logged) by the loop
+                outcomes.append(Outcome(item, error=str(error)))
+        return outcomes + self._record(ready)
+
+    def poll(self) -> list[Outcome]:
+        outcomes = self._record(self.buffer.expire())
+        if self.metrics is not None and self.record.webhooks is not None:
+            stats = self.record.webhooks.stats
+            self.metrics.webhook_pending.set(stats.pending)
+            self.metrics.webhook_delivered.set(stats.delivered)
+            self.metrics.webhook_dead_lettered.set(stats.dead_lettered)
+        return outcomes
+
+    def drain(self) -> list[Outcome]:
+        return self._record(self.buffer.drain())
+
+    def held(self) -> list[Delivery]:
+        return [item.delivery for item in self.buffer.items()]
+
+    def close(self) -> None:
+        self.record.close(self.flush_timeout_s)
+
+    def _record(self, items: list[Inbound]) -> list[Outcome]:
+        late_before = self.buffer.late
+        outcomes = []
+        for item in items:
+            try:
+                self.record(item.message)
+            except AlertInputError as error:
+                outcomes.append(Outcome(item, error=str(error)))
+            else:
+                outcomes.append(Outcome(item))
+        if self.metrics is not None and self.buffer.late > late_before:
+            self.metrics.late_verdicts.inc(self.buffer.late - late_before)
+        return outcomes
+
+
+class HealthStage(Stage):
+    """Stream health events: `HealthLog`, and the ``clipwatch_stream_up`` gauge."""
+
+    max_batch = 64
+
+    def __init__(self, log: HealthLog, metrics: PipelineMetrics | None = None):
+        _bind(self, stage("health"))
+        self.log = log
+        self.metrics = metrics
+
+    def step(self, items: list[Inbound]) -> list[Outcome]:
+        for item in items:
+            event: HealthMessage = item.message
+            self.log(event)
+            if self.metrics is not None:
+                self.metrics.stream_up.labels(event.stream_id).set(1 if event.state == "up" else 0)
+        return [Outcome(item) for item in items]
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def sink_metrics(metrics: PipelineMetrics, on_alert: Callable[[Alert], None] | None = None):
+    """The (on_alert, on_verdict) callbacks of a sink step that count alerts, verdicts and end-to-end latency."""
+
+    def alerted(alert: Alert) -> None:
+        metrics.alerts.labels(alert.kind).inc()
+        if on_alert is not None:
+            on_alert(alert)
+
+    def recorded(verdict: VerdictMessage) -> None:
+        metrics.verdicts.labels(verdict.verdict).inc()
+        started = verdict.timestamps.get("decoder")
+        if started is not None:
+            metrics.end_to_end_seconds.observe(max(0.0, time.time() - started))
+
+    return alerted, recorded
+
+
+def _classifier(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, on_alert) -> Stage:
+    import torch
+
+    from pipeline.detect import Detector
+    from pipeline.stream.steps.classify import ClassifierStep
+
+    settings = config.classifier
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    step = ClassifierStep.from_detector(Detector.load(config.bundle), device=settings.device,
+                                        thumbnail_size=settings.thumbnail_size,
+                                        thumbnail_quality=settings.thumbnail_quality)
+    logger.info("classifier: model %s, layers %s, batches of up to %d clips within %d ms", step.model_id,
+                ", ".join(step.layers), settings.max_batch, settings.max_wait_ms)
+    return BatchStage(spec, step, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000)
+
+
+def _density(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, on_alert) -> Stage:
+    from pipeline.detect import DetectorBundle
+    from pipeline.stream.steps.score import DensityStep
+
+    settings = config.density
+    step = DensityStep(DetectorBundle.load(config.bundle), settings.alpha)
+    logger.info("density: layers %s, false-alarm rate %g", ", ".join(step.bundle.layers), step.alpha)
+    return BatchStage(spec, step, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000)
+
+
+def _sink(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, on_alert) -> Stage:
+    alerts = config.alerts
+    alerted, recorded = sink_metrics(metrics, on_alert)
+    step = SinkStep.from_config(alerts, config.webhook_config(), on_alert=alerted, on_verdict=recorded)
+    flush = alerts.webhooks.flush_timeout_s if alerts.webhooks is not None else 0.0
+    return SinkStage(step, reorder_window_s=alerts.reorder_window_s, max_seq_jump=alerts.max_seq_jump,
+                     flush_timeout_s=flush, metrics=metrics)
+
+
+def _health(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, on_alert) -> Stage:
+    return HealthStage(HealthLog(config.alerts.health_jsonl), metrics)
+
+
+FACTORIES = {"classifier": _classifier, "density": _density, "sink": _sink, "health": _health}
+
+
+def build_stages(worker: str, config: PipelineConfig, metrics: PipelineMetrics,
+                 on_alert: Callable[[Alert], None] | None = None) -> list[Stage]:
+    """The consuming stages that worker `worker` runs (the topology says which), built from the config."""
+    return [FACTORIES[spec.name](spec, config, metrics, on_alert) for spec in worker_stages(worker)
+            if spec.input_topic is not None]
