@@ -42,7 +42,8 @@ from pipeline.data.synth import write_video
 from pipeline.demo.run import DEFAULT_BUNDLE
 from pipeline.detect import Detector, DetectorBundle, extract_video_features, model_input
 from pipeline.models import build_model, default_layers, load_model, save_model
-from pipeline.video import KINETICS_MEAN, KINETICS_STD, ClipSplitter, iter_file_clips
+from pipeline.video import ClipSplitter, iter_file_clips
+from pipeline.video.preprocess import KINETICS_MEAN, KINETICS_STD
 
 FPS = 25.0
 

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from pipeline.alerts import Alert, JournalError, JsonlSink, ScoredClip, SinkClosedError, validate_alert_body
+from pipeline.alerts import Alert, JsonlSink, ScoredClip, validate_alert_body
+from pipeline.alerts.errors import JournalError, SinkClosedError
 
 
 def alert(seq: int, kind: str = "novel", stream: str = "cam1") -> Alert:

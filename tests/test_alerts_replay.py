@@ -8,7 +8,8 @@ from pathlib import Path
 from pipeline_helpers import write_config
 from webhook_server import Reply, WebhookServer
 
-from pipeline.alerts import IDEMPOTENCY_HEADER, Alert, ScoredClip, WebhookSink
+from pipeline.alerts import Alert, ScoredClip, WebhookSink
+from pipeline.alerts.signing import IDEMPOTENCY_HEADER
 from pipeline.cli import main
 from pipeline.config import load_config
 

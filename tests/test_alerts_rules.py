@@ -8,17 +8,9 @@ import json
 
 import pytest
 
-from pipeline.alerts import (
-    Alert,
-    AlertConfigError,
-    AlertInputError,
-    AlertRules,
-    AlertSchemaError,
-    ScoredClip,
-    alert_schema,
-    store_thumbnail,
-    validate_alert_body,
-)
+from pipeline.alerts import Alert, AlertRules, ScoredClip, store_thumbnail, validate_alert_body
+from pipeline.alerts.errors import AlertConfigError, AlertInputError, AlertSchemaError
+from pipeline.alerts.schema import alert_schema
 from pipeline.stream.messages import VerdictMessage
 
 JPEG = b"\xff\xd8\xff\xe0fake-but-opaque-jpeg-bytes\xff\xd9"

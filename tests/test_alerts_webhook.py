@@ -10,20 +10,9 @@ from collections import defaultdict
 import pytest
 from webhook_server import RecordedRequest, Reply, WebhookServer, refused_url
 
-from pipeline.alerts import (
-    IDEMPOTENCY_HEADER,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    Alert,
-    AlertConfigError,
-    RetryPolicy,
-    ScoredClip,
-    SinkClosedError,
-    WebhookSink,
-    sign_body,
-    validate_alert_body,
-    verify_signature,
-)
+from pipeline.alerts import Alert, RetryPolicy, ScoredClip, WebhookSink, validate_alert_body, verify_signature
+from pipeline.alerts.errors import AlertConfigError, SinkClosedError
+from pipeline.alerts.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_body
 
 SECRET = "test-shared-secret"
 

@@ -10,15 +10,15 @@ import torch.nn.functional as F
 from pipeline.attacks import (
     FramingAttack,
     Normalize,
-    apply_frame,
     blackbox_framing,
     fgsm,
     from_uint8,
     load_attacked_clips,
     pgd,
-    predict,
     save_attacked_clips,
 )
+from pipeline.attacks.common import predict
+from pipeline.attacks.frame import apply_frame
 from pipeline.models import build_model
 
 torch.set_num_threads(1)

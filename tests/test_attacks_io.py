@@ -11,21 +11,19 @@ import torch
 from pipeline.attacks import (
     AdversarialFrame,
     AttackError,
-    AttackFileError,
     FramingAttack,
     Normalize,
-    apply_frame,
-    border_mask,
     fgsm,
     from_uint8,
     load_attacked_clips,
     pgd,
-    predict,
     save_attacked_clips,
     scaled_frame_width,
     to_uint8,
 )
-from pipeline.attacks.common import project_to_grid
+from pipeline.attacks.common import predict, project_to_grid
+from pipeline.attacks.errors import AttackFileError
+from pipeline.attacks.frame import apply_frame, border_mask
 from pipeline.models import Preprocessing, build_model
 from pipeline.video.preprocess import KINETICS_MEAN, KINETICS_STD, preprocess
 

@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.data import SYNTH_CLASSES, SYNTH_NOVEL_CLASSES, SourceImagery, render_video, sample_spec, trajectory
+from pipeline.data import SYNTH_CLASSES, SYNTH_NOVEL_CLASSES
+from pipeline.data.motions import sample_spec, trajectory
+from pipeline.data.render import SourceImagery, render_video
 from pipeline.data.synth import video_rng
 
 WIDTH, HEIGHT, FRAMES = 160, 120, 32

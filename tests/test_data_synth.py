@@ -13,16 +13,9 @@ import numpy as np
 import pytest
 
 from pipeline.cli.synth import register
-from pipeline.data import (
-    SYNTH_CLASSES,
-    SYNTH_NOVEL_CLASSES,
-    UCF101,
-    DatasetError,
-    SourceImagery,
-    VideoSpec,
-    render_video,
-    synthesize,
-)
+from pipeline.data import SYNTH_CLASSES, SYNTH_NOVEL_CLASSES, UCF101, DatasetError, synthesize
+from pipeline.data.motions import VideoSpec
+from pipeline.data.render import SourceImagery, render_video
 from pipeline.data.synth import group_and_clip
 
 TINY = dict(width=64, height=48, num_frames=20)

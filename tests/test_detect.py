@@ -7,14 +7,8 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.data import UCF101, synthesize
-from pipeline.detect import (
-    BundleError,
-    Calibration,
-    DetectorBundle,
-    bundle_digest,
-    conformal_p_values,
-    extract_video_features,
-)
+from pipeline.detect import BundleError, Calibration, DetectorBundle, bundle_digest, extract_video_features
+from pipeline.detect.calibration import conformal_p_values
 from pipeline.fileio import seal_directory
 from pipeline.models import load_model
 from tests.conftest import CLASSES

@@ -13,17 +13,9 @@ from torch import nn
 
 import pipeline.models.io as models_io
 from pipeline.fileio import seal_directory
-from pipeline.models import (
-    ModelManifest,
-    ModelNotFoundError,
-    WeightsError,
-    build_model,
-    load_model,
-    load_state_dict_file,
-    load_weights,
-    save_model,
-    shipped_model_dir,
-)
+from pipeline.models import ModelManifest, build_model, load_model, save_model, shipped_model_dir
+from pipeline.models.errors import ModelNotFoundError, WeightsError
+from pipeline.models.io import load_state_dict_file, load_weights
 
 torch.set_num_threads(1)
 

@@ -8,15 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.models import (
-    C3D,
-    InputShapeError,
-    ResNet3D,
-    UnknownModelError,
-    available_models,
-    build_model,
-    default_layers,
-)
+from pipeline.models import available_models, build_model, default_layers
+from pipeline.models.c3d import C3D
+from pipeline.models.errors import InputShapeError, UnknownModelError
+from pipeline.models.resnet3d import ResNet3D
 
 torch.set_num_threads(1)
 

@@ -9,15 +9,9 @@ import torch
 from torch import nn
 
 from pipeline.density.pooling import pool_features
-from pipeline.models import (
-    FeatureTap,
-    ModelError,
-    UnknownLayerError,
-    available_models,
-    build_model,
-    default_layers,
-    layer_names,
-)
+from pipeline.models import FeatureTap, ModelError, available_models, build_model, default_layers
+from pipeline.models.errors import UnknownLayerError
+from pipeline.models.taps import layer_names
 
 torch.set_num_threads(1)
 

@@ -94,6 +94,7 @@ def test_environment_references_are_read_field_by_field(tmp_path, base):
                        "webhooks": {"urls": ["https://${HOOK_HOST}/a"], "ledger": "${STATE}/ledger.jsonl"}},
             "ops": {"host": "${OPS_HOST}", "log_level": "${LOG_LEVEL:-INFO}", "base_port": "${OPS_PORT}"},
             "classifier": {"max_batch": "${BATCH:-4}", "threads": "${THREADS:-2}"}}
+    data["alerts"]["rules"] = {"kinds": {"novel": {"k": "${NOVEL_K:-2}", "n": 3}}}
     injected = "x: [1, {a: b}]\nbundle: /etc"
     environ = {"VIDEOS": "feeds", "CAMERA": "", "CAM_HOST": "10.0.0.7", "OUT": "", "HOOK_HOST": "hooks.example",
                "STATE": "/var/state", "OPS_HOST": injected, "LOG_LEVEL": "DEBUG", "OPS_PORT": "9100", "BATCH": "16"}
@@ -106,6 +107,7 @@ def test_environment_references_are_read_field_by_field(tmp_path, base):
     assert config.alerts.webhooks.ledger == Path("/var/state/ledger.jsonl")
     assert config.ops.host == injected and config.ops.log_level == "DEBUG"  # a value stays a value, never YAML
     assert (config.ops.base_port, config.classifier.max_batch, config.classifier.threads) == (9100, 16, 2)
+    assert config.alerts.rules.kinds["novel"].k == 2  # other packages' models read the environment too
 
 
 @pytest.mark.parametrize(("change", "expected"), [

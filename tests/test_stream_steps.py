@@ -18,7 +18,8 @@ from webhook_server import Reply, WebhookServer
 import pipeline.stream.steps.classify as classify
 from pipeline.alerts import AlertRules, JsonlSink, ScoredClip, WebhookSink, verify_signature
 from pipeline.config import SourceConfig
-from pipeline.detect import Detector, DetectorBundle, extract_from_tensors, model_input
+from pipeline.detect import Detector, DetectorBundle, model_input
+from pipeline.detect.features import extract_from_tensors
 from pipeline.models import Preprocessing, load_model
 from pipeline.stream.messages import ClipMessage, VerdictMessage
 from pipeline.stream.reorder import ReorderBuffer

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 import pipeline.training.trainer as trainer_module
 from pipeline.cli.train import build_config, register
-from pipeline.data import SYNTH_CLASSES, UCF101, DatasetError, VideoSample, sample_spec, trajectory, write_annotations
+from pipeline.data import SYNTH_CLASSES, UCF101, DatasetError, VideoSample, write_annotations
+from pipeline.data.motions import sample_spec, trajectory
 from pipeline.models import load_model
 from pipeline.training import (
     ClipCache,
@@ -26,13 +27,13 @@ from pipeline.training import (
     eval_clips,
     latest_checkpoint,
     load_checkpoint,
-    resize_frames,
     train,
 )
 from pipeline.training.init import motion_energy_init
 from pipeline.training.optim import learning_rate
 from pipeline.training.symmetry import SYNTH_SYMMETRIES, apply_transform
 from pipeline.video import ClipSplitter, open_video, preprocess
+from pipeline.video.preprocess import resize_frames
 
 torch.set_num_threads(1)
 

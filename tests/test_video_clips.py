@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from videos import index_frame, read_indices, write_indexed_video
 
-from pipeline.video import Clip, ClipSplitter, Frame, Health, iter_file_clips, open_source, open_video
+from pipeline.video import Clip, ClipSplitter, Health, iter_file_clips, open_source, open_video
+from pipeline.video.events import Frame
 
 NUM_FRAMES = 70
 

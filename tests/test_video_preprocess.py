@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from videos import random_frames
 
-from pipeline.video import KINETICS_MEAN, KINETICS_STD, preprocess
-from pipeline.video.preprocess import resize_frames, resize_target
+from pipeline.video import preprocess
+from pipeline.video.preprocess import KINETICS_MEAN, KINETICS_STD, resize_frames, resize_target
 
 MEAN = np.array(KINETICS_MEAN)
 STD = np.array(KINETICS_STD)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from videos import UdpPublisher, free_udp_port, read_index, wait_until, write_indexed_video
 
-from pipeline.video import ClipSplitter, FileSource, Health, StreamReader, VideoError, open_source
+from pipeline.video import ClipSplitter, Health, VideoError, open_source
+from pipeline.video.sources import FileSource
+from pipeline.video.stream import StreamReader
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from pipeline.alerts import SIGNATURE_HEADER, verify_signature
+from pipeline.alerts import verify_signature
+from pipeline.alerts.signing import SIGNATURE_HEADER
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from pipeline.alerts import Alert, AlertInputError
+from pipeline.alerts import Alert
+from pipeline.alerts.errors import AlertInputError
 from pipeline.bus import Delivery
 from pipeline.config import PipelineConfig
 from pipeline.stream.messages import HealthMessage, Message, VerdictMessage

@@ -10,56 +10,29 @@
         hooks.submit(alert)       # background POSTs, retried, in order per stream, at most once per URL
 
 Receivers check ``X-Clipwatch-Signature`` with `verify_signature(raw_body, header, secret)`; the body follows
-``alert.schema.json`` (`validate_alert_body`).
+``alert.schema.json`` (`validate_alert_body`). The header names and `sign_body` live in `pipeline.alerts.signing`,
+the specific error classes (all `AlertError`s) in `pipeline.alerts.errors`.
 """
 
-from pipeline.alerts.alert import SCHEMA_VERSION, Alert, ScoredClip, Smoothing, ThumbnailRef, store_thumbnail
+from pipeline.alerts.alert import Alert, ScoredClip, store_thumbnail
 from pipeline.alerts.delivery import RetryPolicy
-from pipeline.alerts.errors import (
-    AlertConfigError,
-    AlertError,
-    AlertInputError,
-    AlertSchemaError,
-    JournalError,
-    SinkClosedError,
-)
+from pipeline.alerts.errors import AlertError
 from pipeline.alerts.jsonl_sink import JsonlSink
-from pipeline.alerts.rules import AlertRules, AlertRulesConfig, KindRule
-from pipeline.alerts.schema import alert_schema, validate_alert_body
-from pipeline.alerts.signing import (
-    IDEMPOTENCY_HEADER,
-    SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
-    sign_body,
-    verify_signature,
-)
-from pipeline.alerts.webhook import WebhookConfig, WebhookSink, WebhookStats
+from pipeline.alerts.rules import AlertRules, AlertRulesConfig
+from pipeline.alerts.schema import validate_alert_body
+from pipeline.alerts.signing import verify_signature
+from pipeline.alerts.webhook import WebhookConfig, WebhookSink
 
 __all__ = [
     "Alert",
-    "AlertConfigError",
     "AlertError",
-    "AlertInputError",
     "AlertRules",
     "AlertRulesConfig",
-    "AlertSchemaError",
-    "IDEMPOTENCY_HEADER",
-    "JournalError",
     "JsonlSink",
-    "KindRule",
     "RetryPolicy",
-    "SCHEMA_VERSION",
-    "SIGNATURE_HEADER",
     "ScoredClip",
-    "SinkClosedError",
-    "Smoothing",
-    "TIMESTAMP_HEADER",
-    "ThumbnailRef",
     "WebhookConfig",
     "WebhookSink",
-    "WebhookStats",
-    "alert_schema",
-    "sign_body",
     "store_thumbnail",
     "validate_alert_body",
     "verify_signature",

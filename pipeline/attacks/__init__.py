@@ -4,30 +4,23 @@ All attacks take pixel clips ``(B, C, T, H, W)`` and a ``normalize`` callable (e
 the model manifest) that maps them to model input; they return pixel clips on the 8-bit grid by default.
 """
 
-from pipeline.attacks.common import Normalize, NormalizeFn, predict
-from pipeline.attacks.errors import AttackError, AttackFileError
-from pipeline.attacks.frame import AdversarialFrame, apply_frame, border_mask, scaled_frame_width
-from pipeline.attacks.framing import FramingAttack, adversarial_framing, blackbox_framing
+from pipeline.attacks.common import Normalize
+from pipeline.attacks.errors import AttackError
+from pipeline.attacks.frame import AdversarialFrame, scaled_frame_width
+from pipeline.attacks.framing import FramingAttack, blackbox_framing
 from pipeline.attacks.gradient import fgsm, pgd
-from pipeline.attacks.io import AttackedClips, from_uint8, load_attacked_clips, save_attacked_clips, to_uint8
+from pipeline.attacks.io import from_uint8, load_attacked_clips, save_attacked_clips, to_uint8
 
 __all__ = [
     "AdversarialFrame",
     "AttackError",
-    "AttackFileError",
-    "AttackedClips",
     "FramingAttack",
     "Normalize",
-    "NormalizeFn",
-    "adversarial_framing",
-    "apply_frame",
     "blackbox_framing",
-    "border_mask",
     "fgsm",
     "from_uint8",
     "load_attacked_clips",
     "pgd",
-    "predict",
     "save_attacked_clips",
     "scaled_frame_width",
     "to_uint8",

@@ -12,7 +12,8 @@ import torch
 from pipeline.data import UCF101
 from pipeline.data.ucf101 import DatasetError
 from pipeline.detect import DetectorBundle, extract_video_features
-from pipeline.models import SHIPPED_MODELS, default_layers, file_sha256, load_model, resolve_model_dir
+from pipeline.models import default_layers, file_sha256, load_model, resolve_model_dir
+from pipeline.models.io import SHIPPED_MODELS
 
 
 def model_reference(name_or_path: str) -> dict:

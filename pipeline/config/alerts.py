@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
 
 from pipeline.alerts import AlertRulesConfig, RetryPolicy, WebhookConfig
 from pipeline.alerts.webhook import check_webhook_urls
-from pipeline.config.base import ENV_NAME, ConfigError, ConfigPath, EnvStr, Section
+from pipeline.config.base import ENV_NAME, ConfigError, ConfigPath, EnvStr, FromEnv, Section
 
 __all__ = ["AlertsConfig", "WebhooksConfig"]
 
@@ -23,7 +24,7 @@ class WebhooksConfig(Section):
     ledger: ConfigPath = Field(Path("webhook-ledger.jsonl"), description="durable outbox and delivery record")
     dead_letters: ConfigPath = Field(Path("webhook-dead-letters.jsonl"))
     timeout_s: float = Field(5.0, gt=0.0)
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    retry: Annotated[RetryPolicy, FromEnv] = Field(default_factory=RetryPolicy)
     workers_per_url: int = Field(2, ge=1, le=64)
     flush_timeout_s: float = Field(30.0, ge=0.0, description="on shutdown, wait this long for deliveries")
 
@@ -36,7 +37,7 @@ class WebhooksConfig(Section):
 class AlertsConfig(Section):
     """What the sink records: alert rules, the alert log, optional verdict/health logs, thumbnails, webhooks."""
 
-    rules: AlertRulesConfig = Field(default_factory=AlertRulesConfig)
+    rules: Annotated[AlertRulesConfig, FromEnv] = Field(default_factory=AlertRulesConfig)
     jsonl: ConfigPath = Field(Path("alerts.jsonl"), description="durable alert log, one line per alert")
     verdicts_jsonl: ConfigPath | None = Field(None, description="every verdict, once per clip key")
     health_jsonl: ConfigPath | None = Field(None, description="every stream health change")

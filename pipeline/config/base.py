@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,7 +21,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Val
 
 from pipeline.errors import ClipwatchError
 
-__all__ = ["ENV_NAME", "ConfigError", "ConfigPath", "EnvStr", "Section", "interpolate"]
+__all__ = ["ENV_NAME", "FromEnv", "ConfigError", "ConfigPath", "EnvStr", "Section", "interpolate"]
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 """The pattern of an environment variable's name (fields that name a variable rather than read it)."""
@@ -54,6 +55,19 @@ def interpolate(value: Any, info: ValidationInfo) -> Any:
 
     return _ENV_REFERENCE.sub(substitute, value)
 
+
+def interpolate_all(value: Any, info: ValidationInfo) -> Any:
+    """`value` with every string inside it (through mappings and lists) interpolated: for a field whose type is
+    another package's model (the alert rules, a retry policy), whose own fields cannot read the environment."""
+    if isinstance(value, Mapping):
+        return {key: interpolate_all(item, info) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate_all(item, info) for item in value]
+    return interpolate(value, info)
+
+
+FromEnv = BeforeValidator(interpolate_all)
+"""Annotate a field of another package's model type with it: ``Annotated[RetryPolicy, FromEnv]``."""
 
 EnvStr = Annotated[str, BeforeValidator(interpolate)]
 """A string in a list or mapping in which ``${VAR}`` and ``${VAR:-default}`` are read from the environment (a

@@ -1,12 +1,10 @@
 """Datasets: the official UCF101 layout and a synthetic motion-defined action dataset written in that layout."""
 
-from .motions import SYNTH_CLASSES, SYNTH_NOVEL_CLASSES, VideoSpec, sample_spec, trajectory
-from .render import SourceImagery, render_video
+from .motions import SYNTH_CLASSES, SYNTH_NOVEL_CLASSES
 from .synth import SynthReport, synthesize
 from .ucf101 import UCF101, DatasetError, VideoSample, write_annotations
 
 __all__ = [
     "UCF101", "VideoSample", "DatasetError", "write_annotations",
     "synthesize", "SynthReport", "SYNTH_CLASSES", "SYNTH_NOVEL_CLASSES",
-    "VideoSpec", "sample_spec", "trajectory", "render_video", "SourceImagery",
 ]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.detect import ADVERSARIAL, NORMAL, NOVEL, BundleScores, ClipFeatures, DetectorBundle
+from pipeline.detect import BundleScores, ClipFeatures, DetectorBundle
+from pipeline.detect.calibration import ADVERSARIAL, NORMAL, NOVEL
 from pipeline.metrics import likelihood_accuracy, ood_metrics
 
 METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error")

@@ -6,20 +6,18 @@
 """
 
 from pipeline.training.augment import ClipSampler
-from pipeline.training.cache import ClipCache, SkippedVideo
+from pipeline.training.cache import ClipCache
 from pipeline.training.checkpoint import latest_checkpoint, load_checkpoint
 from pipeline.training.config import PRESETS, TrainConfig
 from pipeline.training.errors import TrainingError
 from pipeline.training.evaluation import Evaluation, eval_clips, evaluate
 from pipeline.training.trainer import TrainReport, train
-from pipeline.video.preprocess import resize_frames
 
 __all__ = [
     "PRESETS",
     "ClipCache",
     "ClipSampler",
     "Evaluation",
-    "SkippedVideo",
     "TrainConfig",
     "TrainReport",
     "TrainingError",
@@ -27,6 +25,5 @@ __all__ = [
     "evaluate",
     "latest_checkpoint",
     "load_checkpoint",
-    "resize_frames",
     "train",
 ]

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.errors import validation_problem
 from pipeline.training.errors import TrainingError
 from pipeline.training.symmetry import SYNTH_SYMMETRIES, check_symmetries
-from pipeline.video import KINETICS_MEAN, KINETICS_STD
+from pipeline.video.preprocess import KINETICS_MEAN, KINETICS_STD
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},

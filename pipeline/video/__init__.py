@@ -10,31 +10,20 @@ live streams with reconnects and health events, clip splitting, and the standard
             ...
 """
 
-from pipeline.video.clips import Clip, ClipAssembler, ClipSplitter, iter_file_clips
+from pipeline.video.clips import Clip, ClipSplitter, iter_file_clips
 from pipeline.video.errors import VideoError
-from pipeline.video.events import Frame, Health, StreamEvent
-from pipeline.video.preprocess import KINETICS_MEAN, KINETICS_STD, preprocess
-from pipeline.video.reader import VideoInfo, VideoReader, open_video
-from pipeline.video.scan import BadVideo, ScanResult, scan_videos
-from pipeline.video.sources import FileSource, FrameSource, open_source
-from pipeline.video.stream import StreamReader
+from pipeline.video.events import Health, StreamEvent
+from pipeline.video.preprocess import preprocess
+from pipeline.video.reader import VideoReader, open_video
+from pipeline.video.scan import scan_videos
+from pipeline.video.sources import open_source
 
 __all__ = [
-    "BadVideo",
     "Clip",
-    "ClipAssembler",
     "ClipSplitter",
-    "FileSource",
-    "Frame",
-    "FrameSource",
     "Health",
-    "KINETICS_MEAN",
-    "KINETICS_STD",
-    "ScanResult",
     "StreamEvent",
-    "StreamReader",
     "VideoError",
-    "VideoInfo",
     "VideoReader",
     "iter_file_clips",
     "open_source",

@@ -24,9 +24,9 @@ import numpy as np
 from pipeline.config import SourceConfig
 from pipeline.models import Preprocessing
 from pipeline.stream.messages import ClipMessage, MessageError
-from pipeline.video import BadVideo, Clip, ClipSplitter, VideoReader, iter_file_clips
+from pipeline.video import Clip, ClipSplitter, VideoReader, iter_file_clips
 from pipeline.video.preprocess import resize_frames
-from pipeline.video.scan import find_video_files
+from pipeline.video.scan import BadVideo, find_video_files
 
 __all__ = ["StreamPlan", "clip_message", "file_clip_messages", "live_seq_start", "plan_streams", "splitter_for"]
 

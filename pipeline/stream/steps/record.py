@@ -22,17 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.alerts import (
-    Alert,
-    AlertInputError,
-    AlertRules,
-    JournalError,
-    JsonlSink,
-    ScoredClip,
-    WebhookConfig,
-    WebhookSink,
-    store_thumbnail,
-)
+from pipeline.alerts import Alert, AlertRules, JsonlSink, ScoredClip, WebhookConfig, WebhookSink, store_thumbnail
+from pipeline.alerts.errors import AlertInputError, JournalError
 from pipeline.alerts.journal import JsonlJournal
 from pipeline.config import AlertsConfig
 from pipeline.stream.messages import HealthMessage, VerdictMessage
