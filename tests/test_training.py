@@ -18,7 +18,8 @@ import pipeline.training.trainer as trainer_module
 from pipeline.cli.train import build_config, register
 from pipeline.data import SYNTH_CLASSES, UCF101, DatasetError, VideoSample, write_annotations
 from pipeline.data.motions import sample_spec, trajectory
-from pipeline.models import load_model
+from pipeline.models import build_model, load_model
+from pipeline.models.errors import WeightsError
 from pipeline.training import (
     ClipCache,
     ClipSampler,
@@ -32,6 +33,7 @@ from pipeline.training import (
 from pipeline.training.init import motion_energy_init
 from pipeline.training.optim import learning_rate
 from pipeline.training.symmetry import SYNTH_SYMMETRIES, apply_transform
+from pipeline.training.transfer import read_init, transfer_weights
 from pipeline.video import ClipSplitter, open_video, preprocess
 from pipeline.video.preprocess import resize_frames
 
@@ -423,12 +425,13 @@ def run_cli(*argv: str) -> int:
 
 def test_cli_options_override_the_preset(tmp_path):
     default = TrainConfig.preset("default", data=tmp_path, out=tmp_path / "o")
-    config = build_config(parse_cli(str(tmp_path), "--out", str(tmp_path / "o"), "--model", "r3d-10", "--width", "20",
+    config = build_config(parse_cli(str(tmp_path), "--out", str(tmp_path / "o"), "--preset", "default", "--init", "scratch",
+                                    "--model", "r3d-10", "--width", "20",
                                     "--lr", "0.01", "--optimizer", "sgd", "--seed", "5", "--split", "2"))
     assert config.model_options == {**default.model_options, "width": 20}
     assert (config.model, config.lr, config.optimizer, config.seed, config.split) == ("r3d-10", 0.01, "sgd", 5, 2)
     assert config.differences(default) == ["split", "model", "model_options", "optimizer", "lr", "seed"]
-    c3d = build_config(parse_cli(str(tmp_path), "--out", str(tmp_path / "o"), "--model", "c3d"))
+    c3d = build_config(parse_cli(str(tmp_path), "--out", str(tmp_path / "o"), "--preset", "default", "--model", "c3d"))
     assert c3d.model_options == {}, "r3d options do not carry over to another architecture"
 
 
@@ -455,3 +458,78 @@ def test_cli_trains_resumes_and_reports_bad_input(colour_data, tmp_path, capsys)
     with pytest.raises(ValueError, match="unknown model 'r3d-7'"):
         run_cli(str(colour_data), "--out", str(tmp_path / "y"), *common, "--model", "r3d-7")
     assert not (tmp_path / "y").exists(), "a bad model name must fail before anything is written"
+
+
+def test_fine_tuning_the_shipped_model_is_what_train_does_by_default(colour_data, tmp_path, capsys):
+    config = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "plan")))
+    _, shipped = load_model("default")
+    assert (config.init, config.model, config.model_options) == ("default", shipped.architecture, shipped.options)
+    assert (config.crop, config.clip_len, config.symmetries, config.motion_init) == (shipped.preprocessing.crop, 16,
+                                                                                     {}, False)
+    assert config.val_fraction > 0 and config.patience is not None
+
+    out = tmp_path / "tuned"
+    assert run_cli(str(colour_data), "--out", str(out), "--epochs", "3", "--batch-size", "4", "--threads", "1",
+                   "--val-fraction", "0.3", "--patience", "1", "--no-progress") == 0
+    assert "trained r3d-18" in capsys.readouterr().out
+    model, manifest = load_model(out)
+    assert manifest.class_names == tuple(COLOURS) and manifest.options == shipped.options
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["validation_videos"] > 0 and metrics["best_epoch"] in range(1, 4)
+    validated = [row for row in metrics["history"] if row.get("val_clip_accuracy") is not None]
+    assert validated and all(row.get("test_clip_accuracy") is None for row in metrics["history"])
+    assert metrics["epochs_run"] <= 3 and metrics["test_clip_accuracy"] >= 0
+
+
+def test_transfer_keeps_every_weight_but_the_head(tmp_path):
+    _, shipped = load_model("default")
+    init = read_init("default")
+    model = build_model(shipped.architecture, 3, **shipped.options)
+    fresh_head = model.fc.weight.clone()
+    summary = transfer_weights(model, init)
+    assert "head 'fc' re-initialised" in summary
+    for name, tensor in model.state_dict().items():
+        if not name.startswith("fc."):
+            assert torch.equal(tensor, init.state[name]), name
+    assert torch.equal(model.fc.weight, fresh_head) and model.fc.out_features == 3
+    narrow = build_model("r3d-18", 3, width=8)
+    with pytest.raises(WeightsError, match="shape"):
+        transfer_weights(narrow, init)
+
+
+def test_a_hara_checkpoint_initialises_training(colour_data, tmp_path):
+    """A 400-class r3d-18 saved the way Hara et al.'s code saves it (DataParallel names under 'state_dict', with
+    the epoch, architecture and optimizer beside them) starts a 3-class run; the head is new, the rest is theirs."""
+    hara = build_model("r3d-18", 400)
+    checkpoint = tmp_path / "r3d18_K_200ep.pth"
+    torch.save({"epoch": 200, "arch": "resnet-18", "state_dict": {f"module.{k}": v for k, v in
+                                                                 hara.state_dict().items()},
+                "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "momentum": 0.9}]}}, checkpoint)
+    out = tmp_path / "from-hara"
+    assert run_cli(str(colour_data), "--out", str(out), "--preset", "smoke", "--init", str(checkpoint), "--model",
+                   "r3d-18", "--width", "64", "--epochs", "1", "--batch-size", "4", "--threads", "1",
+                   "--no-progress") == 0
+    model, manifest = load_model(out)
+    assert manifest.num_classes == 3 and manifest.extra["training"]["config"]["init"] == str(checkpoint)
+    for name in ("conv1.weight", "layer2.0.conv1.weight", "layer4.1.conv2.weight"):
+        start, end = hara.state_dict()[name].flatten(), model.state_dict()[name].flatten()
+        assert torch.nn.functional.cosine_similarity(start, end, dim=0) > 0.9, name
+    with pytest.raises(WeightsError, match="shape"):
+        run_cli(str(colour_data), "--out", str(tmp_path / "narrow"), "--preset", "smoke", "--init", str(checkpoint),
+                "--epochs", "1", "--no-progress")
+    pickled = tmp_path / "code.pth"
+    torch.save({"state_dict": hara.state_dict(), "callable": print}, pickled)
+    with pytest.raises(WeightsError, match="weights_only"):
+        run_cli(str(colour_data), "--out", str(tmp_path / "evil"), "--init", str(pickled), "--no-progress")
+
+
+def test_symmetry_tables_are_optional_and_read_from_yaml(colour_data, tmp_path):
+    tables = tmp_path / "symmetries.yaml"
+    tables.write_text("flip_horizontal: {Red: Blue, Blue: Red}\n")
+    config = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "o"), "--symmetries", str(tables)))
+    assert config.symmetries == {"flip_horizontal": {"Red": "Blue", "Blue": "Red"}}
+    tables.write_text("- not a mapping\n")
+    with pytest.raises(TrainingError, match="symmetries must be a mapping"):
+        build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "o"), "--symmetries", str(tables)))
+    with pytest.raises(TrainingError, match="patience needs a validation split"):
+        build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "o"), "--val-fraction", "0"))

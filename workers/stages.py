@@ -160,12 +160,14 @@ def _classifier(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetric
     import torch
 
     from pipeline.detect import Detector
+    from pipeline.models.device import resolve_device
     from pipeline.stream.steps.classify import ClassifierStep
 
     settings = config.classifier
+    device = resolve_device(settings.device, source="classifier.device")  # no CUDA here: one line, at start
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    step = ClassifierStep.from_detector(Detector.load(config.bundle), device=settings.device,
+    step = ClassifierStep.from_detector(Detector.load(config.bundle, device=device), device=device,
                                         thumbnail_size=settings.thumbnail_size,
                                         thumbnail_quality=settings.thumbnail_quality)
     logger.info("classifier: model %s, layers %s, batches of up to %d clips within %d ms", step.model_id,

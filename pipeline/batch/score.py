@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -33,6 +34,9 @@ from pipeline.detect.features import model_input_problem
 from pipeline.errors import ClipwatchError
 from pipeline.video import ClipSplitter, VideoError, iter_file_clips, open_video, scan_videos
 from pipeline.video.preprocess import MIN_FRAME_SIDE
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 RECORDS, TABLE, SUMMARY_JSON, SUMMARY_MD = "scores.jsonl", "scores.csv", "summary.json", "summary.md"
@@ -111,14 +115,16 @@ def claim_output(out: Path, bundle_dir: str | Path, *, overwrite: bool = False) 
 
 def score_archive(bundle_dir: str | Path, videos: Sequence[VideoItem], out: str | Path, *,
                   class_names: list[str] | None = None, batch_size: int = 16, progress: bool = True,
-                  skipped: Sequence[tuple[str, str]] = (), overwrite: bool = False) -> dict:
+                  skipped: Sequence[tuple[str, str]] = (), overwrite: bool = False,
+                  device: str | torch.device = "cpu") -> dict:
     """Score every clip of ``videos`` with the bundle; resumable; returns the summary.
 
     ``skipped`` are inputs already found unusable (``(path, reason)``, e.g. from `list_videos`): printed and
     counted with the ones found here. ``overwrite`` replaces the scores of another bundle (see `claim_output`).
+    The model runs on ``device`` (see `Detector.load`); the densities on the CPU.
     """
     out = Path(out)
-    detector = Detector.load(bundle_dir)
+    detector = Detector.load(bundle_dir, device=device)
     if class_names is not None and list(class_names) != detector.class_names:
         raise DatasetError(f"dataset classes {class_names} differ from the bundle's {detector.class_names}")
     digest = claim_output(out, bundle_dir, overwrite=overwrite)

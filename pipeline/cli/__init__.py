@@ -39,6 +39,20 @@ def yield_idle_cores(argv: list[str]) -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device`` (default cpu) for a command that runs a model; resolve it first with :func:`command_device`."""
+    parser.add_argument("--device", default="cpu", metavar="DEVICE",
+                        help="where the model runs: cpu, cuda, cuda:N or mps (default: %(default)s)")
+
+
+def command_device(args: argparse.Namespace):
+    """The ``torch.device`` of ``--device``, checked against this machine: a one-line `ClipwatchError` (exit 2) if
+    it is malformed or not available here. Commands call it before any heavy work."""
+    from pipeline.models.device import resolve_device  # imports torch: not before `yield_idle_cores`
+
+    return resolve_device(args.device, source="--device")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipwatch", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"clipwatch {__version__}")

@@ -17,6 +17,7 @@ from pipeline.attacks import (
     scaled_frame_width,
     to_uint8,
 )
+from pipeline.cli import add_device_argument, command_device
 from pipeline.data import UCF101
 from pipeline.detect import load_clips
 from pipeline.models import load_model
@@ -40,13 +41,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-clips-per-video", type=int)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    add_device_argument(parser)
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    device = command_device(args)
     torch.manual_seed(args.seed)
-    model, manifest = load_model(args.model)
+    model, manifest = load_model(args.model, map_location=device)
     prep = manifest.preprocessing
     dataset = UCF101(args.data, split=args.split, subset=args.subset, missing="skip")
     clips, labels, _, skipped = load_clips([(s.path, s.label) for s in dataset.samples], prep,
@@ -61,26 +64,26 @@ def run(args: argparse.Namespace) -> int:
         params.update(attack.params())
         if args.attack == "framing-universal":
             params["epochs"] = args.epochs
-            frame = attack.fit_universal(model, clips01, targets, normalize, epochs=args.epochs,
-                                         progress=not args.no_progress)
+            frame = attack.fit_universal(model, clips01.to(device), targets.to(device), normalize,
+                                         epochs=args.epochs, progress=not args.no_progress)
             if args.save_frame:
                 print(f"universal frame saved to {frame.save(args.save_frame)}")
             adversarial = frame.apply(clips01)
         else:
             adversarial = _batched(lambda x, y: attack.attack_batch(model, x, y, normalize), clips01, targets,
-                                   args.batch_size)
+                                   args.batch_size, device)
     elif args.attack == "fgsm":
         params["eps"] = args.eps
         adversarial = _batched(lambda x, y: fgsm(model, x, y, normalize, eps=args.eps), clips01, targets,
-                               args.batch_size)
+                               args.batch_size, device)
     else:
         params.update(eps=args.eps, steps=args.steps)
         adversarial = _batched(lambda x, y: pgd(model, x, y, normalize, eps=args.eps, steps=args.steps,
-                                                seed=args.seed), clips01, targets, args.batch_size)
+                                                seed=args.seed), clips01, targets, args.batch_size, device)
     path = save_attacked_clips(args.out, to_uint8(adversarial), attack=args.attack, params=params,
                                labels=labels, source=str(args.data))
     with torch.inference_mode():
-        predicted = torch.cat([model(normalize(adversarial[i : i + 32])).argmax(1)
+        predicted = torch.cat([model(normalize(adversarial[i : i + 32].to(device))).argmax(1).cpu()
                                for i in range(0, len(adversarial), 32)])
     accuracy = float((predicted == targets).float().mean())
     for bad, reason in skipped:
@@ -89,5 +92,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _batched(fn, clips01: torch.Tensor, labels: torch.Tensor, size: int) -> torch.Tensor:
-    return torch.cat([fn(clips01[i : i + size], labels[i : i + size]) for i in range(0, len(clips01), size)])
+def _batched(fn, clips01: torch.Tensor, labels: torch.Tensor, size: int, device: torch.device) -> torch.Tensor:
+    """``fn`` on each batch moved to ``device``; the results come back to the CPU."""
+    return torch.cat([fn(clips01[i : i + size].to(device), labels[i : i + size].to(device)).cpu()
+                      for i in range(0, len(clips01), size)])

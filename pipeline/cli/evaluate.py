@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.cli import add_device_argument, command_device
 from pipeline.evaluation.report import best_rows
 from pipeline.evaluation.run import ATTACKS, EvaluationSettings, evaluate
 
@@ -37,11 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int)
+    add_device_argument(parser)
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    device = command_device(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = EvaluationSettings(
@@ -49,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         surrogate=None if str(args.surrogate).lower() == "none" else args.surrogate, attacks=tuple(args.attacks),
         frame_width=args.frame_width, framing_epochs=args.framing_epochs, fgsm_eps=args.fgsm_eps,
         extra_ood=dict(args.ood), max_clips_per_video=args.max_clips_per_video, batch_size=args.batch_size,
-        seed=args.seed, progress=not args.no_progress)
+        seed=args.seed, progress=not args.no_progress, device=str(device))
     results = evaluate(settings)
     print("accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in results["accuracy"].items()))
     for ood, slot in best_rows(results["detection"]).items():

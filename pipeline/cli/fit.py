@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.cli import add_device_argument, command_device
 from pipeline.data import UCF101
 from pipeline.data.ucf101 import DatasetError
 from pipeline.detect import DetectorBundle, extract_video_features
@@ -60,15 +61,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_device_argument(parser)
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    device = command_device(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    model, manifest = load_model(args.model)
+    model, manifest = load_model(args.model, map_location=device)
     layers = args.layers or default_layers(manifest.architecture)
     dataset = UCF101(args.data, split=args.split, subset="train", missing="skip")
     if list(dataset.classes) != list(manifest.class_names):

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from pipeline.batch import list_videos, score_archive
+from pipeline.cli import add_device_argument, command_device
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,16 +22,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="replace the score files in --out when they come from another bundle")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int)
+    add_device_argument(parser)
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    device = command_device(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     videos, classes, skipped = list_videos(args.data, args.split)
     summary = score_archive(args.bundle, videos, args.out, class_names=classes, batch_size=args.batch_size,
-                            progress=not args.no_progress, skipped=skipped, overwrite=args.overwrite)
+                            progress=not args.no_progress, skipped=skipped, overwrite=args.overwrite,
+                            device=device)
     counts = ", ".join(f"{v} {n}" for v, n in summary["verdicts"].items())
     accuracy = f"; accuracy {summary['accuracy']:.3f}" if "accuracy" in summary else ""
     print(f"{summary['clips']} clips from {summary['videos']} videos: {counts}{accuracy}; "

@@ -6,22 +6,28 @@ import argparse
 
 from pipeline.data import SYNTH_CLASSES, SYNTH_NOVEL_CLASSES, synthesize
 from pipeline.data.synth import DEFAULT_NUM_FRAMES, DEFAULT_VIDEOS_PER_CLASS
+from pipeline.data.yard import YARD_CLASSES, synthesize_yard
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "synth", help="write the synthetic action dataset (UCF101 layout, novel classes under OUT/novel)",
-        description=f"Classes: {', '.join(SYNTH_CLASSES)}. Novel: {', '.join(SYNTH_NOVEL_CLASSES)}.")
+        description=f"Classes: {', '.join(SYNTH_CLASSES)}. Novel: {', '.join(SYNTH_NOVEL_CLASSES)}. "
+                    f"--world yard writes a second world nobody tunes on (static-camera yards, small actors; "
+                    f"classes {', '.join(YARD_CLASSES)}; 160x120, 64 frames, 40 videos per class unless given).")
+    parser.add_argument("--world", choices=("default", "yard"), default="default",
+                        help="which synthetic world (default %(default)s)")
     parser.add_argument("out", help="output folder (created; must be empty unless --overwrite)")
-    parser.add_argument("--videos-per-class", type=int, default=DEFAULT_VIDEOS_PER_CLASS,
-                        help="videos per class, spread over the 25 UCF101 groups (default %(default)s)")
+    parser.add_argument("--videos-per-class", type=int, default=None,
+                        help=f"videos per class, spread over the 25 UCF101 groups (default {DEFAULT_VIDEOS_PER_CLASS})")
     parser.add_argument("--novel-videos-per-class", type=int, default=None,
                         help="videos per novel class (default: as --videos-per-class)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; equal seeds give equal videos")
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--width", type=int, default=None, help="default 320 (yard: 160)")
+    parser.add_argument("--height", type=int, default=None, help="default 240 (yard: 120)")
     parser.add_argument("--fps", type=float, default=25.0)
-    parser.add_argument("--frames", type=int, default=DEFAULT_NUM_FRAMES, help="frames per video")
+    parser.add_argument("--frames", type=int, default=None, help=f"frames per video (default {DEFAULT_NUM_FRAMES}; "
+                                                                 "yard: 64)")
     parser.add_argument("--classes", nargs="+", metavar="CLASS", help="subset of the in-distribution classes")
     parser.add_argument("--novel-classes", nargs="*", metavar="CLASS",
                         help="subset of the novel classes (give none to skip OUT/novel)")
@@ -31,11 +37,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = synthesize(
-        args.out, videos_per_class=args.videos_per_class, novel_videos_per_class=args.novel_videos_per_class,
-        seed=args.seed, width=args.width, height=args.height, fps=args.fps, num_frames=args.frames,
-        classes=args.classes, novel_classes=args.novel_classes, overwrite=args.overwrite,
-        progress=not args.no_progress)
+    given = {name: value for name, value in (("videos_per_class", args.videos_per_class), ("width", args.width),
+                                             ("height", args.height), ("num_frames", args.frames))
+             if value is not None}
+    if args.world == "yard":
+        report = synthesize_yard(args.out, seed=args.seed, fps=args.fps, overwrite=args.overwrite,
+                                 progress=not args.no_progress, **given)
+    else:
+        report = synthesize(
+            args.out, novel_videos_per_class=args.novel_videos_per_class, seed=args.seed, fps=args.fps,
+            classes=args.classes, novel_classes=args.novel_classes, overwrite=args.overwrite,
+            progress=not args.no_progress, **given)
     novel = f", {report.num_novel_videos} novel in {report.novel_root}" if report.novel_root else ""
     print(f"wrote {report.num_videos} videos ({len(report.classes)} classes) to {report.root}{novel}: "
           f"{report.total_bytes / 1e6:.1f} MB in {report.seconds:.1f} s ({report.seconds_per_video:.3f} s/video)")

@@ -1,4 +1,5 @@
-"""``clipwatch train DATA --out DIR``: train a clip classifier on a UCF101-layout dataset on the CPU."""
+"""``clipwatch train DATA --out DIR``: learn a UCF101-layout dataset's classes, by default by fine-tuning the shipped
+model (``--preset finetune``); ``--init scratch --preset default`` is the from-scratch recipe of the shipped model."""
 
 from __future__ import annotations
 
@@ -6,7 +7,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from pipeline.models.device import resolve_device
 from pipeline.training import PRESETS, TrainConfig, TrainingError, latest_checkpoint, load_checkpoint, train
+from pipeline.training.transfer import config_from_init, read_init
 
 R3D_OPTIONS = ("width", "zero_init_residual", "conv1_t_size", "conv1_t_stride", "no_max_pool", "shortcut_type",
                "widen_factor")
@@ -18,10 +23,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train a clip classifier (CPU) and save it with its metrics",
         description="Train on split --split of DATA (UCF101 layout, e.g. from 'clipwatch synth'), evaluate on its "
                     "test list, and write model.safetensors + model.json, metrics.json, training_curve.png and "
-                    "per-epoch checkpoints into --out. Options left out keep the preset's values.")
+                    "per-epoch checkpoints into --out. By default (preset finetune) the shipped model is fine-tuned "
+                    "with its head re-initialised for DATA's classes, the epoch chosen on a validation split of the "
+                    "training list. Options left out keep the preset's values.")
     parser.add_argument("data", help="dataset root (UCF101 layout with ucfTrainTestlist/)")
     parser.add_argument("--out", required=True, help="output folder (must not hold a run, unless --resume)")
-    parser.add_argument("--preset", default="default", choices=sorted(PRESETS), help="recipe (default %(default)s)")
+    parser.add_argument("--preset", default="finetune", choices=sorted(PRESETS), help="recipe (default %(default)s)")
+    parser.add_argument("--init", help="weights to start from: scratch, a shipped model (default), a model folder, or "
+                                       "a checkpoint file (.pth/.pt/.safetensors, e.g. Hara et al.'s 3D-ResNets)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default cpu)")
+    parser.add_argument("--symmetries", type=Path,
+                        help="YAML of label-mapping symmetries {name: {class: class}} (default: the preset's)")
+    parser.add_argument("--val-fraction", type=float, help="training groups held out to choose the best epoch")
+    parser.add_argument("--patience", type=int, help="validations without improvement before stopping")
+    parser.add_argument("--backbone-lr-ratio", type=float, help="learning rate of all but the head, times --lr")
     parser.add_argument("--model", help="architecture, e.g. r3d-18, r3d-10, c3d")
     parser.add_argument("--width", type=int, help="base width of an r3d model")
     parser.add_argument("--epochs", type=int)
@@ -46,10 +61,18 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         base = load_checkpoint(found).config
     else:
         base = TrainConfig.preset(args.preset, data=args.data, out=args.out).to_json()
+        if args.init is not None:
+            base["init"] = args.init
+        base = config_from_init(base, read_init(base["init"]))
+    if args.device is not None:
+        resolve_device(args.device, source="--device")
     overrides: dict[str, Any] = {"data": args.data, "out": args.out}
-    for name in ("model", "epochs", "batch_size", "lr", "optimizer", "seed", "split", "threads"):
-        if getattr(args, name) is not None:
+    for name in ("model", "epochs", "batch_size", "lr", "optimizer", "seed", "split", "threads", "device",
+                 "val_fraction", "patience", "backbone_lr_ratio"):
+        if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
+    if args.symmetries is not None:
+        overrides["symmetries"] = read_symmetries(args.symmetries)
     options = base["model_options"]
     if args.model is not None and args.model != base["model"]:
         options = {key: value for key, value in options.items() if key in R3D_OPTIONS} \
@@ -69,3 +92,14 @@ def run(args: argparse.Namespace) -> int:
           f"test clip accuracy {report.clip_accuracy:.3f}, video accuracy {report.video_accuracy:.3f}{skipped}; "
           f"model in {report.out}")
     return 0
+
+
+def read_symmetries(path: Path) -> dict[str, dict[str, str]]:
+    """The symmetry tables of a YAML file: ``{name: {class: class it becomes}}`` (checked by the config)."""
+    try:
+        tables = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as error:
+        raise TrainingError(f"{path}: cannot read symmetries ({str(error).splitlines()[0]})") from None
+    if not isinstance(tables, dict) or not all(isinstance(table, dict) for table in tables.values()):
+        raise TrainingError(f"{path}: symmetries must be a mapping of names to {{class: class}} tables")
+    return {str(name): {str(a): str(b) for a, b in table.items()} for name, table in tables.items()}

@@ -26,6 +26,7 @@ from pipeline.detect.bundle import BundleError, BundleScores, DetectorBundle, re
 from pipeline.detect.features import ClipFeatures, extract_from_tensors, model_inputs
 from pipeline.errors import ClipwatchError
 from pipeline.models import ModelManifest, Preprocessing, load_model
+from pipeline.models.device import resolve_device
 from pipeline.models.manifest import MANIFEST_FILE, read_manifest
 
 
@@ -94,13 +95,17 @@ class Detector:
     def load(cls, bundle_dir: str | Path, *, alpha: float | None = None,
              device: str | torch.device = "cpu") -> Detector:
         """Load the bundle (every file checked against its digests) and its model (weights checked against the
-        bundle), in eval mode on ``device``; ``alpha`` flags at that false-alarm rate instead of the bundle's."""
+        bundle), in eval mode on ``device``; ``alpha`` flags at that false-alarm rate instead of the bundle's.
+
+        ``device`` is checked first (:func:`~pipeline.models.device.resolve_device`): one asking for hardware this
+        machine lacks raises a one-line :class:`~pipeline.models.ModelError` before anything is read. Densities
+        always score on the CPU."""
+        device = resolve_device(device)
         bundle = DetectorBundle.load(bundle_dir)
         settings = DetectorSettings.from_mapping(bundle.settings)
         if alpha is not None:
             bundle.calibration.with_alpha(alpha)  # refuse a bad rate now, not at the first score
             alpha = float(alpha)
-        device = torch.device(device)
         model, manifest = load_model(bundle.resolve_model(bundle_dir), map_location=device)
         return cls(model.eval(), manifest, bundle, settings, alpha, device)
 

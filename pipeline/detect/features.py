@@ -109,16 +109,29 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (or buffer); the CPU for a model that holds no tensors."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
 def extract_from_tensors(
     model: nn.Module, inputs: Iterable[torch.Tensor], layers: Sequence[str], *, pool_factor: int = 4
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Run normalised input batches through ``model`` with a tap; returns ``(layers, logits)`` as float32 arrays."""
+    """Run normalised input batches through ``model`` with a tap; returns ``(layers, logits)`` as float32 arrays.
+
+    Batches are moved to the model's device (:func:`model_device`); the outputs come back to the CPU.
+    """
     model.eval()
+    device = model_device(model)
     per_layer: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     logits_parts = []
     with FeatureTap(model, list(layers), pool_factor=pool_factor) as tap:
         for batch in inputs:
-            logits, features = tap(batch)
+            logits, features = tap(batch.to(device))
             logits_parts.append(logits.float().cpu().numpy())
             for name in layers:
                 per_layer[name].append(features[name].float().cpu().numpy())

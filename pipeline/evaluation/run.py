@@ -40,6 +40,7 @@ from pipeline.evaluation.report import (
     write_results,
 )
 from pipeline.models import load_model
+from pipeline.models.device import resolve_device
 
 log = logging.getLogger(__name__)
 ATTACKS = ("framing_whitebox", "framing_blackbox", "fgsm")
@@ -64,6 +65,8 @@ class EvaluationSettings:
     batch_size: int = 16
     seed: int = 0
     progress: bool = True
+    device: str = "cpu"
+    """Where the models run (``cpu``, ``cuda``, ``cuda:N``, ``mps``); densities always score on the CPU."""
 
 
 def _videos(root: Path, split: int, subset: str | None) -> list[tuple[Path, int]]:
@@ -87,15 +90,15 @@ def _training_clips(settings: EvaluationSettings, preprocessing) -> tuple[torch.
     return from_uint8(clips[keep]), torch.as_tensor(labels[keep])
 
 
-def _attack_sets(settings, model, manifest, clips01, labels) -> dict[str, np.ndarray]:
-    """uint8 attacked clips per attack name."""
+def _attack_sets(settings, model, manifest, clips01, labels, device: torch.device) -> dict[str, np.ndarray]:
+    """uint8 attacked clips per attack name; ``clips01`` and ``labels`` on the CPU, attacks run on ``device``."""
     prep = manifest.preprocessing
     width = settings.frame_width or scaled_frame_width(prep.crop)
     out: dict[str, np.ndarray] = {}
     framing = [a for a in settings.attacks if a.startswith("framing")]
     train_clips = train_labels = None
     if framing:
-        train_clips, train_labels = _training_clips(settings, prep)
+        train_clips, train_labels = (t.to(device) for t in _training_clips(settings, prep))
     attack = FramingAttack(width=width, lr=settings.framing_lr, seed=settings.seed)
     for name in settings.attacks:
         started = time.perf_counter()
@@ -106,7 +109,7 @@ def _attack_sets(settings, model, manifest, clips01, labels) -> dict[str, np.nda
         elif name == "framing_blackbox":
             if not settings.surrogate:
                 continue
-            surrogate, surrogate_manifest = load_model(settings.surrogate)
+            surrogate, surrogate_manifest = load_model(settings.surrogate, map_location=device)
             if surrogate_manifest.preprocessing.crop != prep.crop:
                 raise ClipwatchError(f"surrogate crop {surrogate_manifest.preprocessing.crop} differs from the model's")
             frame = attack.fit_universal(surrogate, train_clips, train_labels,
@@ -115,8 +118,9 @@ def _attack_sets(settings, model, manifest, clips01, labels) -> dict[str, np.nda
             out[name] = to_uint8(frame.apply(clips01))
         elif name == "fgsm":
             normalize = Normalize.from_preprocessing(prep)
-            parts = [fgsm(model, clips01[i : i + settings.batch_size], labels[i : i + settings.batch_size],
-                          normalize, eps=settings.fgsm_eps) for i in range(0, len(clips01), settings.batch_size)]
+            size = settings.batch_size
+            parts = [fgsm(model, clips01[i : i + size].to(device), labels[i : i + size].to(device), normalize,
+                          eps=settings.fgsm_eps).cpu() for i in range(0, len(clips01), size)]
             out[name] = to_uint8(torch.cat(parts))
         else:
             raise ClipwatchError(f"unknown attack {name!r}; choose from {ATTACKS}")
@@ -127,8 +131,9 @@ def _attack_sets(settings, model, manifest, clips01, labels) -> dict[str, np.nda
 def evaluate(settings: EvaluationSettings) -> dict:
     """Run the whole evaluation; writes ``results.json``, ``results.md`` and PNG figures to ``settings.out``."""
     started = time.perf_counter()
+    device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
-    detector = Detector.load(settings.bundle)
+    detector = Detector.load(settings.bundle, device=device)
     bundle, model, manifest, prep = detector.bundle, detector.model, detector.manifest, detector.manifest.preprocessing
     common = dict(max_clips_per_video=settings.max_clips_per_video, progress=settings.progress)
 
@@ -142,7 +147,7 @@ def evaluate(settings: EvaluationSettings) -> dict:
                                                       description="novel clips", **common)
         skipped += novel_skipped
         ood["novel"] = detector.features(novel_clips, batch_size=settings.batch_size)
-    attacked = _attack_sets(settings, model, manifest, from_uint8(clips), torch.as_tensor(labels))
+    attacked = _attack_sets(settings, model, manifest, from_uint8(clips), torch.as_tensor(labels), device)
     for name, adv in attacked.items():
         ood[name] = detector.features(adv, labels, batch_size=settings.batch_size)
     for name, path in settings.extra_ood.items():

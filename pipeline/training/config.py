@@ -19,7 +19,17 @@ from pipeline.training.errors import TrainingError
 from pipeline.training.symmetry import SYNTH_SYMMETRIES, check_symmetries
 from pipeline.video.preprocess import KINETICS_MEAN, KINETICS_STD
 
+FINETUNE = {
+    "init": "default", "motion_init": False, "symmetries": {}, "paired_symmetries": False, "epochs": 60,
+    "lr": 1e-3, "warmup_epochs": 1.0, "backbone_lr_ratio": 0.5, "val_fraction": 0.15, "patience": 5,
+    "eval_every": 2,
+}
+"""Fine-tuning a user's classes: start from the shipped model (its architecture and preprocessing), head
+re-initialised, no class-specific tables, the backbone at half the learning rate, a validation split carved from
+the training list that picks the best epoch and stops the run when it no longer improves."""
+
 PRESETS: dict[str, dict[str, Any]] = {
+    "finetune": FINETUNE,
     "default": {},
     "default-v1": {"model_options": {"width": 16, "zero_init_residual": True}, "epochs": 40, "eval_every": 5},
     "smoke": {
@@ -34,7 +44,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 temporal stride in ``conv1``, 40 epochs: slower, about 3 points less accuracy), now the shipped black-box surrogate;
 ``smoke`` is a seconds-long check."""
 
-RESUME_FREE_FIELDS = frozenset({"out", "threads", "eval_every", "eval_batch_size", "keep_checkpoints"})
+RESUME_FREE_FIELDS = frozenset({"out", "threads", "eval_every", "eval_batch_size", "keep_checkpoints", "device",
+                                "init"})
 """Fields that may differ between a run and its resumption: they do not change the numbers it computes."""
 
 
@@ -47,6 +58,8 @@ class TrainConfig(BaseModel):
     out: Path = Field(description="output folder: model, metrics.json, training_curve.png, checkpoints/")
     split: Literal[1, 2, 3] = 1
 
+    init: str = Field("scratch", description="weights to start from: scratch, a shipped model's name, a model "
+                                             "folder or a checkpoint file (see pipeline.training.transfer)")
     model: str = "r3d-18"
     model_options: dict[str, Any] = Field(
         default_factory=lambda: {"width": 12, "zero_init_residual": True, "conv1_t_stride": 2},
@@ -75,6 +88,12 @@ class TrainConfig(BaseModel):
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="final learning rate as a fraction of lr")
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm (None: no clipping)")
+    backbone_lr_ratio: float = Field(1.0, ge=0, le=1, description="learning rate of all but the head, as a "
+                                                                   "fraction of lr (0: frozen backbone)")
+    val_fraction: float = Field(0.0, ge=0, lt=0.5, description="training groups held out to pick the best epoch "
+                                                                "(0: none; the test split is then reported as it goes)")
+    patience: int | None = Field(None, ge=1, description="stop after this many validations without a better "
+                                                          "validation clip accuracy (needs val_fraction)")
 
     brightness: float = Field(0.1, ge=0, le=1, description="max additive brightness change per clip, 0-1 units")
     contrast: float = Field(0.15, ge=0, lt=1, description="max relative contrast change per clip")
@@ -87,6 +106,7 @@ class TrainConfig(BaseModel):
         True, description="each drawn clip comes with a transformed copy in the same batch (motion-only contrast)")
 
     seed: int = 0
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$", description="where the model trains")
     threads: int | None = Field(2, ge=1, description="torch CPU threads (None: leave PyTorch's setting)")
     eval_every: int = Field(10, ge=1, description="evaluate on the test split every N epochs (and after the last)")
     eval_batch_size: int = Field(64, ge=1)
@@ -99,6 +119,10 @@ class TrainConfig(BaseModel):
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
         check_symmetries(self.symmetries)
+        if self.patience is not None and self.val_fraction == 0:
+            raise ValueError("patience needs a validation split (val_fraction > 0)")
+        if self.paired_symmetries and not self.symmetries:
+            raise ValueError("paired_symmetries needs symmetries to pair with")
         if self.paired_symmetries and self.batch_size % 2:
             raise ValueError(f"paired_symmetries needs an even batch_size, got {self.batch_size}")
         return self

@@ -8,14 +8,25 @@ import torch
 from torch import nn
 
 from pipeline.training.config import TrainConfig
+from pipeline.training.transfer import head_name
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD (Nesterov) over two groups: decayed weights (ndim > 1) and undecayed BN parameters and biases."""
-    decayed = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    undecayed = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decayed, "weight_decay": config.weight_decay},
-              {"params": undecayed, "weight_decay": 0.0}]
+    """AdamW or SGD (Nesterov) over decayed weights (ndim > 1) and undecayed BN parameters and biases, the
+    backbone's groups at ``backbone_lr_ratio`` of the learning rate (their ``lr_scale``); a zero ratio freezes it."""
+    head = head_name(model)
+    groups = []
+    for is_head in (False, True):
+        scale = 1.0 if is_head else config.backbone_lr_ratio
+        params = [p for name, p in model.named_parameters()
+                  if p.requires_grad and name.startswith(f"{head}.") == is_head]
+        if scale == 0:
+            for parameter in params:
+                parameter.requires_grad_(False)
+            continue
+        groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay,
+                    "lr_scale": scale},
+                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
     return torch.optim.AdamW(groups, lr=config.lr)

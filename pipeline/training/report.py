@@ -37,17 +37,22 @@ def write_metrics(out: Path, metrics: dict[str, Any]) -> Path:
 
 
 def plot_curve(out: Path, history: Sequence[dict[str, Any]], title: str) -> Path:
-    """Loss and accuracy per epoch (training batches and test clips) as a two-panel PNG."""
+    """Loss and accuracy per epoch (training batches, and the validation or test clips the run watched) as a
+    two-panel PNG."""
     epochs = [row["epoch"] for row in history]
-    tested = [row for row in history if row["test_loss"] is not None]
+    watched = "val" if any(row.get("val_loss") is not None for row in history) else "test"
+    name = "validation" if watched == "val" else "test"
+    tested = [row for row in history if row.get(f"{watched}_loss") is not None]
     tested_epochs = [row["epoch"] for row in tested]
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
     loss_axis.plot(epochs, [row["train_loss"] for row in history], label="train (label-smoothed)")
-    loss_axis.plot(tested_epochs, [row["test_loss"] for row in tested], "o-", label="test clips")
+    loss_axis.plot(tested_epochs, [row[f"{watched}_loss"] for row in tested], "o-", label=f"{name} clips")
     loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     accuracy_axis.plot(epochs, [row["train_accuracy"] for row in history], label="train (augmented)")
-    accuracy_axis.plot(tested_epochs, [row["test_clip_accuracy"] for row in tested], "o-", label="test clips")
-    accuracy_axis.plot(tested_epochs, [row["test_video_accuracy"] for row in tested], "o-", label="test videos")
+    accuracy_axis.plot(tested_epochs, [row[f"{watched}_clip_accuracy"] for row in tested], "o-",
+                       label=f"{name} clips")
+    accuracy_axis.plot(tested_epochs, [row[f"{watched}_video_accuracy"] for row in tested], "o-",
+                       label=f"{name} videos")
     accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
     for axis in (loss_axis, accuracy_axis):
         axis.grid(alpha=0.3)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from pipeline.data import UCF101
 from pipeline.models import build_model, save_model
+from pipeline.models.device import resolve_device
 from pipeline.models.manifest import MANIFEST_FILE, WEIGHTS_FILE
 from pipeline.training.augment import ClipSampler
 from pipeline.training.cache import ClipCache, SkippedVideo
@@ -32,6 +33,9 @@ from pipeline.training.evaluation import Evaluation, evaluate
 from pipeline.training.init import motion_energy_init
 from pipeline.training.optim import learning_rate, make_optimizer, set_bn_momentum
 from pipeline.training.report import CURVE_FILE, METRICS_FILE, evaluation_json, plot_curve, write_metrics
+from pipeline.training.transfer import SCRATCH, read_init, transfer_weights
+from pipeline.training.validation import Best as _Best
+from pipeline.training.validation import validation_split
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +74,32 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False) -
     started = time.perf_counter()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
     train_set = UCF101(config.data, split=config.split, subset="train")
     test_set = UCF101(config.data, split=config.split, subset="test")
     classes = train_set.classes
+    train_samples, val_samples = validation_split(train_set.samples, config.val_fraction, config.seed)
     seed_everything(config.seed)
     model = _build_model(config, len(classes))
     checkpoint = _prepare_output(config, resume)
+    if checkpoint is None and config.init != SCRATCH:
+        log.info("init: %s", transfer_weights(model, read_init(config.init)))
+    model.to(device)
 
     decode_started = time.perf_counter()
-    train_cache = ClipCache.build(train_set.samples, config.short_side, config.span, desc="decode train",
+    train_cache = ClipCache.build(train_samples, config.short_side, config.span, desc="decode train",
                                   progress=progress)
+    val_cache = ClipCache.build(val_samples, config.short_side, config.span, desc="decode validation",
+                                progress=progress) if val_samples else None
     test_cache = ClipCache.build(test_set.samples, config.short_side, config.span, desc="decode test",
                                  progress=progress)
     decode_seconds = time.perf_counter() - decode_started
     _check_caches(config, train_cache, test_cache)
+    if val_cache is not None and len(val_cache) == 0:
+        log.warning("no usable validation video (%d skipped): the run is not early-stopped", len(val_cache.skipped))
+        val_cache = None
     loop = _Loop(config, model, ClipSampler(train_cache, config, classes), progress)
+    best = _Best(config.out, model)
 
     history: list[dict[str, Any]] = []
     elapsed = {"decode": 0.0, "train": 0.0, "eval": 0.0, "total": 0.0}
@@ -100,40 +115,49 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False) -
     elapsed["decode"] += decode_seconds
     session_base = elapsed["total"]
 
+    watched = "val" if val_cache is not None else "test"
     evaluation: Evaluation | None = None
-    for epoch in range(first_epoch, config.epochs):
+    epoch = first_epoch
+    while epoch < config.epochs and not best.exhausted(history, config.patience):
         epoch_started = time.perf_counter()
         row = loop.run_epoch(epoch)
         train_seconds = time.perf_counter() - epoch_started
         last = epoch + 1 == config.epochs
-        evaluation = evaluate(model, test_cache, config, len(classes)) \
+        evaluation = evaluate(model, val_cache or test_cache, config, len(classes)) \
             if last or (epoch + 1) % config.eval_every == 0 else None
         eval_seconds = time.perf_counter() - epoch_started - train_seconds
-        loop.show(evaluation)
+        loop.show(evaluation, watched)
         elapsed["train"] += train_seconds
         elapsed["eval"] += eval_seconds
         elapsed["total"] = session_base + time.perf_counter() - started
-        scores = {"test_loss": None, "test_clip_accuracy": None, "test_video_accuracy": None}
+        scores = {f"{watched}_loss": None, f"{watched}_clip_accuracy": None, f"{watched}_video_accuracy": None}
         if evaluation is not None:
-            scores = {"test_loss": evaluation.loss, "test_clip_accuracy": evaluation.clip_accuracy,
-                      "test_video_accuracy": evaluation.video_accuracy}
+            scores = {f"{watched}_loss": evaluation.loss, f"{watched}_clip_accuracy": evaluation.clip_accuracy,
+                      f"{watched}_video_accuracy": evaluation.video_accuracy}
+            if val_cache is not None:
+                best.offer(epoch + 1, evaluation.clip_accuracy)
         history.append({**row, **scores, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
                         "elapsed_seconds": elapsed["total"]})
         save_checkpoint(config.out, epoch=epoch + 1, step=loop.step, model=model, optimizer=loop.optimizer,
                         sampler_rng=loop.rng, config=config.to_json(), history=history, elapsed=elapsed,
                         keep=config.keep_checkpoints)
-    if evaluation is None:
+        epoch += 1
+    if val_cache is not None:
+        best.restore()
+    if evaluation is None or val_cache is not None:
         evaluation = evaluate(model, test_cache, config, len(classes))
     elapsed["total"] = session_base + time.perf_counter() - started
     metrics = _metrics(config, classes, model, evaluation, history, elapsed, train_cache, test_cache)
-    save_model(model.eval(), config.out, architecture=config.model, options=config.model_options,
+    metrics.update({"epochs_run": epoch, "best_epoch": best.epoch, "validation_videos": len(val_samples),
+                    "device": str(device)})
+    save_model(model.eval().cpu(), config.out, architecture=config.model, options=config.model_options,
                num_classes=len(classes), class_names=classes, preprocessing=config.preprocessing(),
                extra={"training": metrics_summary(metrics)})
     metrics["weights_bytes"] = (config.out / WEIGHTS_FILE).stat().st_size
     write_metrics(config.out, metrics)
     plot_curve(config.out, history, f"{config.model} {config.model_options} seed {config.seed}")
     return TrainReport(out=config.out, clip_accuracy=evaluation.clip_accuracy,
-                       video_accuracy=evaluation.video_accuracy, epochs=config.epochs, seconds=elapsed["total"],
+                       video_accuracy=evaluation.video_accuracy, epochs=epoch, seconds=elapsed["total"],
                        resumed_from_epoch=None if checkpoint is None else checkpoint.epoch, metrics=metrics,
                        skipped=train_cache.skipped + test_cache.skipped)
 
@@ -143,6 +167,7 @@ class _Loop:
 
     def __init__(self, config: TrainConfig, model: torch.nn.Module, sampler: ClipSampler, progress: bool) -> None:
         self.config, self.model, self.sampler, self.progress = config, model, sampler, progress
+        self.device = next(model.parameters()).device
         self.optimizer = make_optimizer(model, config)
         self.rng = torch.Generator().manual_seed(config.seed)
         self.step = 0
@@ -170,7 +195,8 @@ class _Loop:
                                                self.rng)
             lr = learning_rate(self.step, self.total_steps, self.warmup_steps, config)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            clips, labels = clips.to(self.device), labels.to(self.device)
             logits = model(clips)
             loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
             if not torch.isfinite(loss):
@@ -190,12 +216,12 @@ class _Loop:
         return {"epoch": epoch + 1, "step": self.step, "lr": lr, "train_loss": loss_sum / seen,
                 "train_accuracy": correct / seen}
 
-    def show(self, evaluation: Evaluation | None) -> None:
-        """Close the epoch's progress bar, with the test accuracies in its summary when there are any."""
+    def show(self, evaluation: Evaluation | None, watched: str = "test") -> None:
+        """Close the epoch's progress bar, with the watched set's accuracies in its summary when there are any."""
         if self._bar is not None:
             if evaluation is not None:
-                self._bar.set_postfix({**self._postfix, "test_clip": f"{evaluation.clip_accuracy:.3f}",
-                                       "test_video": f"{evaluation.video_accuracy:.3f}"})
+                self._bar.set_postfix({**self._postfix, f"{watched}_clip": f"{evaluation.clip_accuracy:.3f}",
+                                       f"{watched}_video": f"{evaluation.video_accuracy:.3f}"})
             self._bar.close()
 
 

@@ -1,0 +1,85 @@
+"""Start a training run from other weights: a clipwatch model (shipped or trained), or a checkpoint of another code base.
+
+``init`` names where the weights come from:
+
+- ``scratch``: none (the model's own initialisation);
+- a shipped model's name (``default``) or a clipwatch model folder (``model.json`` + ``model.safetensors``): its
+  architecture, options and preprocessing become the run's, so its features mean what they meant there;
+- a checkpoint file: ``.safetensors``, or a PyTorch file (``.pth``/``.pt``/``.tar``) read with
+  ``torch.load(weights_only=True)`` (no code runs), such as Hara et al.'s 3D-ResNets
+  (``{"state_dict": {"module.conv1.weight": ...}, ...}``); the run's ``--model``/``--width`` must match it.
+
+Every tensor but the classification head's is copied, and must fit the new model exactly (a mismatch is refused
+with the first differing name and shape); the head is left freshly initialised, since the user's classes are not
+the checkpoint's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.models import ModelManifest, load_model, resolve_model_dir
+from pipeline.models.errors import ModelNotFoundError
+from pipeline.models.io import load_state_dict_file, load_weights
+from pipeline.training.errors import TrainingError
+
+SCRATCH = "scratch"
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".safetensors")
+MANIFEST_FIELDS = ("clip_len", "frame_step", "short_side", "crop", "mean", "std")
+"""Preprocessing a run takes over from a clipwatch model it starts from."""
+
+
+@dataclass(frozen=True)
+class Initialisation:
+    """Weights to start from: their `source`, the tensors by name, and the manifest of a clipwatch model."""
+
+    source: str
+    state: dict[str, torch.Tensor]
+    manifest: ModelManifest | None = None
+
+
+def read_init(init: str) -> Initialisation | None:
+    """The weights `init` names (see the module docstring); None for ``scratch``. TrainingError if unusable."""
+    if init == SCRATCH:
+        return None
+    path = Path(init).expanduser()
+    if path.is_file() or path.suffix in CHECKPOINT_SUFFIXES:
+        return Initialisation(str(path), load_state_dict_file(path))
+    try:
+        model, manifest = load_model(resolve_model_dir(init))
+    except ModelNotFoundError as error:
+        raise TrainingError(f"--init {init}: not a checkpoint file, a model folder or a shipped model ({error})") \
+            from None
+    return Initialisation(init, model.state_dict(), manifest)
+
+
+def head_name(model: nn.Module) -> str:
+    """The module name of the model's classification head: its last Linear layer."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise TrainingError(f"{type(model).__name__} has no Linear classification head to re-initialise")
+    return names[-1]
+
+
+def transfer_weights(model: nn.Module, init: Initialisation) -> str:
+    """Copy every tensor of `init` but the head's into `model` (WeightsError on any other mismatch); a summary."""
+    head = head_name(model)
+    load_weights(model, init.state, exclude=[f"{head}."])
+    copied = sum(not name.startswith(f"{head}.") for name in init.state)
+    return f"{copied} tensors from {init.source}, head {head!r} re-initialised"
+
+
+def config_from_init(fields: dict[str, Any], init: Initialisation | None) -> dict[str, Any]:
+    """Training settings with the architecture, options and preprocessing of the clipwatch model started from."""
+    if init is None or init.manifest is None:
+        return fields
+    manifest = init.manifest
+    prep = manifest.preprocessing
+    taken = {"model": manifest.architecture, "model_options": dict(manifest.options)}
+    taken.update({name: getattr(prep, name) for name in MANIFEST_FIELDS})
+    return {**fields, **{name: list(value) if isinstance(value, tuple) else value for name, value in taken.items()}}

@@ -1,0 +1,82 @@
+"""Model selection on a validation split carved from the training list: which videos, and the best epoch so far.
+
+Whole UCF101 groups (an actor or scene) are held out, so no clip of a validation group was trained on, and the
+test split stays untouched until the end. The best epoch's weights are kept in ``checkpoints/best.safetensors``
+(so a resumed run still ends with them); training stops once `patience` validations in a row did not beat it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pipeline.data import VideoSample as Sample
+from pipeline.fileio import atomic_write
+from pipeline.training.checkpoint import CHECKPOINT_DIR
+
+BEST_FILE = "best.safetensors"
+
+
+def validation_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(train, validation): whole groups, about `fraction` of the videos, drawn with `seed`; every class keeps
+    training videos. With fewer than three groups, every k-th video of each class is held out instead."""
+    if fraction <= 0:
+        return list(samples), []
+    groups = sorted({sample.group for sample in samples})
+    rng = random.Random(seed)
+    if len(groups) >= 3:
+        rng.shuffle(groups)
+        held = set(groups[:max(1, round(fraction * len(groups)))])
+        chosen = [sample for sample in samples if sample.group in held]
+    else:
+        step = max(2, round(1 / fraction))
+        by_class: dict[int, list[Sample]] = {}
+        for sample in samples:
+            by_class.setdefault(sample.label, []).append(sample)
+        chosen = [sample for videos in by_class.values() for sample in videos[step - 1::step]]
+    kept = [sample for sample in samples if sample not in chosen]
+    if {sample.label for sample in kept} != {sample.label for sample in samples}:
+        return list(samples), []  # too few videos to hold any out without losing a class
+    return kept, chosen
+
+
+class Best:
+    """The best validation clip accuracy so far, its epoch, and its weights on disk."""
+
+    def __init__(self, out: Path, model: nn.Module):
+        self.path = out / CHECKPOINT_DIR / BEST_FILE
+        self.model = model
+        self.epoch: int | None = None
+        self.score = -math.inf
+
+    def offer(self, epoch: int, score: float) -> None:
+        """Keep the model's weights if `score` beats the best so far."""
+        if score > self.score:
+            self.epoch, self.score = epoch, score
+            state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.model.state_dict().items()}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, lambda tmp: save_file(state, tmp, metadata={"epoch": str(epoch),
+                                                                                  "score": repr(score)}))
+
+    def exhausted(self, history: Sequence[dict[str, Any]], patience: int | None) -> bool:
+        """Whether the last `patience` validations (from `history`, so resumed runs count) all missed the best."""
+        scores = [row["val_clip_accuracy"] for row in history if row.get("val_clip_accuracy") is not None]
+        if scores and self.epoch is None:  # resumed: the best so far is in the history
+            best = max(range(len(scores)), key=scores.__getitem__)
+            self.score = scores[best]
+            self.epoch = [row["epoch"] for row in history if row.get("val_clip_accuracy") is not None][best]
+        if patience is None or not scores:
+            return False
+        return len(scores) - 1 - scores.index(max(scores)) >= patience
+
+    def restore(self) -> None:
+        """Load the best epoch's weights back into the model (when there was a validation)."""
+        if self.epoch is not None and self.path.is_file():
+            device = next(self.model.parameters()).device
+            self.model.load_state_dict({name: tensor.to(device) for name, tensor in load_file(self.path).items()})
