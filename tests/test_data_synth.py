@@ -205,3 +205,32 @@ def test_the_yard_world_is_a_separate_deterministic_dataset(tmp_path: Path) -> N
     spans = {name: np.ptp(np.stack(_path(name, rng, 160, 120, 64, 20)), axis=1) for name in YARD_CLASSES}
     assert max(spans["Shiver"]) < 20 < max(spans["Wave"])  # trembling in place vs travelling
     assert spans["Bounce"][1] > 15 and spans["Pendulum"][0] > 30
+
+
+def test_the_pretraining_corpus_combines_motions_and_keeps_test_families_out(tmp_path: Path) -> None:
+    from pipeline.data.motions import trajectory
+    from pipeline.data.pretrain import PRETRAIN_CLASSES, PRETRAIN_SYMMETRIES, sample_pretrain_spec, synthesize_pretrain
+    from pipeline.data.yard import YARD_CLASSES
+    from pipeline.training.symmetry import check_symmetries
+
+    assert len(PRETRAIN_CLASSES) == 81 and "T180RnoneSnone" in PRETRAIN_CLASSES  # MoveLeft is one of its points
+    assert not set(PRETRAIN_CLASSES) & set(SYNTH_NOVEL_CLASSES + YARD_CLASSES)
+    check_symmetries(PRETRAIN_SYMMETRIES)
+    assert PRETRAIN_SYMMETRIES["reverse_time"]["T045RcwSgrow"] == "T225RccwSshrink"
+    assert PRETRAIN_SYMMETRIES["flip_horizontal"]["T045RcwSgrow"] == "T135RccwSgrow"
+    assert PRETRAIN_SYMMETRIES["flip_vertical"]["T090RnoneSnone"] == "T270RnoneSnone"
+    rng = np.random.default_rng(1)
+    for name in ("T045RcwSgrow", "T180RnoneSshrink", "TstillRccwSnone", "T270RnoneSgrow"):
+        spec = sample_pretrain_spec(name, rng, 128, 96, 40)
+        path = trajectory(spec)
+        half = 0.5 * path.size
+        assert (path.cx - half >= 0).all() and (path.cx + half <= 128).all(), name  # the actor stays in view
+        assert (path.cy - half >= 0).all() and (path.cy + half <= 96).all(), name
+        dx, dy = path.cx[-1] - path.cx[0], path.cy[0] - path.cy[-1]  # screen y points down
+        if name.startswith("T045"):
+            assert dx > 3 and dy > 3 and path.angle[-1] < path.angle[0] and path.size[-1] > path.size[0]
+        if name.startswith("Tstill"):
+            assert dx == dy == 0 and path.angle[-1] > path.angle[0]
+    report = synthesize_pretrain(tmp_path / "corpus", videos_per_class=1, num_frames=20, width=64, height=48,
+                                 progress=False)
+    assert report.num_videos == 81 and len(list((tmp_path / "corpus").rglob("*.avi"))) == 81

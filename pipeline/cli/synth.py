@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.data import SYNTH_CLASSES, SYNTH_NOVEL_CLASSES, synthesize
+from pipeline.data.pretrain import PRETRAIN_CLASSES, synthesize_pretrain
 from pipeline.data.synth import DEFAULT_NUM_FRAMES, DEFAULT_VIDEOS_PER_CLASS
 from pipeline.data.yard import YARD_CLASSES, synthesize_yard
 
@@ -14,8 +15,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "synth", help="write the synthetic action dataset (UCF101 layout, novel classes under OUT/novel)",
         description=f"Classes: {', '.join(SYNTH_CLASSES)}. Novel: {', '.join(SYNTH_NOVEL_CLASSES)}. "
                     f"--world yard writes a second world nobody tunes on (static-camera yards, small actors; "
-                    f"classes {', '.join(YARD_CLASSES)}; 160x120, 64 frames, 40 videos per class unless given).")
-    parser.add_argument("--world", choices=("default", "yard"), default="default",
+                    f"classes {', '.join(YARD_CLASSES)}; 160x120, 64 frames, 40 videos per class unless given). "
+                    f"--world pretrain writes the pretraining corpus ({len(PRETRAIN_CLASSES)} classes of combined "
+                    "translation, rotation and scaling; 128x96, 40 frames, 25 videos per class unless given).")
+    parser.add_argument("--world", choices=("default", "yard", "pretrain"), default="default",
                         help="which synthetic world (default %(default)s)")
     parser.add_argument("out", help="output folder (created; must be empty unless --overwrite)")
     parser.add_argument("--videos-per-class", type=int, default=None,
@@ -40,9 +43,10 @@ def run(args: argparse.Namespace) -> int:
     given = {name: value for name, value in (("videos_per_class", args.videos_per_class), ("width", args.width),
                                              ("height", args.height), ("num_frames", args.frames))
              if value is not None}
-    if args.world == "yard":
-        report = synthesize_yard(args.out, seed=args.seed, fps=args.fps, overwrite=args.overwrite,
-                                 progress=not args.no_progress, **given)
+    if args.world in ("yard", "pretrain"):
+        write = synthesize_yard if args.world == "yard" else synthesize_pretrain
+        report = write(args.out, seed=args.seed, fps=args.fps, overwrite=args.overwrite, progress=not args.no_progress,
+                       **given)
     else:
         report = synthesize(
             args.out, novel_videos_per_class=args.novel_videos_per_class, seed=args.seed, fps=args.fps,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -118,6 +118,33 @@ def synthesize(out: str | Path, *, videos_per_class: int = DEFAULT_VIDEOS_PER_CL
     log.info("wrote %d + %d novel videos (%.1f MB) to %s in %.1f s (%.3f s/video)", report.num_videos,
              report.num_novel_videos, total_bytes / 1e6, root, report.seconds, report.seconds_per_video)
     return report
+
+
+def write_world(out: str | Path, classes: Sequence[str], videos_per_class: int,
+                make_video: Callable[[str, int, int], tuple[np.ndarray, int, dict]], *, fps: float,
+                manifest: dict, overwrite: bool, progress: bool, desc: str) -> SynthReport:
+    """Write a world other than the default one in the UCF101 layout: `videos_per_class` videos per class, each
+    ``make_video(class, group, clip) -> (frames, quantiser, record)``, with the annotations and `manifest` (plus
+    every video's record) as ``<name>.json`` where ``manifest["file"]`` names it."""
+    started = time.perf_counter()
+    if videos_per_class < 1:
+        raise DatasetError("videos per class must be >= 1")
+    root = Path(out)
+    if root.exists() and any(root.iterdir()) and not overwrite:
+        raise DatasetError(f"synthetic dataset output {root} is not empty (pass overwrite to write over it)")
+    records, total = [], 0
+    jobs = [(name, *group_and_clip(index)) for name in classes for index in range(videos_per_class)]
+    for name, group, clip in tqdm(jobs, desc=desc, unit="video", disable=not progress):
+        frames, quality, record = make_video(name, group, clip)
+        total += write_video(root / video_name(name, group, clip), frames, fps, quality)
+        records.append({"path": video_name(name, group, clip), "group": group, "clip": clip, "class_name": name,
+                        **record})
+    write_annotations(root, classes, [(r["class_name"], r["group"], r["clip"]) for r in records])
+    body = {**manifest, "fps": fps, "videos_per_class": videos_per_class, "classes": list(classes),
+            "videos": records}
+    (root / manifest["file"]).write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+    return SynthReport(root=root, novel_root=None, classes=tuple(classes), novel_classes=(), num_videos=len(records),
+                       num_novel_videos=0, total_bytes=total, seconds=time.perf_counter() - started)
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float, quality: int) -> int:

@@ -17,18 +17,15 @@ The generator exists to measure learning on data nobody tuned on: do not adjust 
 
 from __future__ import annotations
 
-import json
 import math
 import string
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from .synth import SynthReport, group_and_clip, write_video
-from .ucf101 import DatasetError, video_name, write_annotations
+from .synth import SynthReport, write_world
+from .ucf101 import DatasetError
 
 YARD_CLASSES = ("Bounce", "Pendulum", "Spiral", "StopAndGo", "Wave", "Shiver")
 ACTOR_KINDS = ("polygon", "letter", "blob")
@@ -39,26 +36,17 @@ def synthesize_yard(out: str | Path, *, videos_per_class: int = 40, seed: int = 
                     height: int = 120, fps: float = 25.0, num_frames: int = 64, overwrite: bool = False,
                     progress: bool = True) -> SynthReport:
     """Write the yard world in the UCF101 layout (three splits over 25 groups) with ``yard.json``."""
-    started = time.perf_counter()
-    if videos_per_class < 1 or min(width, height) < 64 or num_frames < 16:
-        raise DatasetError("yard: need >= 1 video per class, frames of at least 64 px and 16 frames")
-    root = Path(out)
-    if root.exists() and any(root.iterdir()) and not overwrite:
-        raise DatasetError(f"synthetic dataset output {root} is not empty (pass overwrite to write over it)")
-    records, total = [], 0
-    jobs = [(name, *group_and_clip(index)) for name in YARD_CLASSES for index in range(videos_per_class)]
-    for name, group, clip in tqdm(jobs, desc="yard videos", unit="video", disable=not progress):
+    if min(width, height) < 64 or num_frames < 16:
+        raise DatasetError("yard: frames need at least 64 px and 16 frames")
+
+    def make_video(name: str, group: int, clip: int) -> tuple[np.ndarray, int, dict]:
         rng = np.random.default_rng(np.random.SeedSequence([seed, 1000 + YARD_CLASSES.index(name), group, clip]))
-        frames = render_yard(name, rng, width, height, num_frames)
-        total += write_video(root / video_name(name, group, clip), frames, fps, quality=3)
-        records.append({"path": video_name(name, group, clip), "group": group, "clip": clip, "class_name": name})
-    write_annotations(root, YARD_CLASSES, [(r["class_name"], r["group"], r["clip"]) for r in records])
-    manifest = {"generator": "clipwatch.yard", "seed": seed, "width": width, "height": height, "fps": fps,
-                "num_frames": num_frames, "videos_per_class": videos_per_class, "classes": list(YARD_CLASSES),
-                "videos": records}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    return SynthReport(root=root, novel_root=None, classes=YARD_CLASSES, novel_classes=(), num_videos=len(records),
-                       num_novel_videos=0, total_bytes=total, seconds=time.perf_counter() - started)
+        return render_yard(name, rng, width, height, num_frames), 3, {}
+
+    manifest = {"file": MANIFEST, "generator": "clipwatch.yard", "seed": seed, "width": width, "height": height,
+                "num_frames": num_frames}
+    return write_world(out, YARD_CLASSES, videos_per_class, make_video, fps=fps, manifest=manifest,
+                       overwrite=overwrite, progress=progress, desc="yard videos")
 
 
 def render_yard(name: str, rng: np.random.Generator, width: int, height: int, num_frames: int) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.data.pretrain import PRETRAIN_SYMMETRIES
 from pipeline.errors import validation_problem
 from pipeline.training.errors import TrainingError
 from pipeline.training.symmetry import SYNTH_SYMMETRIES, check_symmetries
@@ -28,8 +29,14 @@ FINETUNE = {
 re-initialised, no class-specific tables, the backbone at half the learning rate, a validation split carved from
 the training list that picks the best epoch and stops the run when it no longer improves."""
 
+PRETRAIN = {"symmetries": PRETRAIN_SYMMETRIES, "paired_symmetries": False, "epochs": 16, "eval_every": 4}
+"""Pretraining the ``base`` backbone on the corpus of ``clipwatch synth --world pretrain`` (81 classes of combined
+translation, rotation and scaling): the ``default`` recipe and architecture from scratch, with the corpus's own
+symmetry tables applied unpaired (a batch of distinct videos is worth more than pairs on 2000 videos)."""
+
 PRESETS: dict[str, dict[str, Any]] = {
     "finetune": FINETUNE,
+    "pretrain": PRETRAIN,
     "default": {},
     "default-v1": {"model_options": {"width": 16, "zero_init_residual": True}, "epochs": 40, "eval_every": 5},
     "smoke": {
