@@ -71,3 +71,21 @@ def test_fit_records_provenance_in_the_bundle(tiny_bundle, tiny_dataset):
     settings = DetectorSettings.from_mapping(DetectorBundle.load(tiny_bundle).settings)
     assert settings.dataset == str(tiny_dataset.resolve()) and settings.split == 1
     assert settings.calibration_data is None and settings.train_clips > 0
+
+
+def test_a_bundle_that_could_never_flag_is_refused():
+    """Conformal p-values are at least 1/(n+1): 50 calibration clips cannot reach a 1 % false-alarm rate."""
+    from pipeline.detect import ClipFeatures
+
+    rng = np.random.default_rng(0)
+
+    def clips(n):
+        return ClipFeatures({"fc": rng.normal(size=(n, 4))}, rng.normal(size=(n, 2)), rng.integers(0, 2, n),
+                            seqs=np.arange(n))
+
+    with pytest.raises(BundleError, match=r"50 calibration clips cannot flag .* at least 99 calibration clips"):
+        DetectorBundle.fit(clips(60), clips(50), model_ref={}, class_names=["a", "b"], densities=("sep",),
+                           fused_density="sep", false_alarm=0.01, progress=False)
+    bundle = DetectorBundle.fit(clips(60), clips(50), model_ref={}, class_names=["a", "b"], densities=("sep",),
+                                fused_density="sep", false_alarm=0.05, progress=False)
+    assert bundle.calibration.alpha == 0.05

@@ -91,3 +91,13 @@ def test_helpers_redact_passwords_and_summarise_validation_errors():
         Section.model_validate({"port": 1, "hots": "x"})
     assert validation_problem(caught.value, known_keys=lambda parent: ["port", "host"]) == \
         "hots: unknown key (did you mean 'host'?)"
+
+
+def test_every_command_describes_itself_and_takes_verbose_after_its_name():
+    parser = cli.build_parser()
+    assert "``" not in parser.description
+    action = next(a for a in parser._subparsers._group_actions if a.dest == "command")
+    assert all(command.description for command in action.choices.values())
+    assert parser.parse_args(["synth", "out", "-v"]).verbose is True
+    assert parser.parse_args(["-v", "synth", "out"]).verbose is True
+    assert parser.parse_args(["synth", "out"]).verbose is False

@@ -78,6 +78,9 @@ def test_a_full_config_loads_with_environment_and_relative_paths(tmp_path, tiny_
     ({"sources": [{"path": "a.mp4", "uri": "rtsp://a/b"}]}, "sources.0: give exactly one of path, uri, webcam"),
     ({"sources": [{"uri": "udp://127.0.0.1:5000", "loop": True}]}, "sources.0: loop and pace apply to path sources"),
     ({"sources": [{"id": "a", "webcam": 0}, {"id": "a", "webcam": 1}]}, "sources: stream ids must be unique, repeated: a"),
+    ({"alerts": {"rules": {"kinds": {"novle": {"k": 2, "n": 3}}}}},
+     "alerts.rules: kinds.novle: not a verdict the detector gives (did you mean 'novel'?); alert kinds are novel, "
+     "adversarial, and a misspelt one would never alert"),
     ({"alerts": {"webhooks": {"urls": ["ftp://h/x"]}}},
      "alerts.webhooks.urls: ftp://h/x: webhook URL must be http(s)://host/..."),
     ({"ops": {"log_format": "xml"}}, "ops.log_format: Input should be 'text' or 'json'"),

@@ -53,8 +53,13 @@ def command_device(args: argparse.Namespace):
     return resolve_device(args.device, source="--device")
 
 
+DESCRIPTION = ("clipwatch finds novel and adversarial clips in camera video: train or fine-tune a video classifier, "
+               "fit its detector, score archives, and run the streaming pipeline. Add -h after a command for its "
+               "options.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clipwatch", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="clipwatch", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"clipwatch {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -62,7 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(f"pipeline.cli.{name}").register(subparsers)
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda entry: entry.name):
         entry.load()(subparsers)
+    _finish_commands(subparsers)
     return parser
+
+
+def _finish_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Every command (nested ones too) takes -v after its name as well, and says what it does under -h."""
+    helps = {action.dest: action.help for action in subparsers._choices_actions}
+    for name, command in subparsers.choices.items():
+        if command.description is None and helps.get(name):
+            command.description = helps[name][0].upper() + helps[name][1:] + "."
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _finish_commands(action)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +14,7 @@ from pydantic import Field, field_validator
 from pipeline.alerts import AlertRulesConfig, RetryPolicy, WebhookConfig
 from pipeline.alerts.webhook import check_webhook_urls
 from pipeline.config.base import ENV_NAME, ConfigError, ConfigPath, EnvStr, FromEnv, Section
+from pipeline.stream.messages import VerdictLabel
 
 __all__ = ["AlertsConfig", "WebhooksConfig"]
 
@@ -48,6 +51,18 @@ class AlertsConfig(Section):
                                                                "stream (not a decoder restart); None: no check")
     print: bool = Field(True, description="print each alert on stdout as it fires")
     webhooks: WebhooksConfig | None = None
+
+    @field_validator("rules")
+    @classmethod
+    def _check_kinds(cls, rules: AlertRulesConfig) -> AlertRulesConfig:
+        alerting = [label for label in typing.get_args(VerdictLabel) if label != "normal"]
+        unknown = sorted(set(rules.kinds) - set(alerting))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], alerting, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"kinds.{unknown[0]}: not a verdict the detector gives{hint}; alert kinds are "
+                             f"{', '.join(alerting)}, and a misspelt one would never alert")
+        return rules
 
     def webhook_config(self, source: str = "config", environ: Mapping[str, str] | None = None) -> WebhookConfig | None:
         """The `WebhookConfig` with its secret taken from the environment; ConfigError if the variable is unset."""

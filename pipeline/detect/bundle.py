@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,10 @@ class DetectorBundle:
         layers = list(train.layers)
         if [layer for layer in low_level_layers if layer not in layers]:
             raise BundleError(f"low-level layers {list(low_level_layers)} must be among the tapped layers {layers}")
+        if 1 / (len(calibration) + 1) > false_alarm:  # conformal p-values are at least 1/(n+1)
+            raise BundleError(f"{len(calibration)} calibration clips cannot flag anything at a false-alarm rate of "
+                              f"{false_alarm:g}: the smallest p-value is 1/(n+1) = {1 / (len(calibration) + 1):.3g}; "
+                              f"give at least {math.ceil(1 / false_alarm) - 1} calibration clips or a higher rate")
         provenance = dict(provenance or {})
         if set(provenance) - set(PROVENANCE_KEYS):
             raise BundleError(f"provenance keys must be among {list(PROVENANCE_KEYS)}, got {sorted(provenance)}")
