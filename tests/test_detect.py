@@ -15,16 +15,18 @@ from tests.conftest import CLASSES
 
 
 def test_fit_cli_writes_a_pickle_free_bundle(tiny_bundle, tiny_model):
-    files = {p.name for p in tiny_bundle.rglob("*") if p.is_file()}
-    assert files == {"bundle.json", "calibration.safetensors", "manifest.json", "arrays.safetensors",
-                     "digests.json"}
+    files = {p.relative_to(tiny_bundle).as_posix() for p in tiny_bundle.rglob("*") if p.is_file()}
+    assert files - {"model/digests.json"} == {"bundle.json", "calibration.safetensors", "densities/manifest.json",
+                                               "densities/arrays.safetensors", "digests.json", "model/model.json",
+                                               "model/model.safetensors"}
     manifest = json.loads((tiny_bundle / "bundle.json").read_text())
     assert manifest["layers"] == ["layer3", "layer4", "fc"]
     assert manifest["calibration"]["low_level_keys"] == ["layer3/sep"]
     assert manifest["model"]["sha256"] == load_model(tiny_model)[1].sha256
     bundle = DetectorBundle.load(tiny_bundle)
     assert set(bundle.densities) == {f"{layer}/{d}" for layer in ("layer3", "layer4", "fc") for d in ("gmm", "sep", "tied")}
-    assert bundle.resolve_model(tiny_bundle) == tiny_model
+    assert bundle.resolve_model(tiny_bundle) == tiny_bundle / "model"  # a copy: the bundle moves as one folder
+    assert (tiny_bundle / "model" / "model.safetensors").read_bytes() == (tiny_model / "model.safetensors").read_bytes()
     assert bundle.settings["train_clips"] > 0 and bundle.settings["calibration_clips"] > 0
 
 
@@ -140,7 +142,7 @@ def test_fit_cli_calibrates_on_videos_the_model_never_saw(tiny_dataset, tiny_mod
                novel_classes=(), progress=False)
     out = tmp_path / "bundle"
     args = ["fit", "--model", str(tiny_model), "--data", str(tiny_dataset), "--out", str(out),
-            "--layers", "layer3", "fc", "--no-progress"]
+            "--layers", "layer3", "fc", "--no-progress", "--false-alarm", "0.1"]
     assert main([*args, "--calibration-data", str(fresh)]) == 0
     settings = DetectorBundle.load(out).settings
     training_videos = len(UCF101(tiny_dataset, split=1, subset="train").samples)

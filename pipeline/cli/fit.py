@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
@@ -16,16 +17,26 @@ from pipeline.detect import DetectorBundle, extract_video_features
 from pipeline.models import default_layers, file_sha256, load_model, resolve_model_dir
 from pipeline.models.io import SHIPPED_MODELS
 
+MODEL_DIR = "model"
+"""Where a bundle keeps a copy of a model that is not shipped, so the bundle moves as one folder."""
 
-def model_reference(name_or_path: str) -> dict:
-    """How a bundle points at its model: shipped name or absolute path, plus the weights' and manifest's SHA-256."""
+
+def model_reference(name_or_path: str, bundle_dir: str | Path | None = None) -> dict:
+    """How a bundle points at its model, with the weights' and manifest's SHA-256: a shipped model by name; any
+    other model copied into ``bundle_dir/model`` and referenced relative to the bundle (by absolute path without
+    a `bundle_dir`)."""
     directory = resolve_model_dir(name_or_path)
-    return {
-        "name": name_or_path if name_or_path in SHIPPED_MODELS else None,
-        "path": str(directory.resolve()),
-        "sha256": file_sha256(directory / "model.safetensors"),
-        "manifest_sha256": file_sha256(directory / "model.json"),
-    }
+    reference = {"name": name_or_path if name_or_path in SHIPPED_MODELS else None, "path": str(directory.resolve()),
+                 "sha256": file_sha256(directory / "model.safetensors"),
+                 "manifest_sha256": file_sha256(directory / "model.json")}
+    if reference["name"] is None and bundle_dir is not None:
+        copy = Path(bundle_dir) / MODEL_DIR
+        copy.mkdir(parents=True, exist_ok=True)
+        for name in ("model.json", "model.safetensors", "digests.json"):
+            if (directory / name).is_file():
+                shutil.copyfile(directory / name, copy / name)
+        reference.update(path=MODEL_DIR, relative_to_bundle=True)
+    return reference
 
 
 def split_calibration(samples, fraction: float, seed: int) -> tuple[list, list]:
@@ -88,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     for path, reason in train.skipped + calibration.skipped:
         print(f"skipped {path}: {reason}")
     bundle = DetectorBundle.fit(
-        train, calibration, model_ref=model_reference(args.model), class_names=list(manifest.class_names),
+        train, calibration, model_ref=model_reference(args.model, args.out), class_names=list(manifest.class_names),
         densities=args.densities, fused_density=args.fused_density, variance=args.variance,
         pool_factor=args.pool_factor, false_alarm=args.false_alarm, seed=args.seed, low_level_layers=low_level,
         provenance={"dataset": str(Path(args.data).resolve()), "split": args.split,
