@@ -108,3 +108,10 @@ def test_score_refuses_to_mix_bundles_in_one_output_folder(tiny_bundle, tiny_dat
     assert json.loads((out / "summary.json").read_text())["bundle_sha256"] == bundle_digest(other_dir)
     assert len(read_records(out)) == 3 and (out / "notes.txt").read_text() == "mine"
     assert main([*command, "--bundle", str(other_dir)]) == 0  # same bundle again: resumes
+
+
+def test_split_takes_the_plain_number_like_every_other_command(tiny_dataset):
+    from pipeline.batch.score import list_videos
+
+    assert list_videos(tiny_dataset, "1")[0] == list_videos(tiny_dataset, "test1")[0]
+    assert list_videos(tiny_dataset, "train1")[0] != list_videos(tiny_dataset, "1")[0]

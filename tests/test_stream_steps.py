@@ -297,3 +297,18 @@ def test_reorder_buffer_releases_each_stream_in_order_within_the_window():
     assert buffer.push("a", 7, "a7") == [] and buffer.push("a", 6, "a6") == []
     assert buffer.drain() == ["a6", "a7"]
     assert ReorderBuffer(0.0).push("c", 9, "c9") == ["c9"]
+
+
+def test_an_alert_prints_as_one_short_line():
+    from pipeline.alerts import Alert
+    from pipeline.stream.steps.record import format_alert
+
+    clip = ScoredClip(stream_id="yard/cam-7", seq=12, verdict="novel", fused_score=-41.5, clip_start=3.8,
+                      clip_end=4.4, scored_at=1.0, p_value=0.004, prediction="Grow", softmax=0.31,
+                      reasons=["fused likelihood p=0.0040 <= 0.01, lowest in the layer3 layers " * 3,
+                               "layer3/sep p=0.0010", "fc/sep p=0.0090"])
+    line = format_alert(Alert.from_clip(clip, "novel"))
+    assert line.startswith("ALERT novel yard/cam-7:12 p=0.0040 fused=-41.500 prediction=Grow (0.31): fused")
+    assert len(line) <= 160 and line.endswith("…")
+    short = format_alert(Alert.from_clip(ScoredClip(**{**clip.__dict__, "reasons": ("a", "b", "c")}), "novel"))
+    assert short.endswith(": a (+2 more)")

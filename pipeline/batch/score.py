@@ -53,12 +53,14 @@ class VideoItem:
 
 
 def list_videos(data: str | Path, split: str | None = None) -> tuple[list[VideoItem], list[str] | None, list]:
-    """Videos to score: a UCF101 root with ``split`` like ``test1``/``train2``, a directory, or a text file list.
+    """Videos to score: a UCF101 root with ``split`` like ``test1``/``train2`` (``1``: ``test1``), a directory, or a
+    text file list.
 
     Returns ``(videos, class names or None, [(path, reason) skipped while scanning])``.
     """
     data = Path(data)
     if split:
+        split = f"test{split}" if str(split).isdigit() else str(split)  # "2" is the test list of split 2, as elsewhere
         subset, number = split.rstrip("0123456789"), split[len(split.rstrip("0123456789")):]
         if subset not in ("train", "test") or number not in ("1", "2", "3"):
             raise DatasetError(f"split must be train1..3 or test1..3, got {split!r}")

@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("score", help="score a UCF101 split, a directory or a file list of videos")
     parser.add_argument("--bundle", required=True, type=Path, help="detector bundle written by `clipwatch fit`")
     parser.add_argument("--data", required=True, type=Path, help="UCF101 root, video directory, or .txt file list")
-    parser.add_argument("--split", help="with a UCF101 root: train1..3 or test1..3")
+    parser.add_argument("--split", help="with a UCF101 root: 1..3 (the test list of that split, as in the other "
+                                        "commands), or train1..3 / test1..3")
     parser.add_argument("--out", required=True, type=Path,
                         help="output folder (resumes when it has scores.jsonl of the same bundle)")
     parser.add_argument("--overwrite", action="store_true",

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+from sklearn.metrics import auc, roc_curve  # noqa: E402
 
 
 def score_histograms(clean: dict[str, np.ndarray], attacked: dict[str, np.ndarray], title: str, path: Path) -> Path:
@@ -25,6 +25,7 @@ def score_histograms(clean: dict[str, np.ndarray], attacked: dict[str, np.ndarra
         ax.hist(np.clip(outside, lo, hi), bins=bins, density=True, alpha=0.6, color="tab:red", label=title)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("score (higher = more in-distribution)", fontsize=8)
+        ax.set_ylabel("density of clips", fontsize=8)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -39,7 +40,7 @@ def roc_curves(clean: dict[str, np.ndarray], ood: dict[str, dict[str, np.ndarray
         for name, inside in clean.items():
             labels = np.r_[np.zeros(inside.size), np.ones(scores[name].size)]
             fpr, tpr, _ = roc_curve(labels, -np.r_[inside, scores[name]])
-            ax.plot(fpr, tpr, label=name, lw=1.2)
+            ax.plot(fpr, tpr, label=f"{name} (AUROC {auc(fpr, tpr):.3f})", lw=1.2)
         ax.plot([0, 1], [0, 1], color="grey", lw=0.6, ls="--")
         ax.set_title(ood_name, fontsize=9)
         ax.set_xlabel("false positive rate", fontsize=8)
@@ -77,16 +78,23 @@ def p_value_calibration(p_values: np.ndarray, alpha: float, path: Path) -> Path:
 
 
 def tsne_embedding(clean: np.ndarray, clean_labels: np.ndarray, attacked: np.ndarray, title: str, path: Path,
-                   seed: int = 0) -> Path:
-    """t-SNE of one layer's features: clean clips coloured by class, attacked clips as black crosses."""
+                   seed: int = 0, class_names: list[str] | None = None, attacked_name: str = "attacked") -> Path:
+    """t-SNE of one layer's features: clean clips coloured by class (named in the legend), attacked clips as black
+    crosses."""
     data = np.concatenate([clean, attacked]).astype(np.float64)
     perplexity = float(min(30, max(5, (len(data) - 1) // 4)))
     embedded = TSNE(n_components=2, perplexity=perplexity, random_state=seed, init="pca").fit_transform(data)
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.scatter(*embedded[: len(clean)].T, c=clean_labels, cmap="tab10", s=8, label="clean")
-    ax.scatter(*embedded[len(clean):].T, c="black", marker="x", s=10, label="attacked")
+    colours = plt.get_cmap("tab10")
+    for label in np.unique(clean_labels):
+        name = class_names[label] if class_names is not None and 0 <= label < len(class_names) else f"class {label}"
+        ax.scatter(*embedded[: len(clean)][clean_labels == label].T, color=colours(int(label) % 10), s=8,
+                   label=f"clean: {name}")
+    ax.scatter(*embedded[len(clean):].T, c="black", marker="x", s=10, label=attacked_name)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_xlabel("t-SNE 1", fontsize=8)
+    ax.set_ylabel("t-SNE 2", fontsize=8)
+    ax.legend(fontsize=6, markerscale=1.5, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

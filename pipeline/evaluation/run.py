@@ -195,5 +195,6 @@ def _figures(bundle: DetectorBundle, clean: ClipFeatures, ood: dict[str, ClipFea
     if attacked_name:
         layer = bundle.layers[-2] if len(bundle.layers) > 1 else bundle.layers[0]
         written.append(plots.tsne_embedding(clean.layers[layer], clean.labels, ood[attacked_name].layers[layer],
-                                            f"t-SNE of {layer}: clean vs {attacked_name}", out / "tsne.png"))
+                                            f"t-SNE of {layer}: clean vs {attacked_name}", out / "tsne.png",
+                                            class_names=list(bundle.class_names), attacked_name=attacked_name))
     return [p.name for p in written]

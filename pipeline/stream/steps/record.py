@@ -90,14 +90,17 @@ class VerdictLog:
         self._journal.close()
 
 
-def format_alert(alert: Alert) -> str:
-    """One line for a terminal: kind, clip, p-value, fused score, prediction and the reasons."""
+def format_alert(alert: Alert, width: int = 160) -> str:
+    """One line for a terminal, at most `width` characters: kind, clip, p-value, fused score, prediction and the
+    first reason (the others are counted; all of them are in the alert log)."""
     clip = alert.clip
     p_value = "n/a" if clip.p_value is None else f"{clip.p_value:.4f}"
     softmax = "" if clip.softmax is None else f" ({clip.softmax:.2f})"
-    reasons = "; ".join(clip.reasons)
-    return (f"ALERT {alert.kind} {clip.clip_key} p={p_value} fused={clip.fused_score:.3f} "
-            f"prediction={clip.prediction}{softmax}" + (f": {reasons}" if reasons else ""))
+    line = f"ALERT {alert.kind} {clip.clip_key} p={p_value} fused={clip.fused_score:.3f} prediction={clip.prediction}{softmax}"
+    if clip.reasons:
+        more = f" (+{len(clip.reasons) - 1} more)" if len(clip.reasons) > 1 else ""
+        line += f": {clip.reasons[0]}{more}"
+    return line if len(line) <= width else line[:width - 1] + "…"
 
 
 class SinkStep:
