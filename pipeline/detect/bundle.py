@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,7 @@ class DetectorBundle:
         self.densities = densities
         self.calibration = calibration
         self.settings = settings
+        self.source: Path | None = None  # the directory it was loaded from: where a model kept inside it lives
 
     @classmethod
     def fit(cls, train: ClipFeatures, calibration: ClipFeatures, *, model_ref: dict, class_names: list[str],
@@ -147,6 +149,7 @@ class DetectorBundle:
         """Write the bundle into ``directory`` and seal it (``digests.json`` over every file there)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        self._carry_model(directory)
         estimators = {f"{layer}/reducer": self.reducers[layer] for layer in self.layers}
         estimators.update(self.densities)
         dens.save(directory / "densities", estimators)
@@ -161,6 +164,15 @@ class DetectorBundle:
         (directory / "bundle.json").write_text(json.dumps(manifest, indent=2))
         seal_directory(directory)
         return directory
+
+    def _carry_model(self, directory: Path) -> None:
+        """A model kept inside the loaded bundle (a relative reference) is copied along when saving elsewhere."""
+        ref = self.model_ref
+        if self.source is None or not ref.get("relative_to_bundle") or Path(ref["path"]).is_absolute():
+            return
+        origin, target = self.source / ref["path"], directory / ref["path"]
+        if origin.resolve() != target.resolve() and origin.is_dir():
+            shutil.copytree(origin, target, dirs_exist_ok=True)
 
     @staticmethod
     def read_manifest(directory: str | Path) -> dict:
@@ -202,8 +214,10 @@ class DetectorBundle:
             calibration = Calibration.from_saved(manifest["calibration"], load_file(str(calibration_path)))
         except (KeyError, ValueError) as exc:
             raise BundleError(f"{calibration_path}: calibration does not match bundle.json ({exc})") from None
-        return cls(manifest["model"], layers, manifest["class_names"], reducers, estimators, calibration,
-                   manifest["settings"])
+        bundle = cls(manifest["model"], layers, manifest["class_names"], reducers, estimators, calibration,
+                     manifest["settings"])
+        bundle.source = directory
+        return bundle
 
     def resolve_model(self, bundle_dir: str | Path) -> Path:
         """Path of the bundle's model directory, after checking its weights' (and ``model.json``'s) SHA-256."""
