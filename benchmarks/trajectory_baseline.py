@@ -2,7 +2,7 @@
 
 Per video: median background, the moving pixels' centroid and spread at every frame, then velocity, acceleration,
 turning and size-change statistics of that trajectory; a logistic regression on the training list, accuracy on the
-test list of split 1. Prints video accuracy beside chance. What a 3D CNN should at least match on such data.
+test list of the split (--split, default 1). Prints video accuracy beside chance. What a 3D CNN should at least match on such data.
 
     .venv/bin/python benchmarks/trajectory_baseline.py DATA
 """

@@ -2,7 +2,7 @@
 
 Every error clipwatch raises about its input (a config, a video, a bundle, a message, a dataset, a broker) derives
 from `ClipwatchError`, and its text is one line naming what and why. The command line prints such an error as one
-line and exits 2; anything else is a bug and shows its traceback.
+line and exits 2 (so does an OSError naming its file); anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations

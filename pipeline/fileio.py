@@ -21,6 +21,15 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def _new_file_mode() -> int:
+    mask = os.umask(0o022)  # read the process umask (there is no getter) and put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_NEW_FILE_MODE = _new_file_mode()
+
+
 def atomic_write(path: str | os.PathLike[str], content: bytes | str | Callable[[str], object], *,
                  durable: bool = False) -> None:
     """Write ``content`` to a temporary file beside ``path``, then rename it over ``path``.
@@ -33,6 +42,7 @@ def atomic_write(path: str | os.PathLike[str], content: bytes | str | Callable[[
     path = Path(path)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _NEW_FILE_MODE)  # mkstemp's 0600 would make every rewritten file private
         if callable(content):
             os.close(handle)
             content(tmp)

@@ -194,3 +194,26 @@ def test_low_level_and_semantic_groups_fuse_to_the_most_unusual_view():
     assert fooled[0][0] == "adversarial"
     with pytest.raises(ValueError, match="not among the fused"):
         Calibration.fit(calibration, np.full(4000, 0.9), ["fc/sep"], low_level_keys=["layer1/sep"])
+
+
+def test_fit_keeps_a_sealed_run_folders_model_and_refits_in_place(tiny_dataset, tiny_model, tmp_path, capsys):
+    import shutil
+
+    from pipeline.detect import Detector
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model, run)
+    seal_directory(run)  # a training run folder carries its own digests.json
+    out = tmp_path / "bundle"
+    args = ["--data", str(tiny_dataset), "--layers", "layer3", "fc", "--no-progress", "--false-alarm", "0.1"]
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "stale.bin").write_bytes(b"left from an earlier fit")
+    assert main(["fit", "--model", str(run), "--out", str(out), *args]) == 0
+    assert sorted(p.name for p in (out / "model").iterdir()) == ["model.json", "model.safetensors"]
+    Detector.load(out)
+    assert main(["fit", "--model", str(out / "model"), "--out", str(out), *args]) == 0  # in place
+    Detector.load(out)
+    for option, value in (("--false-alarm", "0"), ("--false-alarm", "1.5"), ("--calibration-fraction", "2")):
+        with pytest.raises(SystemExit) as info:
+            main(["fit", "--model", str(run), "--out", str(tmp_path / "x"), *args, option, value])
+        assert info.value.code == 2 and "must be in (0, 1)" in capsys.readouterr().err

@@ -44,10 +44,11 @@ def test_a_full_config_loads_with_environment_and_relative_paths(tmp_path, tiny_
                    "jsonl": "${OUT}/alerts.jsonl", "thumbnails_dir": "/var/thumbs",
                    "webhooks": {"urls": ["https://hooks.example/a"], "secret_env": "HOOK_SECRET",
                                 "retry": {"max_attempts": 3}}},
-        "ops": {"base_port": 9400, "ports": {"sink": 9999}, "log_format": "json"},
+        "ops": {"base_port": 9400, "ports": {"sink": "${SINK_PORT}"}, "log_format": "json"},
     }
     path = write_config(tmp_path / "pipeline.yaml", data)
-    config = load_config(path, environ={"CAM_PASSWORD": "s3cret", "OUT": "out", "HOOK_SECRET": "k"})
+    config = load_config(path, environ={"CAM_PASSWORD": "s3cret", "OUT": "out", "HOOK_SECRET": "k",
+                                        "SINK_PORT": "9999"})
     assert config.sources[0].path == tmp_path / "videos" / "lobby.mp4"
     assert config.sources[0].is_live and config.sources[1].is_live
     assert config.sources[1].uri == "rtsp://cam:s3cret@10.0.0.7/stream"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -278,6 +279,16 @@ def test_sink_step_dead_letters_webhooks_after_the_last_retry(tmp_path):
 def test_sink_places_live_clips_without_timestamps_at_their_decode_time():
     clip = scored_clip(verdict("cam", 3, pts=[math.nan] * 8))
     assert clip.clip_start == clip.clip_end == 103.0 and clip.scored_at == 104.0
+
+
+def test_verdict_log_keeps_live_clips_without_timestamps_and_the_stable_schema(tmp_path):
+    log = VerdictLog(tmp_path / "verdicts.jsonl")
+    assert log.write(verdict("cam", 3, pts=[math.nan] * 8))
+    log.close()
+    record = json.loads((tmp_path / "verdicts.jsonl").read_text().splitlines()[0])
+    assert "pts" not in record and record["clip_start"] == record["clip_end"] == 103.0
+    assert isinstance(record["prediction"], str) and isinstance(record["prediction_index"], int)
+    assert VerdictLog(tmp_path / "verdicts.jsonl").existing[0]["clip_key"] == "cam:3"
 
 
 def test_reorder_buffer_releases_each_stream_in_order_within_the_window():

@@ -31,9 +31,10 @@ from pipeline.training import (
     train,
 )
 from pipeline.training.init import motion_energy_init
-from pipeline.training.optim import learning_rate
+from pipeline.training.optim import learning_rate, make_optimizer
 from pipeline.training.symmetry import SYNTH_SYMMETRIES, apply_transform
 from pipeline.training.transfer import read_init, transfer_weights
+from pipeline.training.validation import validation_split
 from pipeline.video import ClipSplitter, open_video, preprocess
 from pipeline.video.preprocess import resize_frames
 
@@ -533,3 +534,39 @@ def test_symmetry_tables_are_optional_and_read_from_yaml(colour_data, tmp_path):
         build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "o"), "--symmetries", str(tables)))
     with pytest.raises(TrainingError, match="patience needs a validation split"):
         build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "o"), "--val-fraction", "0"))
+
+
+def _samples(per_class: dict[int, list[int]]) -> list[VideoSample]:
+    return [VideoSample(Path(f"c{label}/g{group}_{clip}.avi"), label, f"c{label}", group, clip)
+            for label, groups in per_class.items() for group in groups for clip in (1, 2)]
+
+
+def test_validation_split_is_stratified_by_class_and_holds_out_whole_groups():
+    samples = _samples({0: list(range(8, 26)), 1: [8, 9, 10, 11], 2: [8, 9]})
+    train, val = validation_split(samples, 0.25, seed=3)
+    assert len(train) + len(val) == len(samples) and not {s.path for s in train} & {s.path for s in val}
+    for label in (0, 1, 2):
+        assert any(s.label == label for s in train) and any(s.label == label for s in val), label
+    held_groups = {(s.label, s.group) for s in val if s.label < 2}
+    assert not any((s.label, s.group) in held_groups for s in train)  # no clip of a held-out group is trained on
+    assert round(0.25 * 18) * 2 == sum(s.label == 0 for s in val)
+
+
+def test_validation_split_says_when_it_cannot_hold_anything_out(caplog):
+    with caplog.at_level("WARNING"):
+        train, val = validation_split(_samples({0: [8], 1: [9]})[::2], 0.2, seed=0)
+    assert val == [] and len(train) == 2 and "no video could be held out" in caplog.text
+
+
+def test_optimizer_groups_keep_old_checkpoints_resumable_and_a_frozen_backbone_frozen(tmp_path):
+    model = build_model("r3d-18", 3, width=8)
+    assert len(make_optimizer(model, tiny_config(tmp_path, tmp_path, backbone_lr_ratio=1.0)).param_groups) == 2
+    assert len(make_optimizer(model, tiny_config(tmp_path, tmp_path, backbone_lr_ratio=0.5)).param_groups) == 4
+    frozen = build_model("r3d-18", 3, width=8)
+    optimizer = make_optimizer(frozen, tiny_config(tmp_path, tmp_path, backbone_lr_ratio=0.0))
+    assert len(optimizer.param_groups) == 2 and all(n.startswith("fc.") for n, p in frozen.named_parameters()
+                                                     if p.requires_grad)
+    before = {n: t.clone() for n, t in frozen.state_dict().items() if "running" in n}
+    frozen.train()
+    frozen(torch.randn(2, 3, 8, 32, 32) * 3 + 1)
+    assert all(torch.equal(before[n], t) for n, t in frozen.state_dict().items() if n in before)

@@ -18,7 +18,7 @@ import sys
 from importlib.metadata import entry_points
 
 from pipeline import __version__
-from pipeline.errors import ClipwatchError, one_line
+from pipeline.errors import ClipwatchError, one_line, redact
 
 COMMAND_MODULES = ("synth", "train", "fit", "attack", "evaluate", "score", "alerts")
 ENTRY_POINT_GROUP = "clipwatch.commands"
@@ -37,6 +37,24 @@ def yield_idle_cores(argv: list[str]) -> None:
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     if command in SHARED_CORE_COMMANDS and "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def in_range(low: float, high: float, *, high_inclusive: bool = False):
+    """An argparse ``type`` for a float in ``(low, high)`` (or ``(low, high]``): a bad value is a usage error
+    naming the option, before any work starts."""
+    closing = "]" if high_inclusive else ")"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (low < value < high or (high_inclusive and value == high)):
+            raise argparse.ArgumentTypeError(f"must be in ({low:g}, {high:g}{closing}, got {text}")
+        return value
+
+    parse.__name__ = f"number in ({low:g}, {high:g}{closing}"  # argparse names the type in its messages
+    return parse
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(f"pipeline.cli.{name}").register(subparsers)
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda entry: entry.name):
-        entry.load()(subparsers)
+        try:
+            register = entry.load()
+        except Exception as exc:  # a broken plug-in must not take every other command down
+            logging.getLogger(__name__).warning("command %r from %s not loaded: %s", entry.name, entry.value,
+                                                one_line(exc))
+            continue
+        register(subparsers)
     _finish_commands(subparsers)
     return parser
 
@@ -100,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if exc.filename is None:
             raise
-        print(f"clipwatch {args.command}: error: {exc.filename}: {exc.strerror or one_line(exc)}", file=sys.stderr)
+        print(f"clipwatch {args.command}: error: {redact(str(exc.filename))}: {exc.strerror or one_line(exc)}", file=sys.stderr)
         return 2
 
 

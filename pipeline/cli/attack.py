@@ -17,7 +17,7 @@ from pipeline.attacks import (
     scaled_frame_width,
     to_uint8,
 )
-from pipeline.cli import add_device_argument, command_device
+from pipeline.cli import add_device_argument, command_device, in_range
 from pipeline.data import UCF101
 from pipeline.detect import load_clips
 from pipeline.models import load_model
@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frame-width", type=int, help="frame width in px (default: 4 at 112 px, scaled)")
     parser.add_argument("--steps", type=int, default=50, help="optimisation steps (framing) or PGD steps")
     parser.add_argument("--epochs", type=int, default=3, help="epochs for a universal frame")
-    parser.add_argument("--eps", type=float, default=8 / 255, help="L-inf budget for FGSM/PGD in [0, 1] units")
+    parser.add_argument("--eps", type=in_range(0, 1, high_inclusive=True), default=8 / 255, help="L-inf budget for FGSM/PGD in [0, 1] units")
     parser.add_argument("--save-frame", type=Path, help="with framing-universal: also save the learned frame here")
     parser.add_argument("--max-clips-per-video", type=int)
     parser.add_argument("--batch-size", type=int, default=16)

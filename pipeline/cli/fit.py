@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.cli import add_device_argument, command_device
+from pipeline.cli import add_device_argument, command_device, in_range
 from pipeline.data import UCF101
 from pipeline.data.ucf101 import DatasetError
 from pipeline.detect import DetectorBundle, extract_video_features
@@ -19,6 +19,11 @@ from pipeline.models.io import SHIPPED_MODELS
 
 MODEL_DIR = "model"
 """Where a bundle keeps a copy of a model that is not shipped, so the bundle moves as one folder."""
+
+
+MODEL_FILES = ("model.json", "model.safetensors")
+"""What a bundle keeps of a model that is not shipped (a training run's ``digests.json`` is not kept: the bundle's
+own digests cover the copy)."""
 
 
 def model_reference(name_or_path: str, bundle_dir: str | Path | None = None) -> dict:
@@ -31,10 +36,12 @@ def model_reference(name_or_path: str, bundle_dir: str | Path | None = None) -> 
                  "manifest_sha256": file_sha256(directory / "model.json")}
     if reference["name"] is None and bundle_dir is not None:
         copy = Path(bundle_dir) / MODEL_DIR
-        copy.mkdir(parents=True, exist_ok=True)
-        for name in ("model.json", "model.safetensors", "digests.json"):
-            if (directory / name).is_file():
+        if copy.resolve() != directory.resolve():  # refitting a bundle in place keeps the model it holds
+            copy.mkdir(parents=True, exist_ok=True)
+            for name in MODEL_FILES:
                 shutil.copyfile(directory / name, copy / name)
+            for stale in {p.name for p in copy.iterdir() if p.is_file()} - set(MODEL_FILES):  # e.g. a run's seal
+                (copy / stale).unlink()
         reference.update(path=MODEL_DIR, relative_to_bundle=True)
     return reference
 
@@ -59,13 +66,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="tapped layers fused apart as low-level evidence (default: all but the last two)")
     parser.add_argument("--densities", nargs="+", default=["gmm", "sep", "tied"], choices=["gmm", "sep", "tied"])
     parser.add_argument("--fused-density", default="sep", choices=["gmm", "sep", "tied"])
-    parser.add_argument("--variance", type=float, default=0.995, help="PCA variance kept (default %(default)s)")
+    parser.add_argument("--variance", type=in_range(0, 1, high_inclusive=True), default=0.995, help="PCA variance kept (default %(default)s)")
     parser.add_argument("--pool-factor", type=int, default=4)
-    parser.add_argument("--false-alarm", type=float, default=0.01, help="target false-alarm rate (default 1%%)")
+    parser.add_argument("--false-alarm", type=in_range(0, 1), default=0.01, help="target false-alarm rate (default 1%%)")
     parser.add_argument("--calibration-data",
                         help="in-distribution videos the model never trained on (UCF101 layout, every video of "
                              "both subsets) to calibrate on; the densities then use the whole training split")
-    parser.add_argument("--calibration-fraction", type=float, default=0.2,
+    parser.add_argument("--calibration-fraction", type=in_range(0, 1), default=0.2,
                         help="fraction of training groups held out from the densities for calibration (default "
                              "%(default)s; not used with --calibration-data)")
     parser.add_argument("--stride", type=int, help="frames between clip starts (default: the clip length)")

@@ -8,6 +8,7 @@ from pipeline.data import SYNTH_CLASSES, SYNTH_NOVEL_CLASSES, synthesize
 from pipeline.data.pretrain import PRETRAIN_CLASSES, synthesize_pretrain
 from pipeline.data.synth import DEFAULT_NUM_FRAMES, DEFAULT_VIDEOS_PER_CLASS
 from pipeline.data.yard import YARD_CLASSES, synthesize_yard
+from pipeline.errors import ClipwatchError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -44,6 +45,12 @@ def run(args: argparse.Namespace) -> int:
                                              ("height", args.height), ("num_frames", args.frames))
              if value is not None}
     if args.world in ("yard", "pretrain"):
+        ignored = [option for option, value in (("--classes", args.classes), ("--novel-classes", args.novel_classes),
+                                                ("--novel-videos-per-class", args.novel_videos_per_class))
+                   if value is not None]
+        if ignored:
+            raise ClipwatchError(f"--world {args.world} writes all its classes and no novel set: drop "
+                                 f"{', '.join(ignored)}")
         write = synthesize_yard if args.world == "yard" else synthesize_pretrain
         report = write(args.out, seed=args.seed, fps=args.fps, overwrite=args.overwrite, progress=not args.no_progress,
                        **given)

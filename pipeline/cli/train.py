@@ -20,7 +20,7 @@ R3D_OPTIONS = ("width", "zero_init_residual", "conv1_t_size", "conv1_t_stride", 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "train", help="train a clip classifier (CPU) and save it with its metrics",
+        "train", help="train or fine-tune a clip classifier and save it with its metrics",
         description="Train on split --split of DATA (UCF101 layout, e.g. from 'clipwatch synth'), evaluate on its "
                     "test list, and write model.safetensors + model.json, metrics.json, training_curve.png and "
                     "per-epoch checkpoints into --out. By default (preset finetune) the shipped model is fine-tuned "

@@ -9,9 +9,9 @@ import ipaddress
 import os
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
-from pipeline.config.base import ENV_NAME, ConfigError, Section
+from pipeline.config.base import ENV_NAME, ConfigError, Section, interpolate
 from pipeline.stream.topology import OPS_NAMES, WORKERS
 
 __all__ = ["OpsConfig"]
@@ -38,7 +38,7 @@ class OpsConfig(Section):
                                      description="environment variable holding the bearer token /healthz and "
                                                  "/metrics require; None: no token")
     base_port: int = Field(0, ge=0, le=65_535, description="0: ephemeral ports (logged); else worker i uses base+i")
-    ports: dict[OpsName, Annotated[int, Field(ge=0, le=65_535)]] = Field(
+    ports: dict[OpsName, Annotated[int, BeforeValidator(interpolate), Field(ge=0, le=65_535)]] = Field(
         default_factory=dict, description="explicit ops port per worker (\"run\": the in-process pipeline)")
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -6,6 +6,7 @@ Densities follow scikit-learn's estimator contract: ``fit(X, y)`` returns ``self
 
 from pipeline.density.base import ClassConditionalDensity
 from pipeline.density.covariance import ShrinkageCache
+from pipeline.density.errors import DensityError
 from pipeline.density.gaussian import SeparateGaussian, TiedGaussian
 from pipeline.density.gmm import ClassConditionalGMM
 from pipeline.density.persistence import PersistenceError, load, save
@@ -18,6 +19,7 @@ __all__ = [
     "DENSITY_TYPES",
     "ClassConditionalDensity",
     "ClassConditionalGMM",
+    "DensityError",
     "PCAReducer",
     "PersistenceError",
     "SeparateGaussian",

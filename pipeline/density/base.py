@@ -14,6 +14,7 @@ from pipeline.density.covariance import (
     covariance_from_precision_cholesky,
     select_shrinkage,
 )
+from pipeline.density.errors import DensityError
 from pipeline.density.scoring import ComponentScorer
 
 
@@ -22,23 +23,23 @@ def check_features(X, *, n_features: int | None = None, name: str = "X") -> np.n
     try:
         arr = np.asarray(X)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} is not a numeric array: {exc}") from None
+        raise DensityError(f"{name} is not a numeric array: {exc}") from None
     if arr.dtype.kind not in "fiub":
-        raise ValueError(f"{name} must be numeric, got dtype {arr.dtype}")
+        raise DensityError(f"{name} must be numeric, got dtype {arr.dtype}")
     if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}")
+        raise DensityError(f"{name} must be 2-D (n_samples, n_features), got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {arr.shape}")
+        raise DensityError(f"{name} is empty: shape {arr.shape}")
     if arr.dtype.kind != "f":
         arr = arr.astype(np.float64)
     finite = np.isfinite(arr)
     if not finite.all():
         bad_rows = np.flatnonzero(~finite.all(axis=1))
-        raise ValueError(
+        raise DensityError(
             f"{name} has NaN or inf in {bad_rows.size} of {arr.shape[0]} rows (first: row {int(bad_rows[0])})"
         )
     if n_features is not None and arr.shape[1] != n_features:
-        raise ValueError(f"{name} has {arr.shape[1]} features, but the model was fitted with {n_features}")
+        raise DensityError(f"{name} has {arr.shape[1]} features, but the model was fitted with {n_features}")
     return arr
 
 
@@ -48,11 +49,11 @@ def check_labels(y, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
         return np.array([0]), np.zeros(n_samples, dtype=np.int64)
     y = np.asarray(y)
     if y.ndim != 1:
-        raise ValueError(f"y must be 1-D, got shape {y.shape}")
+        raise DensityError(f"y must be 1-D, got shape {y.shape}")
     if y.shape[0] != n_samples:
-        raise ValueError(f"y has {y.shape[0]} labels but X has {n_samples} samples")
+        raise DensityError(f"y has {y.shape[0]} labels but X has {n_samples} samples")
     if y.dtype.kind == "f" and not np.isfinite(y).all():
-        raise ValueError("y contains NaN or inf")
+        raise DensityError("y contains NaN or inf")
     classes, index = np.unique(y, return_inverse=True)
     return classes, index.astype(np.int64)
 
@@ -110,7 +111,7 @@ class ClassConditionalDensity(BaseEstimator):
 
     def _get_scorer(self) -> ComponentScorer:
         if not hasattr(self, "classes_"):
-            raise ValueError(f"this {type(self).__name__} is not fitted yet: call fit(X, y) first")
+            raise DensityError(f"this {type(self).__name__} is not fitted yet: call fit(X, y) first")
         scorer = getattr(self, "_scorer", None)
         if scorer is None or scorer.dtype != np.dtype(self.scoring_dtype):
             means, prec, log_weights, component_class = self._components()
@@ -133,7 +134,7 @@ class ClassConditionalDensity(BaseEstimator):
         elif isinstance(setting, Real) and not isinstance(setting, bool) and 0.0 <= float(setting) <= 1.0:
             self.shrinkage_ = float(setting)
         else:
-            raise ValueError(f"shrinkage must be 'cv' or a number in [0, 1], got {setting!r}")
+            raise DensityError(f"shrinkage must be 'cv' or a number in [0, 1], got {setting!r}")
         if n_classes < 2:
             self.shrinkage_ = 0.0
         return self.shrinkage_

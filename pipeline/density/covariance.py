@@ -24,6 +24,8 @@ import numpy as np
 from scipy import linalg
 from sklearn.covariance import ledoit_wolf_shrinkage
 
+from pipeline.density.errors import DensityError
+
 MAX_CONDITION = 1e10
 SHRINKAGE_GRID = (0.0, 0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 """Intensities :func:`select_shrinkage` tries."""
@@ -96,7 +98,7 @@ def regularised_cholesky(
             record.jitter = eps * scale
             record.condition = condition
             return candidate, chol, record
-    raise ValueError(f"covariance of {label} could not be regularised (non-finite or degenerate features)")
+    raise DensityError(f"covariance of {label} could not be regularised (non-finite or degenerate features)")
 
 
 def _shrink(cov: np.ndarray, target: np.ndarray | None, record: CovarianceFit, intensity: float) -> np.ndarray:
@@ -171,7 +173,7 @@ def select_shrinkage(
     the same inputs answers without cross-validating again.
     """
     if not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise ValueError(f"cross-validation needs at least 2 folds, got {folds!r}")
+        raise DensityError(f"cross-validation needs at least 2 folds, got {folds!r}")
     X = np.asarray(X, dtype=np.float64)
     grid = np.asarray(grid, dtype=np.float64)
     if n_classes < 2:

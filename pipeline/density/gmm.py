@@ -15,6 +15,7 @@ from pipeline.density.covariance import (
     precision_cholesky,
     regularised_cholesky,
 )
+from pipeline.density.errors import DensityError
 from pipeline.density.gaussian import class_means, pooled_covariance
 from pipeline.density.scoring import LOG_2PI
 
@@ -162,7 +163,7 @@ class ClassConditionalGMM(ClassConditionalDensity):
         elif isinstance(self.n_components, (int, np.integer)) and self.n_components >= 1:
             wanted = [int(self.n_components)]
         else:
-            raise ValueError(f"n_components must be 'bic' or a positive int, got {self.n_components!r}")
+            raise DensityError(f"n_components must be 'bic' or a positive int, got {self.n_components!r}")
         feasible = [k for k in wanted if n_samples > k * (d + 1)]
         if len(feasible) == len(wanted):
             return feasible, ""
@@ -172,7 +173,7 @@ class ClassConditionalGMM(ClassConditionalDensity):
 
     def _fit(self, X, y_index, n_classes, shrinkage_cache=None):
         if not isinstance(self.max_components, (int, np.integer)) or self.max_components < 1:
-            raise ValueError(f"max_components must be a positive int, got {self.max_components!r}")
+            raise DensityError(f"max_components must be a positive int, got {self.max_components!r}")
         self._candidate_counts(X.shape[0], X.shape[1])
         d = X.shape[1]
         means_c, counts = class_means(X, y_index, n_classes)

@@ -9,6 +9,7 @@ from scipy import linalg
 from sklearn.base import BaseEstimator
 
 from pipeline.density.base import check_features
+from pipeline.density.errors import DensityError
 from pipeline.density.pooling import pool_features
 
 
@@ -38,10 +39,10 @@ class PCAReducer(BaseEstimator):
 
     def fit(self, X, y=None):
         if not 0.0 < self.variance <= 1.0:
-            raise ValueError(f"variance must be in (0, 1], got {self.variance}")
+            raise DensityError(f"variance must be in (0, 1], got {self.variance}")
         flat = check_features(self._flatten(X))
         if flat.shape[0] < 2:
-            raise ValueError(f"PCA needs at least 2 samples, got {flat.shape[0]}")
+            raise DensityError(f"PCA needs at least 2 samples, got {flat.shape[0]}")
         self.n_features_in_ = flat.shape[1]
         self.mean_ = flat.mean(axis=0, dtype=np.float64)
         centred = flat.astype(np.float64) - self.mean_
@@ -49,7 +50,7 @@ class PCAReducer(BaseEstimator):
         explained = singular**2 / (flat.shape[0] - 1)
         total = explained.sum()
         if total <= 0.0:
-            raise ValueError("features have zero variance: nothing for PCA to keep")
+            raise DensityError("features have zero variance: nothing for PCA to keep")
         ratio = explained / total
         keep = int(np.searchsorted(np.cumsum(ratio), self.variance - 1e-12) + 1)
         keep = min(keep, int(np.sum(explained > total * 1e-12)) or 1)
@@ -64,7 +65,7 @@ class PCAReducer(BaseEstimator):
     def transform(self, X) -> np.ndarray:
         """Project ``X`` (pooled and flattened as in ``fit``) onto the kept axes; float64 result."""
         if not hasattr(self, "components_"):
-            raise ValueError("this PCAReducer is not fitted yet: call fit(X) first")
+            raise DensityError("this PCAReducer is not fitted yet: call fit(X) first")
         flat = check_features(self._flatten(X), n_features=self.n_features_in_)
         return (flat - self.mean_) @ self.components_.T
 

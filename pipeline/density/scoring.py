@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.density.errors import DensityError
+
 LOG_2PI = float(np.log(2.0 * np.pi))
 _CHUNK_BYTES = 32 * 2**20
 REFINE_MARGIN = 50.0
@@ -43,12 +45,12 @@ class ComponentScorer:
         dtype: str = "float32",
     ) -> None:
         if dtype not in ("float32", "float64"):
-            raise ValueError(f"scoring_dtype must be 'float32' or 'float64', got {dtype!r}")
+            raise DensityError(f"scoring_dtype must be 'float32' or 'float64', got {dtype!r}")
         self.dtype = np.dtype(dtype)
         self.n_classes = int(n_classes)
         self.component_class = np.asarray(component_class, dtype=np.int64)
         if np.any(np.diff(self.component_class) < 0):
-            raise ValueError("components must be sorted by class")
+            raise DensityError("components must be sorted by class")
         self.class_starts = np.searchsorted(self.component_class, np.arange(self.n_classes))
         self.single_component = self.component_class.shape[0] == self.n_classes
         means = np.asarray(means, dtype=np.float64)

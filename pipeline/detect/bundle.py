@@ -96,6 +96,8 @@ class DetectorBundle:
         layers = list(train.layers)
         if [layer for layer in low_level_layers if layer not in layers]:
             raise BundleError(f"low-level layers {list(low_level_layers)} must be among the tapped layers {layers}")
+        if not 0.0 < false_alarm < 1.0:
+            raise BundleError(f"false-alarm rate must be in (0, 1), got {false_alarm:g}")
         if 1 / (len(calibration) + 1) > false_alarm:  # conformal p-values are at least 1/(n+1)
             raise BundleError(f"{len(calibration)} calibration clips cannot flag anything at a false-alarm rate of "
                               f"{false_alarm:g}: the smallest p-value is 1/(n+1) = {1 / (len(calibration) + 1):.3g}; "

@@ -23,8 +23,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from pipeline.errors import ClipwatchError
+
 NORMAL, NOVEL, ADVERSARIAL = "normal", "novel", "adversarial"
 LOW_LEVEL, SEMANTIC = "low-level", "semantic"
+
+
+class CalibrationError(ClipwatchError, ValueError):
+    """A false-alarm rate outside (0, 1), too few calibration clips, or scores that do not match the settings."""
 
 
 def conformal_p_values(sorted_calibration: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -54,17 +60,17 @@ class Calibration:
             low_level_keys: list[str] = ()):
         """Calibrate on in-distribution ``scores``; ``low_level_keys`` (a subset of ``fused_keys``) form their own group."""
         if not 0.0 < alpha < 1.0:
-            raise ValueError(f"false-alarm rate must be in (0, 1), got {alpha}")
+            raise CalibrationError(f"false-alarm rate must be in (0, 1), got {alpha}")
         keys = list(scores)
         missing = [k for k in fused_keys if k not in scores]
         if missing:
-            raise ValueError(f"fused scores {missing} were not calibrated")
+            raise CalibrationError(f"fused scores {missing} were not calibrated")
         stray = [k for k in low_level_keys if k not in fused_keys]
         if stray:
-            raise ValueError(f"low-level scores {stray} are not among the fused scores {list(fused_keys)}")
+            raise CalibrationError(f"low-level scores {stray} are not among the fused scores {list(fused_keys)}")
         n = len(next(iter(scores.values())))
         if n < 2:
-            raise ValueError(f"calibration needs at least 2 clips, got {n}")
+            raise CalibrationError(f"calibration needs at least 2 clips, got {n}")
         means = np.array([np.mean(scores[k]) for k in keys])
         stds = np.array([np.std(scores[k]) for k in keys])
         stds = np.where(stds > 0, stds, 1.0)
@@ -81,7 +87,7 @@ class Calibration:
         """A copy flagging at false-alarm rate ``alpha`` instead (this calibration is left as it is; arrays shared)."""
         alpha = float(alpha)
         if not 0.0 < alpha < 1.0:
-            raise ValueError(f"false-alarm rate must be in (0, 1), got {alpha}")
+            raise CalibrationError(f"false-alarm rate must be in (0, 1), got {alpha}")
         return replace(self, alpha=alpha)
 
     def standardise(self, key: str, scores: np.ndarray) -> np.ndarray:
@@ -174,6 +180,6 @@ class Calibration:
                    list(settings["fused_keys"]), arrays["fused"], arrays["softmax"], float(settings["alpha"]),
                    list(settings["low_level_keys"]), arrays["group_means"], arrays["group_stds"])
         if not len(calibration.groups) == calibration.group_means.size == calibration.group_stds.size:
-            raise ValueError(f"calibration has statistics for {calibration.group_means.size} groups, its settings "
+            raise CalibrationError(f"calibration has statistics for {calibration.group_means.size} groups, its settings "
                              f"name {len(calibration.groups)} ({', '.join(calibration.groups)})")
         return calibration

@@ -167,6 +167,11 @@ def load_clips(
             for clip in iter_file_clips(path, splitter):
                 if max_clips_per_video is not None and clip.seq >= max_clips_per_video:
                     break
+                problem = model_input_problem(clip.frames.shape, preprocessing)
+                if problem:
+                    skipped.append((str(path), f"{path}: {problem}"))
+                    log.warning("skipping %s: %s", path, problem)
+                    break
                 size = _fixed_size(clip.frames.shape, preprocessing)
                 window = resize_crop(clip.frames, preprocessing.short_side, preprocessing.crop, size=size)
                 clips.append(np.ascontiguousarray(window.numpy()))

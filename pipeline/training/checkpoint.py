@@ -119,6 +119,10 @@ def restore(checkpoint: Checkpoint, model: nn.Module, optimizer: torch.optim.Opt
             state.setdefault(int(index), {})[name] = value
     groups = [{**group, **({"betas": tuple(group["betas"])} if "betas" in group else {})}
               for group in checkpoint.meta["param_groups"]]
+    if len(groups) != len(optimizer.param_groups):
+        raise TrainingError(f"checkpoint of epoch {checkpoint.epoch} has {len(groups)} optimizer groups, this run "
+                            f"{len(optimizer.param_groups)}: it was written with another backbone_lr_ratio; "
+                            "resume with the same one or start a new run")
     optimizer.load_state_dict({"state": state, "param_groups": groups})
     torch.set_rng_state(tensors["rng.torch"])
     sampler_rng.set_state(tensors["rng.sampler"])

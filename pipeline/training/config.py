@@ -115,7 +115,8 @@ class TrainConfig(BaseModel):
     seed: int = 0
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$", description="where the model trains")
     threads: int | None = Field(2, ge=1, description="torch CPU threads (None: leave PyTorch's setting)")
-    eval_every: int = Field(10, ge=1, description="evaluate on the test split every N epochs (and after the last)")
+    eval_every: int = Field(10, ge=1, description="evaluate every N epochs (and after the last): on the validation "
+                                                  "groups with val_fraction, else on the test split")
     eval_batch_size: int = Field(64, ge=1)
     keep_checkpoints: int = Field(1, ge=1, description="epoch checkpoints kept on disk (newest)")
 

@@ -50,9 +50,11 @@ def evaluate(model: nn.Module, cache: ClipCache, config: TrainConfig, num_classe
     pending: list[torch.Tensor] = []
     pending_owners: list[int] = []
 
+    device = next(model.parameters()).device
+
     def flush() -> None:
         if pending:
-            logits.append(model(torch.cat(pending)).to(torch.float64))
+            logits.append(model(torch.cat(pending).to(device)).to("cpu", torch.float64))
             owners.extend(pending_owners)
             pending.clear()
             pending_owners.clear()

@@ -12,18 +12,27 @@ from pipeline.training.transfer import head_name
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD (Nesterov) over decayed weights (ndim > 1) and undecayed BN parameters and biases, the
-    backbone's groups at ``backbone_lr_ratio`` of the learning rate (their ``lr_scale``); a zero ratio freezes it."""
+    """AdamW or SGD (Nesterov) over decayed weights (ndim > 1) and undecayed BN parameters and biases.
+
+    With ``backbone_lr_ratio`` below 1 the backbone gets its own two groups at that fraction of the learning rate
+    (their ``lr_scale``); a zero ratio freezes it, BatchNorm running statistics included. At ratio 1 there are two
+    groups, the layout of checkpoints written before the ratio existed, so they still resume."""
     head = head_name(model)
+    ratio = config.backbone_lr_ratio
+    parts = [(1.0, [p for p in model.parameters() if p.requires_grad])]
+    if ratio != 1:
+        in_head = {id(p) for name, p in model.named_parameters() if name.startswith(f"{head}.")}
+        backbone = [p for p in parts[0][1] if id(p) not in in_head]
+        parts = [(ratio, backbone), (1.0, [p for p in parts[0][1] if id(p) in in_head])]
+    if ratio == 0:
+        for parameter in parts[0][1]:
+            parameter.requires_grad_(False)
+        for name, module in model.named_modules():
+            if name != head and not name.startswith(f"{head}.") and isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = 0.0  # running statistics stay those of the initialisation
+        parts = parts[1:]
     groups = []
-    for is_head in (False, True):
-        scale = 1.0 if is_head else config.backbone_lr_ratio
-        params = [p for name, p in model.named_parameters()
-                  if p.requires_grad and name.startswith(f"{head}.") == is_head]
-        if scale == 0:
-            for parameter in params:
-                parameter.requires_grad_(False)
-            continue
+    for scale, params in parts:
         groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay,
                     "lr_scale": scale},
                    {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale}]

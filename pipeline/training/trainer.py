@@ -66,10 +66,13 @@ def seed_everything(seed: int) -> None:
 def train(config: TrainConfig, *, progress: bool = True, resume: bool = False) -> TrainReport:
     """Train ``config.model`` on split ``config.split`` of ``config.data`` and save it in ``config.out``.
 
+    Starts from ``config.init`` (head re-initialised; see ``training.transfer``). With ``val_fraction``, every
+    evaluation is on the validation groups, the best epoch's weights are the ones saved, ``patience`` stops the run
+    early, and the test list is evaluated once at the end; without it, the test list is reported as the run goes.
     Writes ``model.safetensors`` + ``model.json`` (``load_model(config.out)`` reads them), ``metrics.json``,
     ``training_curve.png`` and ``checkpoints/``. With ``resume``, continues from the newest checkpoint, whose
-    config must match ``config`` (threads and other bookkeeping fields aside). Raises :class:`TrainingError`
-    (or the dataset's and model registry's ValueErrors) with a one-line message.
+    config must match ``config`` (threads and other bookkeeping fields aside). Raises a one-line
+    :class:`TrainingError` (or another `ClipwatchError` of the dataset, model registry or device).
     """
     started = time.perf_counter()
     if config.threads is not None:
@@ -94,7 +97,8 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False) -
     test_cache = ClipCache.build(test_set.samples, config.short_side, config.span, desc="decode test",
                                  progress=progress)
     decode_seconds = time.perf_counter() - decode_started
-    _check_caches(config, train_cache, test_cache)
+    _check_caches(config, train_cache, test_cache, val_cache)
+    skipped = train_cache.skipped + (val_cache.skipped if val_cache is not None else []) + test_cache.skipped
     if val_cache is not None and len(val_cache) == 0:
         log.warning("no usable validation video (%d skipped): the run is not early-stopped", len(val_cache.skipped))
         val_cache = None
@@ -147,7 +151,7 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False) -
     if evaluation is None or val_cache is not None:
         evaluation = evaluate(model, test_cache, config, len(classes))
     elapsed["total"] = session_base + time.perf_counter() - started
-    metrics = _metrics(config, classes, model, evaluation, history, elapsed, train_cache, test_cache)
+    metrics = _metrics(config, classes, model, evaluation, history, elapsed, train_cache, test_cache, skipped)
     metrics.update({"epochs_run": epoch, "best_epoch": best.epoch, "validation_videos": len(val_samples),
                     "device": str(device)})
     save_model(model.eval().cpu(), config.out, architecture=config.model, options=config.model_options,
@@ -159,7 +163,7 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False) -
     return TrainReport(out=config.out, clip_accuracy=evaluation.clip_accuracy,
                        video_accuracy=evaluation.video_accuracy, epochs=epoch, seconds=elapsed["total"],
                        resumed_from_epoch=None if checkpoint is None else checkpoint.epoch, metrics=metrics,
-                       skipped=train_cache.skipped + test_cache.skipped)
+                       skipped=skipped)
 
 
 class _Loop:
@@ -264,8 +268,11 @@ def _prepare_output(config: TrainConfig, resume: bool) -> Any:
     return None
 
 
-def _check_caches(config: TrainConfig, train_cache: ClipCache, test_cache: ClipCache) -> None:
-    for name, cache in (("train", train_cache), ("test", test_cache)):
+def _check_caches(config: TrainConfig, train_cache: ClipCache, test_cache: ClipCache,
+                  val_cache: ClipCache | None) -> None:
+    for name, cache in (("train", train_cache), ("test", test_cache), ("validation", val_cache)):
+        if cache is None or (name == "validation" and len(cache) == 0):  # no validation: warned about, not fatal
+            continue
         if len(cache) == 0:
             raise TrainingError(f"{config.data}: no usable {name} videos in split {config.split} "
                                 f"({len(cache.skipped)} skipped)")
@@ -277,7 +284,7 @@ def _check_caches(config: TrainConfig, train_cache: ClipCache, test_cache: ClipC
 
 def _metrics(config: TrainConfig, classes: list[str], model: torch.nn.Module, evaluation: Evaluation,
              history: list[dict[str, Any]], elapsed: dict[str, float], train_cache: ClipCache,
-             test_cache: ClipCache) -> dict[str, Any]:
+             test_cache: ClipCache, skipped: list) -> dict[str, Any]:
     return {
         "config": config.to_json(),
         "seed": config.seed,
@@ -293,5 +300,5 @@ def _metrics(config: TrainConfig, classes: list[str], model: torch.nn.Module, ev
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "train_videos": len(train_cache),
         "test_videos": len(test_cache),
-        "skipped_videos": [{"path": s.path, "reason": s.reason} for s in train_cache.skipped + test_cache.skipped],
+        "skipped_videos": [{"path": s.path, "reason": s.reason} for s in skipped],
     }

@@ -7,42 +7,54 @@ test split stays untouched until the end. The best epoch's weights are kept in `
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline.data import VideoSample as Sample
 from pipeline.fileio import atomic_write
 from pipeline.training.checkpoint import CHECKPOINT_DIR
+from pipeline.training.errors import TrainingError
+
+log = logging.getLogger(__name__)
 
 BEST_FILE = "best.safetensors"
 
 
 def validation_split(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """(train, validation): whole groups, about `fraction` of the videos, drawn with `seed`; every class keeps
-    training videos. With fewer than three groups, every k-th video of each class is held out instead."""
+    """(train, validation), stratified by class: about `fraction` of each class's groups, drawn with `seed`. A class
+    with fewer than three groups gives every k-th video instead; a class with one video keeps it for training
+    (said in the log), so every class keeps training videos."""
     if fraction <= 0:
         return list(samples), []
-    groups = sorted({sample.group for sample in samples})
     rng = random.Random(seed)
-    if len(groups) >= 3:
-        rng.shuffle(groups)
-        held = set(groups[:max(1, round(fraction * len(groups)))])
-        chosen = [sample for sample in samples if sample.group in held]
-    else:
-        step = max(2, round(1 / fraction))
-        by_class: dict[int, list[Sample]] = {}
-        for sample in samples:
-            by_class.setdefault(sample.label, []).append(sample)
-        chosen = [sample for videos in by_class.values() for sample in videos[step - 1::step]]
-    kept = [sample for sample in samples if sample not in chosen]
-    if {sample.label for sample in kept} != {sample.label for sample in samples}:
-        return list(samples), []  # too few videos to hold any out without losing a class
+    by_class: dict[int, list[Sample]] = {}
+    for sample in samples:
+        by_class.setdefault(sample.label, []).append(sample)
+    held: set[Path] = set()
+    for label in sorted(by_class):
+        videos = by_class[label]
+        groups = sorted({sample.group for sample in videos})
+        if len(groups) >= 3:
+            rng.shuffle(groups)
+            chosen_groups = set(groups[:max(1, round(fraction * len(groups)))])
+            held.update(sample.path for sample in videos if sample.group in chosen_groups)
+        elif len(videos) >= 2:
+            step = max(2, round(1 / fraction))
+            held.update(sample.path for sample in videos[step - 1::step] or videos[-1:])
+        else:
+            log.warning("validation: class %r has one training video; none of it is held out", videos[0].class_name)
+    kept = [sample for sample in samples if sample.path not in held]
+    chosen = [sample for sample in samples if sample.path in held]
+    if not chosen:
+        log.warning("validation: no video could be held out (%d training videos): the last epoch is kept", len(samples))
     return kept, chosen
 
 
@@ -78,5 +90,10 @@ class Best:
     def restore(self) -> None:
         """Load the best epoch's weights back into the model (when there was a validation)."""
         if self.epoch is not None and self.path.is_file():
+            with safe_open(self.path, "pt") as handle:
+                saved = (handle.metadata() or {}).get("epoch")
+            if saved != str(self.epoch):
+                raise TrainingError(f"{self.path} holds epoch {saved}, but the history's best is epoch {self.epoch}: "
+                                    "the run folder was changed; start a new run")
             device = next(self.model.parameters()).device
             self.model.load_state_dict({name: tensor.to(device) for name, tensor in load_file(self.path).items()})

@@ -43,18 +43,26 @@ def scored_clip(verdict: VerdictMessage) -> ScoredClip:
 
 
 def verdict_record(verdict: VerdictMessage, clip: ScoredClip | None = None) -> dict[str, Any]:
-    """The verdict log line of a verdict: its clip key, every field of the message but the thumbnail bytes, and
-    the clip times as the rules read them."""
+    """The verdict log line of a verdict, a stable schema for external readers: ``prediction`` is the class name,
+    ``prediction_index`` its index, and the clip times are the ones the rules read (finite, unlike a live
+    stream's ``pts``, which are left out)."""
     clip = clip or scored_clip(verdict)
-    return {"clip_key": verdict.key, **verdict.model_dump(exclude={"thumbnail"}), "clip_start": clip.clip_start,
-            "clip_end": clip.clip_end}
+    return {
+        "clip_key": verdict.key, "stream_id": verdict.stream_id, "seq": verdict.seq, "verdict": verdict.verdict,
+        "fused_score": verdict.fused_score, "p_value": verdict.p_value, "reasons": verdict.reasons,
+        "prediction": verdict.class_name, "prediction_index": verdict.prediction,
+        "softmax_max": verdict.softmax_max, "log_likelihoods": verdict.log_likelihoods,
+        "clip_start": clip.clip_start, "clip_end": clip.clip_end,
+        "label": verdict.label, "source": verdict.source, "model_id": verdict.model_id,
+        "timestamps": verdict.timestamps,
+    }
 
 
 def record_clip(record: dict[str, Any]) -> ScoredClip:
-    """The scored clip the rules read for a verdict log line (lines of older versions name the class index
-    ``prediction_index`` and may have null clip times)."""
+    """The scored clip the rules read for a verdict log line (lines of older versions may lack the class name
+    and have null clip times)."""
     data = dict(record)
-    if data.get("class_name") is None and data.get("prediction") is None and data.get("prediction_index") is not None:
+    if data.get("prediction") is None and data.get("prediction_index") is not None:
         data["prediction"] = str(data["prediction_index"])
     if data.get("clip_start") is None or data.get("clip_end") is None:
         stamps = data.get("timestamps") or {}
