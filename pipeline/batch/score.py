@@ -118,15 +118,15 @@ def claim_output(out: Path, bundle_dir: str | Path, *, overwrite: bool = False) 
 def score_archive(bundle_dir: str | Path, videos: Sequence[VideoItem], out: str | Path, *,
                   class_names: list[str] | None = None, batch_size: int = 16, progress: bool = True,
                   skipped: Sequence[tuple[str, str]] = (), overwrite: bool = False,
-                  device: str | torch.device = "cpu") -> dict:
+                  device: str | torch.device = "cpu", precision: str | None = None) -> dict:
     """Score every clip of ``videos`` with the bundle; resumable; returns the summary.
 
     ``skipped`` are inputs already found unusable (``(path, reason)``, e.g. from `list_videos`): printed and
     counted with the ones found here. ``overwrite`` replaces the scores of another bundle (see `claim_output`).
-    The model runs on ``device`` (see `Detector.load`); the densities on the CPU.
+    The model runs on ``device`` at ``precision`` (see `Detector.load`); the densities on the CPU.
     """
     out = Path(out)
-    detector = Detector.load(bundle_dir, device=device)
+    detector = Detector.load(bundle_dir, device=device, precision=precision)
     if class_names is not None and list(class_names) != detector.class_names:
         raise DatasetError(f"dataset classes {class_names} differ from the bundle's {detector.class_names}")
     digest = claim_output(out, bundle_dir, overwrite=overwrite)

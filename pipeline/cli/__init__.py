@@ -57,10 +57,14 @@ def in_range(low: float, high: float, *, high_inclusive: bool = False):
     return parse
 
 
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    """``--device`` (default cpu) for a command that runs a model; resolve it first with :func:`command_device`."""
+def add_device_argument(parser: argparse.ArgumentParser, *, precision: str | None = None) -> None:
+    """``--device`` (default cpu) and ``--precision`` for a command that runs a model; resolve the device first
+    with :func:`command_device`. ``precision`` is the default (None: the bundle's)."""
     parser.add_argument("--device", default="cpu", metavar="DEVICE",
                         help="where the model runs: cpu, cuda, cuda:N or mps (default: %(default)s)")
+    parser.add_argument("--precision", default=precision, choices=("fp32", "bf16", "fp16", "auto"),
+                        help="the model's arithmetic: auto is bf16 on CPUs with AMX or AVX-512-BF16 and on CUDA, "
+                             f"fp32 elsewhere (default: {precision or 'the bundle' + chr(39) + 's'})")
 
 
 def command_device(args: argparse.Namespace):

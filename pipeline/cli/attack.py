@@ -21,6 +21,7 @@ from pipeline.cli import add_device_argument, command_device, in_range
 from pipeline.data import UCF101
 from pipeline.detect import load_clips
 from pipeline.models import load_model
+from pipeline.models.precision import prepare_for_inference
 
 ATTACK_NAMES = ("framing", "framing-universal", "fgsm", "pgd")
 
@@ -41,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-clips-per-video", type=int)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    add_device_argument(parser)
+    add_device_argument(parser, precision="fp32")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
 
@@ -50,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     device = command_device(args)
     torch.manual_seed(args.seed)
     model, manifest = load_model(args.model, map_location=device)
+    model, _ = prepare_for_inference(model, args.precision, device=device)
     prep = manifest.preprocessing
     dataset = UCF101(args.data, split=args.split, subset=args.subset, missing="skip")
     clips, labels, _, skipped = load_clips([(s.path, s.label) for s in dataset.samples], prep,

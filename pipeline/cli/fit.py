@@ -16,6 +16,7 @@ from pipeline.data.ucf101 import DatasetError
 from pipeline.detect import DetectorBundle, extract_video_features
 from pipeline.models import default_layers, file_sha256, load_model, resolve_model_dir
 from pipeline.models.io import SHIPPED_MODELS
+from pipeline.models.precision import model_precision, prepare_for_inference
 
 MODEL_DIR = "model"
 """Where a bundle keeps a copy of a model that is not shipped, so the bundle moves as one folder."""
@@ -79,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    add_device_argument(parser)
+    add_device_argument(parser, precision="fp32")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
 
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     model, manifest = load_model(args.model, map_location=device)
+    model, _ = prepare_for_inference(model, args.precision, device=device)
     layers = args.layers or default_layers(manifest.architecture)
     dataset = UCF101(args.data, split=args.split, subset="train", missing="skip")
     if list(dataset.classes) != list(manifest.class_names):
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         train, calibration, model_ref=model_reference(args.model, args.out), class_names=list(manifest.class_names),
         densities=args.densities, fused_density=args.fused_density, variance=args.variance,
         pool_factor=args.pool_factor, false_alarm=args.false_alarm, seed=args.seed, low_level_layers=low_level,
-        provenance={"dataset": str(Path(args.data).resolve()), "split": args.split,
+        provenance={"dataset": str(Path(args.data).resolve()), "split": args.split, "precision": model_precision(model),
                     "calibration_data": str(Path(args.calibration_data).resolve()) if args.calibration_data else None},
         progress=not args.no_progress)
     bundle.save(args.out)

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     videos, classes, skipped = list_videos(args.data, args.split)
     summary = score_archive(args.bundle, videos, args.out, class_names=classes, batch_size=args.batch_size,
                             progress=not args.no_progress, skipped=skipped, overwrite=args.overwrite,
-                            device=device)
+                            device=device, precision=args.precision)
     counts = ", ".join(f"{v} {n}" for v, n in summary["verdicts"].items())
     accuracy = f"; accuracy {summary['accuracy']:.3f}" if "accuracy" in summary else ""
     print(f"{summary['clips']} clips from {summary['videos']} videos: {counts}{accuracy}; "

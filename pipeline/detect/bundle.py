@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT = "clipwatch.bundle"
 BUNDLE_VERSION = 2
 DENSITY_NAMES = ("gmm", "sep", "tied")
-PROVENANCE_KEYS = ("dataset", "split", "calibration_data")
+PROVENANCE_KEYS = ("dataset", "split", "calibration_data", "precision")
 """Settings that say where a bundle's clips came from (recorded by ``clipwatch fit``, absent from older bundles)."""
 
 

@@ -13,6 +13,7 @@ own calibration keeps the rate it was fitted for.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ from pipeline.errors import ClipwatchError
 from pipeline.models import ModelManifest, Preprocessing, load_model
 from pipeline.models.device import resolve_device
 from pipeline.models.manifest import MANIFEST_FILE, read_manifest
+from pipeline.models.precision import model_precision, prepare_for_inference, resolve_precision
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,8 @@ class DetectorSettings:
     dataset: str | None = None
     split: int | None = None
     calibration_data: str | None = None
+    precision: str = "fp32"
+    """The precision the model ran in when the statistics were computed (bundles before it: fp32)."""
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> DetectorSettings:
@@ -64,6 +70,7 @@ class DetectorSettings:
                 dataset=_optional(settings.get("dataset"), str),
                 split=_optional(settings.get("split"), int),
                 calibration_data=_optional(settings.get("calibration_data"), str),
+                precision=str(settings.get("precision") or "fp32"),
             )
         except KeyError as exc:
             raise BundleError(f"bundle settings lack {exc.args[0]!r}") from None
@@ -92,22 +99,29 @@ class Detector:
     device: torch.device = torch.device("cpu")
 
     @classmethod
-    def load(cls, bundle_dir: str | Path, *, alpha: float | None = None,
-             device: str | torch.device = "cpu") -> Detector:
+    def load(cls, bundle_dir: str | Path, *, alpha: float | None = None, device: str | torch.device = "cpu",
+             precision: str | None = None) -> Detector:
         """Load the bundle (every file checked against its digests) and its model (weights checked against the
         bundle), in eval mode on ``device``; ``alpha`` flags at that false-alarm rate instead of the bundle's.
 
         ``device`` is checked first (:func:`~pipeline.models.device.resolve_device`): one asking for hardware this
-        machine lacks raises a one-line :class:`~pipeline.models.ModelError` before anything is read. Densities
-        always score on the CPU."""
+        machine lacks raises a one-line :class:`~pipeline.models.ModelError` before anything is read. ``precision``
+        (:data:`~pipeline.models.precision.PRECISIONS`; default: the bundle's) is the backbone's arithmetic; one
+        other than the bundle's is logged, since the statistics were computed in the bundle's. Densities always
+        score on the CPU in float64."""
         device = resolve_device(device)
         bundle = DetectorBundle.load(bundle_dir)
         settings = DetectorSettings.from_mapping(bundle.settings)
         if alpha is not None:
             bundle.calibration.with_alpha(alpha)  # refuse a bad rate now, not at the first score
             alpha = float(alpha)
+        concrete = resolve_precision(precision or settings.precision, device)
+        if concrete != settings.precision:
+            log.info("%s: scoring in %s, the bundle's statistics were computed in %s", bundle_dir, concrete,
+                     settings.precision)
         model, manifest = load_model(bundle.resolve_model(bundle_dir), map_location=device)
-        return cls(model.eval(), manifest, bundle, settings, alpha, device)
+        model, _ = prepare_for_inference(model, concrete, device=device)
+        return cls(model, manifest, bundle, settings, alpha, device)
 
     @staticmethod
     def preprocessing(bundle_dir: str | Path) -> Preprocessing:
@@ -116,6 +130,11 @@ class Detector:
         ``detector.manifest.preprocessing``."""
         manifest = DetectorBundle.read_manifest(bundle_dir)
         return read_manifest(resolve_model_ref(manifest["model"], bundle_dir) / MANIFEST_FILE).preprocessing
+
+    @property
+    def precision(self) -> str:
+        """The precision the model runs in (``fp32``, ``bf16`` or ``fp16``)."""
+        return model_precision(self.model)
 
     @property
     def model_id(self) -> str:
