@@ -11,9 +11,10 @@ import pytest
 
 from pipeline.attacks import load_attacked_clips
 from pipeline.cli import main
+from pipeline.detect.zoo import DETECTORS
 from pipeline.models import load_model
 
-DENSITIES = {"gmm", "sep", "tied", "fused", "softmax"}
+DENSITIES = {"gmm", "sep", "tied", "fused", "softmax", *DETECTORS}  # the bundle's rows and the zoo's
 
 
 def test_synth_train_fit_attack_evaluate(tmp_path):

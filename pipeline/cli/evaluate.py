@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.cli import add_device_argument, command_device
+from pipeline.cli import add_device_argument, command_device, in_range
+from pipeline.detect.zoo import ZooError, parse_detectors
 from pipeline.evaluation.report import best_rows
 from pipeline.evaluation.run import ATTACKS, EvaluationSettings, evaluate
 
@@ -17,6 +18,13 @@ def _named_path(text: str) -> tuple[str, Path]:
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
     return name, Path(path)
+
+
+def _detectors(text: str) -> tuple[str, ...]:
+    try:
+        return parse_detectors(text)
+    except ZooError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="extra OOD set: attacked clips written by `clipwatch attack` (repeatable)")
     parser.add_argument("--frame-width", type=int, help="adversarial frame width in px (default: 4 at 112 px, scaled)")
     parser.add_argument("--framing-epochs", type=int, default=3)
-    parser.add_argument("--fgsm-eps", type=float, default=8 / 255, help="L-inf budget in [0, 1] pixel units")
+    parser.add_argument("--fgsm-eps", type=in_range(0, 1, high_inclusive=True), default=8 / 255, help="L-inf budget in [0, 1] pixel units")
+    parser.add_argument("--detectors", type=_detectors, default="all", metavar="NAMES",
+                        help="baselines fitted on the training split and compared with the bundle, comma-separated: "
+                             "msp, max_logit, energy, odin, mahalanobis, knn, vim, gradnorm (default: all; 'none')")
     parser.add_argument("--max-clips-per-video", type=int)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
@@ -52,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         surrogate=None if str(args.surrogate).lower() == "none" else args.surrogate, attacks=tuple(args.attacks),
         frame_width=args.frame_width, framing_epochs=args.framing_epochs, fgsm_eps=args.fgsm_eps,
         extra_ood=dict(args.ood), max_clips_per_video=args.max_clips_per_video, batch_size=args.batch_size,
-        seed=args.seed, progress=not args.no_progress, device=str(device))
+        seed=args.seed, progress=not args.no_progress, device=str(device), detectors=args.detectors,
+        precision=args.precision)
     results = evaluate(settings)
     print("accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in results["accuracy"].items()))
     for ood, slot in best_rows(results["detection"]).items():

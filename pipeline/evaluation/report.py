@@ -14,11 +14,13 @@ from pipeline.metrics import likelihood_accuracy, ood_metrics
 METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error")
 
 
-def detection_rows(scores: dict[str, BundleScores], features: dict[str, ClipFeatures]) -> list[dict]:
-    """One row per (OOD set, layer, density) plus the fused score and the softmax baseline.
+def detection_rows(scores: dict[str, BundleScores], features: dict[str, ClipFeatures],
+                   zoo: dict[tuple[str, str], dict[str, np.ndarray]] | None = None) -> list[dict]:
+    """One row per (OOD set, layer, density) plus the fused score, the softmax baseline and each zoo score.
 
     ``scores`` and ``features`` hold the in-distribution set under ``"clean"`` and every OOD set by name; the
-    scores are the bundle's, computed once by the caller.
+    scores are the bundle's, computed once by the caller. ``zoo`` maps ``(detector, layer)`` to its scores of
+    every set (:mod:`pipeline.detect.zoo`); its rows carry the detector's name as ``density``.
     """
     clean_scores, clean = scores["clean"], features["clean"]
     rows = []
@@ -34,7 +36,30 @@ def detection_rows(scores: dict[str, BundleScores], features: dict[str, ClipFeat
                      **ood_metrics(clean_scores.fused, ood_scores.fused)})
         rows.append({"ood_set": ood_name, "layer": "output", "density": "softmax",
                      **ood_metrics(clean.softmax.max(axis=1), ood.softmax.max(axis=1))})
+        for (name, layer), set_scores in (zoo or {}).items():
+            rows.append({"ood_set": ood_name, "layer": layer, "density": name,
+                         **ood_metrics(set_scores["clean"], set_scores[ood_name])})
     return rows
+
+
+def zoo_rows(rows: list[dict], zoo: dict | None) -> dict[str, dict[str, dict]]:
+    """Per OOD set, each zoo detector's row at the layer it scores by default (``zoo["detectors"]``), so that no
+    layer is picked by its OOD result."""
+    out: dict[str, dict[str, dict]] = {}
+    detectors = (zoo or {}).get("detectors", {})
+    for row in rows:
+        if row["density"] in detectors and row["layer"] == detectors[row["density"]]["layer"]:
+            out.setdefault(row["ood_set"], {})[row["density"]] = row
+    return out
+
+
+def best_zoo_detector(rows: list[dict], zoo: dict | None) -> str | None:
+    """The zoo detector with the highest AUROC averaged over the OOD sets, or None without a zoo."""
+    per_set = zoo_rows(rows, zoo)
+    names = {name for slot in per_set.values() for name in slot}
+    if not names:
+        return None
+    return max(sorted(names), key=lambda n: np.mean([s[n]["auroc"] for s in per_set.values() if n in s]))
 
 
 def likelihood_accuracy_rows(bundle: DetectorBundle, clean: ClipFeatures) -> list[dict]:
@@ -110,6 +135,7 @@ def markdown(results: dict) -> str:
     for ood, slot in best_rows(results["detection"]).items():
         cells = [f"{slot[d]['auroc']:.3f} ({slot[d]['layer']})" if d in slot else "-" for d in densities]
         lines.append(f"| {ood} | " + " | ".join(cells) + " |")
+    lines += _zoo_table(results)
     lines += ["", "## All detection metrics", "",
               "| OOD set | layer | density | " + " | ".join(METRIC_KEYS) + " |", "|---" * (3 + len(METRIC_KEYS)) + "|"]
     for row in results["detection"]:
@@ -119,6 +145,28 @@ def markdown(results: dict) -> str:
               "|---|---|---|"]
     lines += [f"| {r['layer']} | {r['density']} | {r['accuracy']:.3f} |" for r in results["likelihood_accuracy"]]
     return "\n".join(lines) + "\n"
+
+
+def _zoo_table(results: dict) -> list[str]:
+    """The fused score against the zoo's baselines, AUROC per OOD set (each baseline at its default layer)."""
+    zoo = results.get("zoo")
+    per_set = zoo_rows(results["detection"], zoo)
+    if not per_set:
+        return []
+    names = list(zoo["detectors"])
+    fused = {r["ood_set"]: r["auroc"] for r in results["detection"] if r["density"] == "fused"}
+    lines = ["", f"## Fused score vs the baselines (AUROC; baselines fitted on {zoo['train_clips']} training clips)",
+             "", "| OOD set | fused | best baseline | " + " | ".join(names) + " |", "|---" * (len(names) + 3) + "|"]
+    for ood, slot in per_set.items():
+        best = max(slot.values(), key=lambda r: r["auroc"])
+        cells = [f"{slot[n]['auroc']:.3f}" if n in slot else "-" for n in names]
+        lines.append(f"| {ood} | {fused.get(ood, float('nan')):.3f} | {best['auroc']:.3f} ({best['density']}) | "
+                     + " | ".join(cells) + " |")
+    layers = ", ".join(f"{n}: {d['layer']}" for n, d in zoo["detectors"].items())
+    lines += ["", f"Layers read: {layers}."]
+    if zoo.get("left_out"):
+        lines.append("Left out: " + "; ".join(f"{n} ({why})" for n, why in zoo["left_out"].items()) + ".")
+    return lines
 
 
 def write_results(results: dict, out_dir: str | Path) -> None:

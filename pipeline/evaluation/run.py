@@ -5,6 +5,10 @@ In-distribution test clips are compared with every OOD set: novel classes, white
 learned on a surrogate model), FGSM, and any folder of the user's own attacked clips (``.npz`` written by
 ``clipwatch attack``). All clips are rounded to 8 bits at the model's resolution, clean ones included, so
 the detector is never handed quantisation as a clue.
+
+Unless ``detectors`` is empty, the zoo of standard baselines (:mod:`pipeline.detect.zoo`) is fitted on the
+in-distribution training split (loaded the same way, ``max_clips_per_video`` honoured) and scored on every set,
+one detection row each, next to the bundle's densities.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from pipeline.attacks import (
     FramingAttack,
@@ -28,11 +33,14 @@ from pipeline.attacks import (
 )
 from pipeline.data import UCF101
 from pipeline.detect import BundleScores, ClipFeatures, Detector, DetectorBundle, load_clips
+from pipeline.detect.features import pixel_input
+from pipeline.detect.zoo import DETECTORS, Mahalanobis, build_zoo, feeding_layer, linear_head
 from pipeline.errors import ClipwatchError
 from pipeline.evaluation import plots
 from pipeline.evaluation.report import (
     P_VALUE_LEVELS,
     accuracy_of,
+    best_zoo_detector,
     detection_rows,
     likelihood_accuracy_rows,
     p_value_calibration_rows,
@@ -41,9 +49,12 @@ from pipeline.evaluation.report import (
 )
 from pipeline.models import load_model
 from pipeline.models.device import resolve_device
+from pipeline.models.precision import model_precision, prepare_for_inference
 
 log = logging.getLogger(__name__)
 ATTACKS = ("framing_whitebox", "framing_blackbox", "fgsm")
+ZOO_CHUNK_VIDEOS = 64
+"""Training videos decoded at once for the zoo (their clips are held as uint8 until their features are taken)."""
 
 
 @dataclass
@@ -67,6 +78,10 @@ class EvaluationSettings:
     progress: bool = True
     device: str = "cpu"
     """Where the models run (``cpu``, ``cuda``, ``cuda:N``, ``mps``); densities always score on the CPU."""
+    precision: str | None = None
+    """The models' arithmetic (:data:`pipeline.models.precision.PRECISIONS`); None: the bundle's."""
+    detectors: tuple[str, ...] = tuple(DETECTORS)
+    """Zoo baselines to fit and score (:data:`pipeline.detect.zoo.DETECTORS`); empty to skip the zoo."""
 
 
 def _videos(root: Path, split: int, subset: str | None) -> list[tuple[Path, int]]:
@@ -110,6 +125,7 @@ def _attack_sets(settings, model, manifest, clips01, labels, device: torch.devic
             if not settings.surrogate:
                 continue
             surrogate, surrogate_manifest = load_model(settings.surrogate, map_location=device)
+            surrogate, _ = prepare_for_inference(surrogate, model_precision(model), device=device)
             if surrogate_manifest.preprocessing.crop != prep.crop:
                 raise ClipwatchError(f"surrogate crop {surrogate_manifest.preprocessing.crop} differs from the model's")
             frame = attack.fit_universal(surrogate, train_clips, train_labels,
@@ -133,13 +149,14 @@ def evaluate(settings: EvaluationSettings) -> dict:
     started = time.perf_counter()
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
-    detector = Detector.load(settings.bundle, device=device)
+    detector = Detector.load(settings.bundle, device=device, precision=settings.precision)
     bundle, model, manifest, prep = detector.bundle, detector.model, detector.manifest, detector.manifest.preprocessing
     common = dict(max_clips_per_video=settings.max_clips_per_video, progress=settings.progress)
 
     clips, labels, _, skipped = load_clips(_videos(settings.data, settings.split, "test"), prep,
                                            description="test clips", **common)
     clean = detector.features(clips, labels, batch_size=settings.batch_size)
+    frames: dict[str, np.ndarray] = {"clean": clips}
     ood: dict[str, ClipFeatures] = {}
     novel_root = settings.novel or (settings.data / "novel" if (settings.data / "novel").is_dir() else None)
     if novel_root is not None:
@@ -147,20 +164,26 @@ def evaluate(settings: EvaluationSettings) -> dict:
                                                       description="novel clips", **common)
         skipped += novel_skipped
         ood["novel"] = detector.features(novel_clips, batch_size=settings.batch_size)
+        frames["novel"] = novel_clips
     attacked = _attack_sets(settings, model, manifest, from_uint8(clips), torch.as_tensor(labels), device)
     for name, adv in attacked.items():
         ood[name] = detector.features(adv, labels, batch_size=settings.batch_size)
+    frames.update(attacked)
     for name, path in settings.extra_ood.items():
         user = load_attacked_clips(path)
         ood[name] = detector.features(user.frames, user.labels, batch_size=settings.batch_size)
+        frames[name] = user.frames
 
     accuracy = {"clean": accuracy_of(clean)}
     accuracy.update({name: accuracy_of(ood[name]) for name in ood if name != "novel"})
-    set_scores = {name: detector.score_features(f.layers, f.softmax) for name, f in {"clean": clean, **ood}.items()}
+    sets = {"clean": clean, **ood}
+    set_scores = {name: detector.score_features(f.layers, f.softmax) for name, f in sets.items()}
+    zoo_scores, zoo_info = _zoo(settings, detector, sets, frames) if settings.detectors else ({}, None)
     verdicts = verdict_rows(set_scores)
     results = {
         "accuracy": accuracy,
-        "detection": detection_rows(set_scores, {"clean": clean, **ood}),
+        "precision": detector.precision,
+        "detection": detection_rows(set_scores, sets, zoo_scores),
         "likelihood_accuracy": likelihood_accuracy_rows(bundle, clean),
         "verdicts": verdicts,
         "false_alarm": {"requested": detector.alpha, "measured": verdicts[0]["flagged"], "clips": len(clean),
@@ -170,8 +193,13 @@ def evaluate(settings: EvaluationSettings) -> dict:
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items() if k != "extra_ood"},
     }
+    if zoo_info is not None:
+        results["zoo"] = zoo_info
     settings.out.mkdir(parents=True, exist_ok=True)
-    results["figures"] = _figures(bundle, clean, ood, set_scores, settings.out)
+    best = best_zoo_detector(results["detection"], zoo_info)
+    results["figures"] = _figures(bundle, clean, ood, set_scores, settings.out,
+                                  {f"best baseline: {best}": zoo_scores[(best, zoo_info["detectors"][best]["layer"])]}
+                                  if best else {})
     results["figures"].append(plots.p_value_calibration(set_scores["clean"].p_value, detector.alpha,
                                                         settings.out / "p_values.png").name)
     results["seconds"] = round(time.perf_counter() - started, 1)
@@ -179,15 +207,82 @@ def evaluate(settings: EvaluationSettings) -> dict:
     return results
 
 
+def _training_features(settings: EvaluationSettings, detector: Detector) -> tuple[ClipFeatures, list[str]]:
+    """Features of the in-distribution training split, rounded to 8 bits like every scored clip, decoded a chunk
+    of videos at a time so that only one chunk's clips are held in memory; and the videos skipped."""
+    videos = _videos(settings.data, settings.split, "train")
+    prep = detector.manifest.preprocessing
+    parts: list[ClipFeatures] = []
+    skipped: list[str] = []
+    with tqdm(total=len(videos), desc="zoo training clips", unit="video", disable=not settings.progress) as bar:
+        for start in range(0, len(videos), ZOO_CHUNK_VIDEOS):
+            chunk = videos[start:start + ZOO_CHUNK_VIDEOS]
+            try:
+                clips, labels, _, chunk_skipped = load_clips(chunk, prep, progress=False,
+                                                             max_clips_per_video=settings.max_clips_per_video)
+            except ClipwatchError as exc:  # none of this chunk's videos is readable (each was logged)
+                log.warning("zoo training clips: %s", exc)
+                skipped += [str(path) for path, _ in chunk]
+            else:
+                skipped += [path for path, _ in chunk_skipped]
+                parts.append(detector.features(clips, labels, batch_size=settings.batch_size))
+            bar.update(len(chunk))
+    if not parts:
+        raise ClipwatchError(f"no readable training clips among {len(videos)} videos for the zoo detectors")
+    return ClipFeatures({name: np.concatenate([p.layers[name] for p in parts]) for name in parts[0].layers},
+                        np.concatenate([p.logits for p in parts]), np.concatenate([p.labels for p in parts])), skipped
+
+
+def _zoo(settings: EvaluationSettings, detector: Detector, sets: dict[str, ClipFeatures],
+         frames: dict[str, np.ndarray]) -> tuple[dict[tuple[str, str], dict[str, np.ndarray]], dict]:
+    """Fit the zoo on the training split and score every set: ``{(name, layer): {set: scores}}`` and a summary
+    (the layer each detector read, what was left out and why, the time taken)."""
+    started = time.perf_counter()
+    train, skipped = _training_features(settings, detector)
+    head = linear_head(detector.model)
+    penultimate = feeding_layer(train, head, detector.layers)
+    detectors, left_out = build_zoo(settings.detectors, layers=detector.layers, head=head, penultimate=penultimate)
+    prep = detector.manifest.preprocessing
+    normalize = Normalize.from_preprocessing(prep)
+    scores: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    for name, zoo_detector in detectors.items():
+        zoo_detector.fit(train)
+        if zoo_detector.needs_clips:
+            size = settings.batch_size
+            scores[(name, zoo_detector.layer_used)] = {
+                set_name: np.concatenate([zoo_detector.score_clips(detector.model, pixel_input(f[i:i + size], prep),
+                                                                   normalize) for i in range(0, len(f), size)])
+                for set_name, f in frames.items()}
+            continue
+        scores[(name, zoo_detector.layer_used)] = {set_name: zoo_detector.score(f) for set_name, f in sets.items()}
+        if isinstance(zoo_detector, Mahalanobis) and len(zoo_detector.layers_) > 1:
+            per_layer = {set_name: zoo_detector.layer_scores(f) for set_name, f in sets.items()}
+            for layer in zoo_detector.layers_:
+                scores[(name, layer)] = {set_name: values[layer] for set_name, values in per_layer.items()}
+    info = {"train_clips": len(train), "skipped_train_videos": skipped, "head": head.name, "penultimate": penultimate,
+            "detectors": {name: {"layer": d.layer_used, "params": _plain_params(d)} for name, d in detectors.items()},
+            "left_out": left_out, "seconds": round(time.perf_counter() - started, 1)}
+    log.info("zoo: %d detectors fitted on %d training clips, %.0f s", len(detectors), len(train), info["seconds"])
+    return scores, info
+
+
+def _plain_params(estimator) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in estimator.get_params().items()
+            if v is None or isinstance(v, (bool, int, float, str, tuple))}
+
+
 def _figures(bundle: DetectorBundle, clean: ClipFeatures, ood: dict[str, ClipFeatures],
-             set_scores: dict[str, BundleScores], out: Path) -> list[str]:
+             set_scores: dict[str, BundleScores], out: Path, extra: dict[str, dict[str, np.ndarray]]) -> list[str]:
+    """ROC curves, histograms and t-SNE; ``extra`` adds scores ``{name: {set: scores}}`` (the best zoo detector)."""
     keys = [f"{bundle.layers[-1]}/{d}" for d in bundle.settings["densities"]]
 
-    def panel(features: ClipFeatures, scores) -> dict[str, np.ndarray]:
-        return {"softmax": features.softmax.max(axis=1), "fused": scores.fused, **{k: scores.loglik[k] for k in keys}}
+    def panel(name: str, features: ClipFeatures) -> dict[str, np.ndarray]:
+        scores = set_scores[name]
+        return {"softmax": features.softmax.max(axis=1), "fused": scores.fused, **{k: scores.loglik[k] for k in keys},
+                **{key: values[name] for key, values in extra.items()}}
 
-    clean_panel = panel(clean, set_scores["clean"])
-    ood_panels = {name: panel(f, set_scores[name]) for name, f in ood.items()}
+    clean_panel = panel("clean", clean)
+    ood_panels = {name: panel(name, f) for name, f in ood.items()}
     written = [plots.roc_curves(clean_panel, ood_panels, out / "roc.png")]
     for name, scores in ood_panels.items():
         written.append(plots.score_histograms(clean_panel, scores, name, out / f"hist_{name}.png"))
