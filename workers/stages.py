@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from pipeline.alerts import Alert
+from pipeline.alerts import Alert, MqttSink
 from pipeline.alerts.errors import AlertInputError
 from pipeline.bus import Delivery
 from pipeline.config import PipelineConfig
@@ -60,9 +60,10 @@ class SinkStage(Stage):
     max_wait_s = 0.0
 
     def __init__(self, step: SinkStep, *, reorder_window_s: float = 2.0, max_seq_jump: int | None = 10_000,
-                 flush_timeout_s: float = 30.0, metrics: PipelineMetrics | None = None):
+                 flush_timeout_s: float = 30.0, metrics: PipelineMetrics | None = None, mqtt: MqttSink | None = None):
         _bind(self, stage("sink"))
         self.record = step
+        self.mqtt = mqtt
         self.buffer: ReorderBuffer[Inbound] = ReorderBuffer(reorder_window_s, max_jump=max_seq_jump)
         for stream_id, (seq, decoded_at) in step.positions.items():
             self.buffer.resume(stream_id, seq, decoded_at)
@@ -101,6 +102,8 @@ class SinkStage(Stage):
 
     def close(self) -> None:
         self.record.close(self.flush_timeout_s)
+        if self.mqtt is not None:
+            self.mqtt.close()
 
     def _record(self, items: list[Inbound]) -> list[Outcome]:
         late_before = self.buffer.late
@@ -139,16 +142,22 @@ class HealthStage(Stage):
         self.log.close()
 
 
-def sink_metrics(metrics: PipelineMetrics, on_alert: Callable[[Alert], None] | None = None):
-    """The (on_alert, on_verdict) callbacks of a sink step that count alerts, verdicts and end-to-end latency."""
+def sink_metrics(metrics: PipelineMetrics, on_alert: Callable[[Alert], None] | None = None,
+                 mqtt: MqttSink | None = None):
+    """The (on_alert, on_verdict) callbacks of a sink step that count alerts, verdicts and end-to-end latency, and
+    feed the MQTT sink when there is one."""
 
     def alerted(alert: Alert) -> None:
         metrics.alerts.labels(alert.kind).inc()
+        if mqtt is not None:
+            mqtt.submit(alert)
         if on_alert is not None:
             on_alert(alert)
 
     def recorded(verdict: VerdictMessage) -> None:
         metrics.verdicts.labels(verdict.verdict).inc()
+        if mqtt is not None:
+            mqtt.observe(verdict.stream_id, verdict.verdict)
         started = verdict.timestamps.get("decoder")
         if started is not None:
             metrics.end_to_end_seconds.observe(max(0.0, time.time() - started))
@@ -167,11 +176,12 @@ def _classifier(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetric
     device = resolve_device(settings.device, source="classifier.device")  # no CUDA here: one line, at start
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    step = ClassifierStep.from_detector(Detector.load(config.bundle, device=device), device=device,
+    detector = Detector.load(config.bundle, device=device, precision=settings.precision)
+    step = ClassifierStep.from_detector(detector, device=device,
                                         thumbnail_size=settings.thumbnail_size,
                                         thumbnail_quality=settings.thumbnail_quality)
-    logger.info("classifier: model %s, layers %s, batches of up to %d clips within %d ms", step.model_id,
-                ", ".join(step.layers), settings.max_batch, settings.max_wait_ms)
+    logger.info("classifier: model %s (%s), layers %s, batches of up to %d clips within %d ms", step.model_id,
+                detector.precision, ", ".join(step.layers), settings.max_batch, settings.max_wait_ms)
     return BatchStage(spec, step, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000)
 
 
@@ -187,11 +197,12 @@ def _density(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, 
 
 def _sink(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, on_alert) -> Stage:
     alerts = config.alerts
-    alerted, recorded = sink_metrics(metrics, on_alert)
+    mqtt = MqttSink(alerts.mqtt) if alerts.mqtt is not None else None
+    alerted, recorded = sink_metrics(metrics, on_alert, mqtt)
     step = SinkStep.from_config(alerts, config.webhook_config(), on_alert=alerted, on_verdict=recorded)
     flush = alerts.webhooks.flush_timeout_s if alerts.webhooks is not None else 0.0
     return SinkStage(step, reorder_window_s=alerts.reorder_window_s, max_seq_jump=alerts.max_seq_jump,
-                     flush_timeout_s=flush, metrics=metrics)
+                     flush_timeout_s=flush, metrics=metrics, mqtt=mqtt)
 
 
 def _health(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, on_alert) -> Stage:

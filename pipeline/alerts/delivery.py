@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from requests.exceptions import InvalidSchema, InvalidURL, MissingSchema
 
 from pipeline import __version__
-from pipeline.alerts.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_body
+from pipeline.alerts.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, Scheme, signature_header
 from pipeline.errors import one_line
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429}) | frozenset(range(500, 600))
@@ -87,15 +87,18 @@ class AttemptResult:
 
 
 def post_alert(
-    session: requests.Session, url: str, body: bytes, key: str, secret: bytes, timeout_s: float
+    session: requests.Session, url: str, body: bytes, key: str, secret: bytes, timeout_s: float,
+    scheme: Scheme = "v2",
 ) -> AttemptResult:
-    """POST `body` to `url` once, signed, and classify the outcome; never raises for network or HTTP errors."""
+    """POST `body` to `url` once, signed under `scheme` at this moment, and classify the outcome; never raises for
+    network or HTTP errors."""
+    timestamp = int(time.time())
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
-        SIGNATURE_HEADER: sign_body(body, secret),
+        SIGNATURE_HEADER: signature_header(body, secret, scheme, timestamp),
         IDEMPOTENCY_HEADER: key,
-        TIMESTAMP_HEADER: str(int(time.time())),
+        TIMESTAMP_HEADER: str(timestamp),
     }
     try:
         response = session.post(url, data=body, headers=headers, timeout=timeout_s, allow_redirects=False)

@@ -58,5 +58,14 @@ class JournalError(AlertError):
         super().__init__(f"{self.path}:{line}: {self.reason}")
 
 
+class SignatureError(AlertError):
+    """A webhook request whose ``X-Clipwatch-Signature`` does not verify: ``reason`` is ``missing``,
+    ``malformed``, ``legacy``, ``mismatch``, ``stale`` or ``future``; the message is one line without the secret."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(one_line(message))
+
+
 class SinkClosedError(AlertError):
     """An alert handed to a sink after `close()`."""

@@ -85,7 +85,7 @@ def _replay_one(config: WebhookConfig, ledger: DeliveryLedger, session: requests
         return ReplayOutcome(key, url, "already_delivered", "the ledger records it as delivered")
     if url not in config.urls:
         return ReplayOutcome(key, url, "failed", "not a configured webhook URL")
-    result = post_alert(session, url, canonical_json(record["body"]), key, secret, config.timeout_s)
+    result = post_alert(session, url, canonical_json(record["body"]), key, secret, config.timeout_s, config.signature)
     if not result.ok:
         return ReplayOutcome(key, url, "failed", result.reason)
     ledger.settled(url, key, "delivered", int(record.get("attempts") or 0) + 1, result.status)

@@ -34,6 +34,7 @@ from pipeline.alerts.delivery import AttemptResult, RetryPolicy, post_alert
 from pipeline.alerts.errors import SinkClosedError, validate_config
 from pipeline.alerts.journal import JsonlJournal
 from pipeline.alerts.ledger import DeliveryLedger, Progress, QueuedDelivery
+from pipeline.alerts.signing import Scheme
 from pipeline.errors import redact
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class WebhookConfig(BaseModel):
 
     urls: list[str] = Field(min_length=1, description="http(s) endpoints; each receives every alert")
     secret: SecretStr = Field(description="shared HMAC-SHA256 key for X-Clipwatch-Signature")
+    signature: Scheme = Field("v2", description="v2: 't=<unix s>,v1=<hex>' over '<t>.<body>' (replays refused); "
+                                                "v1: legacy 'sha256=<hex>' of the body alone")
     ledger_path: Path = Field(description="JSONL outbox + record of finished deliveries (idempotency)")
     dead_letter_path: Path = Field(description="JSONL of deliveries that failed for good, with the reason")
     timeout_s: float = Field(5.0, gt=0.0, description="connect and read timeout of one attempt")
@@ -267,7 +270,8 @@ class WebhookSink:
                     if delivery.first_attempt_at is None:
                         delivery.first_attempt_at = time.time()
                 q = delivery.queued
-                result = post_alert(session, route.url, q.body, q.key, self._secret, self.config.timeout_s)
+                result = post_alert(session, route.url, q.body, q.key, self._secret, self.config.timeout_s,
+                                    self.config.signature)
                 with self._lock:
                     self._in_flight -= 1
                     try:

@@ -1,4 +1,5 @@
-"""The ``alerts`` section: what the sink records (rules, logs, thumbnails) and where it sends signed webhooks."""
+"""The ``alerts`` section: what the sink records (rules, logs, thumbnails), where it sends signed webhooks, and the
+MQTT broker it publishes events to."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from pipeline.alerts import AlertRulesConfig, RetryPolicy, WebhookConfig
+from pipeline.alerts import AlertRulesConfig, MqttConfig, RetryPolicy, WebhookConfig
+from pipeline.alerts.signing import Scheme
 from pipeline.alerts.webhook import check_webhook_urls
 from pipeline.config.base import ENV_NAME, ConfigError, ConfigPath, EnvStr, FromEnv, Section
 from pipeline.stream.messages import VerdictLabel
@@ -24,6 +26,8 @@ class WebhooksConfig(Section):
 
     urls: list[EnvStr] = Field(min_length=1)
     secret_env: str = Field("CLIPWATCH_WEBHOOK_SECRET", pattern=ENV_NAME)
+    signature: Scheme = Field("v2", description="v2: timestamped 't=..,v1=..' (replays refused); v1: legacy "
+                                                "'sha256=..' of the body, for receivers not yet updated")
     ledger: ConfigPath = Field(Path("webhook-ledger.jsonl"), description="durable outbox and delivery record")
     dead_letters: ConfigPath = Field(Path("webhook-dead-letters.jsonl"))
     timeout_s: float = Field(5.0, gt=0.0)
@@ -38,7 +42,7 @@ class WebhooksConfig(Section):
 
 
 class AlertsConfig(Section):
-    """What the sink records: alert rules, the alert log, optional verdict/health logs, thumbnails, webhooks."""
+    """What the sink records: alert rules, the alert log, optional verdict/health logs, thumbnails, webhooks, MQTT."""
 
     rules: Annotated[AlertRulesConfig, FromEnv] = Field(default_factory=AlertRulesConfig)
     jsonl: ConfigPath = Field(Path("alerts.jsonl"), description="durable alert log, one line per alert")
@@ -51,6 +55,7 @@ class AlertsConfig(Section):
                                                                "stream (not a decoder restart); None: no check")
     print: bool = Field(True, description="print each alert on stdout as it fires")
     webhooks: WebhooksConfig | None = None
+    mqtt: Annotated[MqttConfig, FromEnv] | None = Field(None, description="publish Frigate-style events to a broker")
 
     @field_validator("rules")
     @classmethod
@@ -73,6 +78,6 @@ class AlertsConfig(Section):
         if not secret:
             raise ConfigError(f"{source}: alerts.webhooks.secret_env: environment variable {hooks.secret_env} "
                               "is not set or empty")
-        return WebhookConfig(urls=hooks.urls, secret=secret, ledger_path=hooks.ledger,
+        return WebhookConfig(urls=hooks.urls, secret=secret, signature=hooks.signature, ledger_path=hooks.ledger,
                              dead_letter_path=hooks.dead_letters, timeout_s=hooks.timeout_s, retry=hooks.retry,
                              workers_per_url=hooks.workers_per_url)
