@@ -18,13 +18,15 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # ffmpeg encodes test videos and publishes live test streams; redis-server backs the Redis bus tests; mosquitto is
-# the MQTT broker the alert tests start (openssl makes their TLS certificates).
+# the MQTT broker the alert tests start (openssl makes their TLS certificates); chromium is the browser Playwright
+# drives in the console's browser test (Debian's build: Playwright downloads none).
 system-deps:
 	@missing=""; \
 	command -v ffmpeg >/dev/null || missing="$$missing ffmpeg"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; \

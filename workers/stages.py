@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from pipeline.alerts import Alert, MqttSink
 from pipeline.alerts.errors import AlertInputError
@@ -18,10 +19,13 @@ from pipeline.config import PipelineConfig
 from pipeline.stream.messages import HealthMessage, Message, VerdictMessage
 from pipeline.stream.reorder import ReorderBuffer, SeqJumpError
 from pipeline.stream.steps import Rejected
-from pipeline.stream.steps.record import HealthLog, SinkStep
+from pipeline.stream.steps.record import HealthLog, SinkStep, verdict_record
 from pipeline.stream.topology import StageSpec, stage, worker_stages
 from workers.loop import Inbound, Outcome, Stage, outcomes_for
 from workers.ops import PipelineMetrics
+
+if TYPE_CHECKING:
+    from pipeline.console.live import LiveConsole
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +64,12 @@ class SinkStage(Stage):
     max_wait_s = 0.0
 
     def __init__(self, step: SinkStep, *, reorder_window_s: float = 2.0, max_seq_jump: int | None = 10_000,
-                 flush_timeout_s: float = 30.0, metrics: PipelineMetrics | None = None, mqtt: MqttSink | None = None):
+                 flush_timeout_s: float = 30.0, metrics: PipelineMetrics | None = None, mqtt: MqttSink | None = None,
+                 console: LiveConsole | None = None):
         _bind(self, stage("sink"))
         self.record = step
         self.mqtt = mqtt
+        self.console = console
         self.buffer: ReorderBuffer[Inbound] = ReorderBuffer(reorder_window_s, max_jump=max_seq_jump)
         for stream_id, (seq, decoded_at) in step.positions.items():
             self.buffer.resume(stream_id, seq, decoded_at)
@@ -104,6 +110,8 @@ class SinkStage(Stage):
         self.record.close(self.flush_timeout_s)
         if self.mqtt is not None:
             self.mqtt.close()
+        if self.console is not None:
+            self.console.close()
 
     def _record(self, items: list[Inbound]) -> list[Outcome]:
         late_before = self.buffer.late
@@ -121,14 +129,15 @@ class SinkStage(Stage):
 
 
 class HealthStage(Stage):
-    """Stream health events: `HealthLog`, and the ``clipwatch_stream_up`` gauge."""
+    """Stream health events: `HealthLog`, the ``clipwatch_stream_up`` gauge, and the console's camera states."""
 
     max_batch = 64
 
-    def __init__(self, log: HealthLog, metrics: PipelineMetrics | None = None):
+    def __init__(self, log: HealthLog, metrics: PipelineMetrics | None = None, console: LiveConsole | None = None):
         _bind(self, stage("health"))
         self.log = log
         self.metrics = metrics
+        self.console = console
 
     def step(self, items: list[Inbound]) -> list[Outcome]:
         for item in items:
@@ -136,6 +145,9 @@ class HealthStage(Stage):
             self.log(event)
             if self.metrics is not None:
                 self.metrics.stream_up.labels(event.stream_id).set(1 if event.state == "up" else 0)
+            if self.console is not None:
+                self.console.health({"stream_id": event.stream_id, "state": event.state, "detail": event.detail,
+                                     "time": event.time})
         return [Outcome(item) for item in items]
 
     def close(self) -> None:
@@ -143,14 +155,16 @@ class HealthStage(Stage):
 
 
 def sink_metrics(metrics: PipelineMetrics, on_alert: Callable[[Alert], None] | None = None,
-                 mqtt: MqttSink | None = None):
+                 mqtt: MqttSink | None = None, console: LiveConsole | None = None):
     """The (on_alert, on_verdict) callbacks of a sink step that count alerts, verdicts and end-to-end latency, and
-    feed the MQTT sink when there is one."""
+    feed the MQTT sink and the console when there are."""
 
     def alerted(alert: Alert) -> None:
         metrics.alerts.labels(alert.kind).inc()
         if mqtt is not None:
             mqtt.submit(alert)
+        if console is not None:
+            console.alert(alert)
         if on_alert is not None:
             on_alert(alert)
 
@@ -158,6 +172,8 @@ def sink_metrics(metrics: PipelineMetrics, on_alert: Callable[[Alert], None] | N
         metrics.verdicts.labels(verdict.verdict).inc()
         if mqtt is not None:
             mqtt.observe(verdict.stream_id, verdict.verdict)
+        if console is not None:
+            console.verdict(verdict_record(verdict))
         started = verdict.timestamps.get("decoder")
         if started is not None:
             metrics.end_to_end_seconds.observe(max(0.0, time.time() - started))
@@ -165,7 +181,7 @@ def sink_metrics(metrics: PipelineMetrics, on_alert: Callable[[Alert], None] | N
     return alerted, recorded
 
 
-def _classifier(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, on_alert) -> Stage:
+def _classifier(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, on_alert, console=None) -> Stage:
     import torch
 
     from pipeline.detect import Detector
@@ -185,7 +201,7 @@ def _classifier(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetric
     return BatchStage(spec, step, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000)
 
 
-def _density(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, on_alert) -> Stage:
+def _density(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, on_alert, console=None) -> Stage:
     from pipeline.detect import DetectorBundle
     from pipeline.stream.steps.score import DensityStep
 
@@ -195,18 +211,18 @@ def _density(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, 
     return BatchStage(spec, step, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000)
 
 
-def _sink(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, on_alert) -> Stage:
+def _sink(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, on_alert, console=None) -> Stage:
     alerts = config.alerts
     mqtt = MqttSink(alerts.mqtt) if alerts.mqtt is not None else None
-    alerted, recorded = sink_metrics(metrics, on_alert, mqtt)
+    alerted, recorded = sink_metrics(metrics, on_alert, mqtt, console)
     step = SinkStep.from_config(alerts, config.webhook_config(), on_alert=alerted, on_verdict=recorded)
     flush = alerts.webhooks.flush_timeout_s if alerts.webhooks is not None else 0.0
     return SinkStage(step, reorder_window_s=alerts.reorder_window_s, max_seq_jump=alerts.max_seq_jump,
-                     flush_timeout_s=flush, metrics=metrics, mqtt=mqtt)
+                     flush_timeout_s=flush, metrics=metrics, mqtt=mqtt, console=console)
 
 
-def _health(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, on_alert) -> Stage:
-    return HealthStage(HealthLog(config.alerts.health_jsonl), metrics)
+def _health(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, on_alert, console=None) -> Stage:
+    return HealthStage(HealthLog(config.alerts.health_jsonl), metrics, console)
 
 
 FACTORIES = {"classifier": _classifier, "density": _density, "sink": _sink, "health": _health}
@@ -214,6 +230,17 @@ FACTORIES = {"classifier": _classifier, "density": _density, "sink": _sink, "hea
 
 def build_stages(worker: str, config: PipelineConfig, metrics: PipelineMetrics,
                  on_alert: Callable[[Alert], None] | None = None) -> list[Stage]:
-    """The consuming stages that worker `worker` runs (the topology says which), built from the config."""
-    return [FACTORIES[spec.name](spec, config, metrics, on_alert) for spec in worker_stages(worker)
-            if spec.input_topic is not None]
+    """The consuming stages that worker `worker` runs (the topology says which), built from the config; the sink's
+    worker also serves the console when the config has one (the sink stage closes it)."""
+    specs = [spec for spec in worker_stages(worker) if spec.input_topic is not None]
+    console = None
+    if config.console is not None and any(spec.name == "sink" for spec in specs):
+        from pipeline.console.live import LiveConsole
+
+        console = LiveConsole.from_config(config)
+    try:
+        return [FACTORIES[spec.name](spec, config, metrics, on_alert, console) for spec in specs]
+    except BaseException:
+        if console is not None:
+            console.close()
+        raise

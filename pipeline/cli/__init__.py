@@ -20,7 +20,7 @@ from importlib.metadata import entry_points
 from pipeline import __version__
 from pipeline.errors import ClipwatchError, one_line, redact
 
-COMMAND_MODULES = ("synth", "train", "fit", "attack", "evaluate", "score", "export", "alerts")
+COMMAND_MODULES = ("synth", "train", "fit", "attack", "evaluate", "score", "export", "alerts", "console")
 ENTRY_POINT_GROUP = "clipwatch.commands"
 SHARED_CORE_COMMANDS = ("run", "demo")
 """Commands that run every pipeline stage in one process: see :func:`yield_idle_cores`."""

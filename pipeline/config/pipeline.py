@@ -11,6 +11,7 @@ from pipeline.alerts import WebhookConfig
 from pipeline.config.alerts import AlertsConfig
 from pipeline.config.base import ConfigPath, Section
 from pipeline.config.bus import BusConfig
+from pipeline.config.console import ConsoleConfig
 from pipeline.config.ops import OpsConfig
 from pipeline.config.sources import SourceConfig, check_stream_ids
 from pipeline.config.stages import ClassifierConfig, DecoderConfig, DensityConfig
@@ -29,6 +30,7 @@ class PipelineConfig(Section):
     density: DensityConfig = Field(default_factory=DensityConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     ops: OpsConfig = Field(default_factory=OpsConfig)
+    console: ConsoleConfig | None = Field(None, description="serve the operator's console from the sink")
     _source_file: str = PrivateAttr("config")
 
     @field_validator("bundle")
