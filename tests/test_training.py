@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import pipeline.training.trainer as trainer_module
@@ -570,3 +572,45 @@ def test_optimizer_groups_keep_old_checkpoints_resumable_and_a_frozen_backbone_f
     frozen.train()
     frozen(torch.randn(2, 3, 8, 32, 32) * 3 + 1)
     assert all(torch.equal(before[n], t) for n, t in frozen.state_dict().items() if n in before)
+
+
+def test_outliers_are_shuffled_or_spliced_known_clips_and_the_input_is_untouched():
+    from pipeline.training.openset import make_outliers
+
+    clips = torch.arange(4 * 3 * 8 * 2 * 2, dtype=torch.float32).reshape(4, 3, 8, 2, 2)
+    labels = torch.tensor([0, 0, 1, 2])
+    before = clips.clone()
+    outliers = make_outliers(clips, labels, 6, torch.Generator().manual_seed(0))
+    assert torch.equal(clips, before) and outliers.shape == (6, 3, 8, 2, 2)
+    frames = {tuple(clips[i, :, t].flatten().tolist()): (i, t) for i in range(4) for t in range(8)}
+    for k, outlier in enumerate(outliers):
+        sources = [frames[tuple(outlier[:, t].flatten().tolist())] for t in range(8)]
+        if k % 2 == 0:  # shuffled: one clip's frames, each once, not in order
+            assert len({i for i, _ in sources}) == 1 and sorted(t for _, t in sources) == list(range(8))
+        else:  # spliced: the first half of one clip, the second of a clip of another class
+            (first, _), (second, _) = sources[0], sources[-1]
+            assert [t for _, t in sources] == list(range(8)) and labels[first] != labels[second]
+
+
+def test_objectosphere_loss_values():
+    from pipeline.training.openset import objectosphere_loss
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    features = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    known = torch.tensor([True, False])
+    labels = torch.tensor([0, 0])
+    loss = objectosphere_loss(logits, features, labels, known, xi=2.0, weight=0.5)
+    ce = -torch.log_softmax(logits[0], 0)[0]
+    expected = (ce + 0.5 * (1 - 1 / 2) ** 2 + (math.log(3.0) + 0.5 * (3 / 2) ** 2)) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert objectosphere_loss(logits, features * 10, labels, ~known | known, xi=2.0, weight=0.5).item() == \
+        pytest.approx(F.cross_entropy(logits, labels, reduction="none").mean().item(), rel=1e-6)
+
+
+def test_open_set_training_runs_and_records_its_feature_norm_target(colour_data, tmp_path):
+    config = tiny_config(colour_data, tmp_path / "run", epochs=2, outliers="auto", loss="objectosphere")
+    report = train(config, progress=False)
+    history = report.metrics["history"]
+    assert all(row["objectosphere_xi"] > 0 for row in history) and len({row["objectosphere_xi"] for row in history}) == 1
+    with pytest.raises(ValueError, match="objectosphere needs outliers"):
+        tiny_config(colour_data, tmp_path / "x", loss="objectosphere")

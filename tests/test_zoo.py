@@ -18,6 +18,7 @@ from pipeline.detect.zoo import (
     MSP,
     ODIN,
     Energy,
+    FeatureNorm,
     GradNorm,
     LinearHead,
     Mahalanobis,
@@ -72,6 +73,8 @@ def test_logit_baselines_match_their_formulas():
     probabilities = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(MSP().fit(train).score(features), probabilities.max(axis=1), rtol=1e-12)
     np.testing.assert_array_equal(MaxLogit().fit(train).score(features), z.max(axis=1))
+    np.testing.assert_allclose(FeatureNorm(layer="pen").fit(train).score(features),
+                               np.sqrt((features.layers["pen"].astype(np.float64) ** 2).sum(axis=1)), rtol=1e-12)
 
 
 def test_knn_matches_a_brute_force_search(monkeypatch):
@@ -229,7 +232,7 @@ def test_detector_lists_parse_and_build():
     with pytest.raises(ZooError, match=r"unknown detector 'vmi' \(did you mean 'vim'\?\)"):
         parse_detectors("msp,vmi")
     detectors, left_out = build_zoo(DETECTORS, layers=["early", "pen"], head=toy_head(), penultimate=None)
-    assert set(left_out) == {"knn", "vim", "gradnorm"} and set(detectors) == set(DETECTORS) - set(left_out)
+    assert set(left_out) == {"knn", "vim", "gradnorm", "feature_norm"} and set(detectors) == set(DETECTORS) - set(left_out)
 
 
 def test_evaluate_adds_a_row_per_zoo_detector(tiny_bundle, tiny_dataset, tmp_path):

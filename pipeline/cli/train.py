@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="YAML of label-mapping symmetries {name: {class: class}} (default: the preset's)")
     parser.add_argument("--val-fraction", type=float, help="training groups held out to choose the best epoch")
     parser.add_argument("--patience", type=int, help="validations without improvement before stopping")
+    parser.add_argument("--outliers", choices=("none", "auto"),
+                        help="auto: outlier exposure with clips made from each batch (shuffled frames, spliced classes)")
+    parser.add_argument("--loss", choices=("ce", "objectosphere"),
+                        help="objectosphere: known clips keep a large feature norm, outliers a small one "
+                             "(needs --outliers auto)")
     parser.add_argument("--backbone-lr-ratio", type=float, help="learning rate of all but the head, times --lr")
     parser.add_argument("--model", help="architecture, e.g. r3d-18, r3d-10, c3d")
     parser.add_argument("--width", type=int, help="base width of an r3d model")
@@ -68,7 +73,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         resolve_device(args.device, source="--device")
     overrides: dict[str, Any] = {"data": args.data, "out": args.out}
     for name in ("model", "epochs", "batch_size", "lr", "optimizer", "seed", "split", "threads", "device",
-                 "val_fraction", "patience", "backbone_lr_ratio"):
+                 "val_fraction", "patience", "backbone_lr_ratio", "outliers", "loss"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
     if args.symmetries is not None:

@@ -102,6 +102,17 @@ class TrainConfig(BaseModel):
     patience: int | None = Field(None, ge=1, description="stop after this many validations without a better "
                                                           "validation clip accuracy (needs val_fraction)")
 
+    loss: Literal["ce", "objectosphere"] = Field(
+        "ce", description="ce: cross-entropy; objectosphere: also a penultimate feature norm >= xi for known clips "
+                          "and -> 0 for outliers (pipeline.training.openset; needs outliers)")
+    outliers: Literal["none", "auto"] = Field(
+        "none", description="auto: outlier exposure with clips made from each batch (shuffled frames, spliced "
+                            "classes), trained towards a uniform softmax")
+    outlier_fraction: float = Field(0.5, gt=0, le=1, description="outliers per batch, as a fraction of its clips")
+    objectosphere_weight: float = Field(0.25, ge=0, description="weight of the feature-norm terms, in units of xi^2")
+    objectosphere_xi: float | None = Field(None, gt=0, description="minimum known feature norm (None: the mean "
+                                                                   "norm of the first batch's known clips)")
+
     brightness: float = Field(0.1, ge=0, le=1, description="max additive brightness change per clip, 0-1 units")
     contrast: float = Field(0.15, ge=0, lt=1, description="max relative contrast change per clip")
     temporal_jitter: bool = Field(True, description="random clip start (else the clip grid used for evaluation)")
@@ -129,6 +140,8 @@ class TrainConfig(BaseModel):
         check_symmetries(self.symmetries)
         if self.patience is not None and self.val_fraction == 0:
             raise ValueError("patience needs a validation split (val_fraction > 0)")
+        if self.loss == "objectosphere" and self.outliers == "none":
+            raise ValueError("loss objectosphere needs outliers (outliers: auto)")
         if self.paired_symmetries and not self.symmetries:
             raise ValueError("paired_symmetries needs symmetries to pair with")
         if self.paired_symmetries and self.batch_size % 2:

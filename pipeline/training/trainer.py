@@ -31,9 +31,10 @@ from pipeline.training.config import TrainConfig
 from pipeline.training.errors import TrainingError
 from pipeline.training.evaluation import Evaluation, evaluate
 from pipeline.training.init import motion_energy_init
+from pipeline.training.openset import PenultimateFeatures, make_outliers, objectosphere_loss
 from pipeline.training.optim import learning_rate, make_optimizer, set_bn_momentum
 from pipeline.training.report import CURVE_FILE, METRICS_FILE, evaluation_json, plot_curve, write_metrics
-from pipeline.training.transfer import SCRATCH, read_init, transfer_weights
+from pipeline.training.transfer import SCRATCH, head_name, read_init, transfer_weights
 from pipeline.training.validation import Best as _Best
 from pipeline.training.validation import validation_split
 
@@ -116,6 +117,7 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False) -
                 from None
         first_epoch, loop.step, history, elapsed = checkpoint.epoch, checkpoint.step, checkpoint.history, \
             checkpoint.elapsed
+        loop.xi = next((row["objectosphere_xi"] for row in reversed(history) if "objectosphere_xi" in row), loop.xi)
     elapsed["decode"] += decode_seconds
     session_base = elapsed["total"]
 
@@ -146,6 +148,8 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False) -
                         sampler_rng=loop.rng, config=config.to_json(), history=history, elapsed=elapsed,
                         keep=config.keep_checkpoints)
         epoch += 1
+    if loop.penultimate is not None:
+        loop.penultimate.close()
     if val_cache is not None:
         best.restore()
     if evaluation is None or val_cache is not None:
@@ -185,6 +189,24 @@ class _Loop:
         self.warmup_steps = round(config.warmup_epochs * self.steps_per_epoch)
         self._bar: tqdm | None = None
         self._postfix: dict[str, str] = {}
+        self.xi = config.objectosphere_xi
+        self.penultimate = PenultimateFeatures(model.get_submodule(head_name(model))) \
+            if config.outliers != "none" else None
+
+    def _openset_step(self, clips: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of the known clips and the open-set loss of them with outliers made from them (training.openset)."""
+        config, count = self.config, max(1, round(self.config.outlier_fraction * len(labels)))
+        outliers = make_outliers(clips, labels, count, self.rng)
+        known = torch.cat([torch.ones(len(labels), dtype=torch.bool), torch.zeros(count, dtype=torch.bool)])
+        logits = self.model(torch.cat([clips, outliers]))
+        features = self.penultimate.value
+        if self.xi is None:  # the first batch sets the known norm to beat; kept in the history for resumption
+            self.xi = float(features[: len(labels)].detach().norm(dim=1).mean())
+        weight = config.objectosphere_weight if config.loss == "objectosphere" else 0.0
+        targets = torch.cat([labels, torch.zeros(count, dtype=labels.dtype, device=labels.device)])
+        loss = objectosphere_loss(logits, features, targets, known.to(logits.device), xi=self.xi, weight=weight,
+                                  label_smoothing=config.label_smoothing)
+        return logits[: len(labels)], loss
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         """Train one epoch (a shuffled pass drawing ``clips_per_video`` clips per video); its history row."""
@@ -201,8 +223,11 @@ class _Loop:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             clips, labels = clips.to(self.device), labels.to(self.device)
-            logits = model(clips)
-            loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            if self.penultimate is None:
+                logits = model(clips)
+                loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            else:
+                logits, loss = self._openset_step(clips, labels)
             if not torch.isfinite(loss):
                 raise TrainingError(f"training diverged: loss {loss.item()} at epoch {epoch + 1}, step {self.step} "
                                     "(try a lower --lr)")
@@ -217,8 +242,9 @@ class _Loop:
             seen += len(labels)
             self._postfix = {"loss": f"{loss_sum / seen:.3f}", "acc": f"{correct / seen:.3f}", "lr": f"{lr:.2e}"}
             self._bar.set_postfix(self._postfix)
-        return {"epoch": epoch + 1, "step": self.step, "lr": lr, "train_loss": loss_sum / seen,
-                "train_accuracy": correct / seen}
+        row = {"epoch": epoch + 1, "step": self.step, "lr": lr, "train_loss": loss_sum / seen,
+               "train_accuracy": correct / seen}
+        return row if self.xi is None else {**row, "objectosphere_xi": self.xi}
 
     def show(self, evaluation: Evaluation | None, watched: str = "test") -> None:
         """Close the epoch's progress bar, with the watched set's accuracies in its summary when there are any."""

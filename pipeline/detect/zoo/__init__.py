@@ -1,17 +1,18 @@
 """A zoo of standard out-of-distribution baselines, to compare the bundle's densities with (``clipwatch evaluate``).
 
-==============  ========================================================================  ===================
-name            score (higher = more in-distribution)                                      reads
-==============  ========================================================================  ===================
-``msp``         ``max softmax(z)`` (Hendrycks & Gimpel 2017)                               logits
-``max_logit``   ``max z`` (Hendrycks et al. 2022)                                          logits
-``energy``      ``T logsumexp(z / T)`` (Liu et al. 2020)                                   logits
-``odin``        ``max softmax(f(x') / T)``, ``x'`` perturbed by the gradient sign (2018)    model + pixels
-``mahalanobis`` sum over layers of standardised ``-min_k d_M(x, mu_k)^2`` (Lee et al.)     tapped layers
-``knn``         ``-||h/|h| - k-th nearest training h/|h| ||`` (Sun et al. 2022)             penultimate
-``vim``         ``logsumexp(z) - alpha ||(h - u) P_perp||`` (Wang et al. 2022)             penultimate + head
-``gradnorm``    ``||d KL(u || softmax(z)) / d W||_1`` (Huang et al. 2021)                  penultimate + logits
-==============  ========================================================================  ===================
+===============  ========================================================================  ===================
+name             score (higher = more in-distribution)                                      reads
+===============  ========================================================================  ===================
+``msp``          ``max softmax(z)`` (Hendrycks & Gimpel 2017)                               logits
+``max_logit``    ``max z`` (Hendrycks et al. 2022)                                          logits
+``energy``       ``T logsumexp(z / T)`` (Liu et al. 2020)                                   logits
+``odin``         ``max softmax(f(x') / T)``, ``x'`` perturbed by the gradient sign (2018)    model + pixels
+``mahalanobis``  sum over layers of standardised ``-min_k d_M(x, mu_k)^2`` (Lee et al.)     tapped layers
+``knn``          ``-||h/|h| - k-th nearest training h/|h| ||`` (Sun et al. 2022)             penultimate
+``vim``          ``logsumexp(z) - alpha ||(h - u) P_perp||`` (Wang et al. 2022)             penultimate + head
+``gradnorm``     ``||d KL(u || softmax(z)) / d W||_1`` (Huang et al. 2021)                  penultimate + logits
+``feature_norm`` ``||h||`` (Dhamija et al. 2018; what the objectosphere loss trains)       penultimate
+===============  ========================================================================  ===================
 
 Example::
 
@@ -28,14 +29,14 @@ import difflib
 from pipeline.detect.zoo.base import LinearHead, ZooDetector, ZooError, energy, feeding_layer, linear_head
 from pipeline.detect.zoo.feature_space import KNN, Mahalanobis, ViM
 from pipeline.detect.zoo.odin import ODIN
-from pipeline.detect.zoo.output import MSP, Energy, GradNorm, MaxLogit
+from pipeline.detect.zoo.output import MSP, Energy, FeatureNorm, GradNorm, MaxLogit
 
 DETECTORS: dict[str, type[ZooDetector]] = {
-    cls.name: cls for cls in (MSP, MaxLogit, Energy, ODIN, Mahalanobis, KNN, ViM, GradNorm)
+    cls.name: cls for cls in (MSP, MaxLogit, Energy, ODIN, Mahalanobis, KNN, ViM, GradNorm, FeatureNorm)
 }
 """Every detector of the zoo by name, in the order reports list them."""
 
-PENULTIMATE = ("knn", "vim", "gradnorm")
+PENULTIMATE = ("knn", "vim", "gradnorm", "feature_norm")
 """Detectors that read the classifier head's input features."""
 
 
@@ -69,8 +70,8 @@ def build_zoo(names, *, layers: list[str], head: LinearHead | None,
             skipped[name] = "no tapped layer feeds the classifier head (tap its input, e.g. avgpool)"
         elif name == "mahalanobis":
             detectors[name] = Mahalanobis(layers=tuple(layers))
-        elif name == "knn":
-            detectors[name] = KNN(layer=penultimate)
+        elif name in ("knn", "feature_norm"):
+            detectors[name] = DETECTORS[name](layer=penultimate)
         elif name in ("vim", "gradnorm"):
             detectors[name] = DETECTORS[name](layer=penultimate, head=head)
         else:
@@ -84,6 +85,7 @@ __all__ = [
     "MSP",
     "ODIN",
     "Energy",
+    "FeatureNorm",
     "GradNorm",
     "LinearHead",
     "Mahalanobis",

@@ -14,6 +14,7 @@ from numbers import Integral, Real
 from typing import ClassVar
 
 import numpy as np
+import torch
 from scipy.special import logsumexp
 from sklearn.base import BaseEstimator
 from torch import nn
@@ -110,11 +111,14 @@ def check_layer(name: str, layer) -> None:
 
 @dataclass(frozen=True, eq=False)
 class LinearHead:
-    """The classifier's last linear layer, ``logits = h @ weight.T + bias``, in float64."""
+    """The classifier's last linear layer, ``logits = h @ weight.T + bias``, in float64; ``tolerance`` is how closely
+    (relative to the largest logit) its input must reproduce the model's logits: 1e-3 for a model run in fp32, looser
+    for one run in bf16 / fp16, whose own arithmetic differs from float64 by about 1 %."""
 
     weight: np.ndarray
     bias: np.ndarray
     name: str = "head"
+    tolerance: float = 1e-3
 
     def __post_init__(self) -> None:
         weight, bias = np.asarray(self.weight, dtype=np.float64), np.asarray(self.bias, dtype=np.float64)
@@ -130,9 +134,10 @@ class LinearHead:
     def logits(self, h: np.ndarray) -> np.ndarray:
         return np.asarray(h, dtype=np.float64) @ self.weight.T + self.bias
 
-    def feeds(self, features: ClipFeatures, layer: str, *, tolerance: float = 1e-3, rows: int = 256) -> bool:
+    def feeds(self, features: ClipFeatures, layer: str, *, rows: int = 256) -> bool:
         """Whether ``layer``'s features are this head's input: they reproduce the logits to ``tolerance``
         (relative to the largest logit) on the first ``rows`` clips."""
+        tolerance = self.tolerance
         values = features.layers.get(layer)
         if values is None or np.ndim(values) != 2 or np.shape(values)[1] != self.in_features:
             return False
@@ -155,7 +160,8 @@ def linear_head(model: nn.Module) -> LinearHead:
     name, module = found
     weight = module.weight.detach().double().cpu().numpy()
     bias = module.bias.detach().double().cpu().numpy() if module.bias is not None else np.zeros(weight.shape[0])
-    return LinearHead(weight, bias, name)
+    reduced = module.weight.dtype in (torch.bfloat16, torch.float16)  # a model prepared for bf16 / fp16 inference
+    return LinearHead(weight, bias, name, tolerance=3e-2 if reduced else 1e-3)
 
 
 def feeding_layer(features: ClipFeatures, head: LinearHead, layers=None) -> str | None:

@@ -93,3 +93,26 @@ class GradNorm(ZooDetector):
         p = softmax(logits64(features, self.name) / temperature, axis=1)
         g = np.abs(p - 1.0 / p.shape[1]).sum(axis=1) / temperature
         return g * np.abs(h).sum(axis=1)
+
+
+class FeatureNorm(ZooDetector):
+    """``||h||``, the L2 norm of the penultimate features (Dhamija et al. 2018): the score the objectosphere loss
+    trains (large for known clips, near zero for outliers); without that training it is a weak baseline."""
+
+    name = "feature_norm"
+
+    def __init__(self, layer: str = "avgpool"):
+        self.layer = layer
+
+    @property
+    def layer_used(self) -> str:
+        return self.layer
+
+    def _validate(self) -> None:
+        check_layer(self.name, self.layer)
+
+    def _fit(self, train: ClipFeatures) -> None:
+        self.n_features_in_ = layer64(train, self.layer, self.name).shape[1]
+
+    def _score(self, features: ClipFeatures) -> np.ndarray:
+        return np.linalg.norm(layer64(features, self.layer, self.name, self.n_features_in_), axis=1)
