@@ -1,11 +1,13 @@
-"""Forward throughput (clips/s) of every registry model at batch 1 and 8, measured side by side in one run.
+"""Forward throughput (clips/s) of every registry model at batch 1 and 8, in each precision, side by side in one run.
 
-Also prints GMACs per clip (counted with hooks on Conv3d/Linear) and two ratios: batch-8 over batch-1 throughput,
-and each model's batch-1 throughput relative to the first row. The last row is the small CPU variant
-(``r3d-18`` with ``width=16`` at 16×64×64) unless ``--no-small``.
+Each model runs as ``prepare_for_inference`` makes it for every ``--precisions`` entry (default fp32 and, where the
+CPU multiplies bf16 in hardware, bf16 + channels-last-3d). Also prints GMACs per clip (counted with hooks on
+Conv3d/Linear), the batch-8 over batch-1 ratio, each row's speed over the same model in fp32, and whether every
+clip's predicted class agrees with fp32. The extra rows are the shipped ``default`` model at its input size and
+batch 32 (unless ``--no-shipped``) and the small CPU variant (``r3d-18`` width 16 at 16×64×64; ``--no-small``).
 
     .venv/bin/python benchmarks/model_forward.py                       # full models, 16x112x112
-    .venv/bin/python benchmarks/model_forward.py --width 16 --size 16 64 64 --iters 3
+    .venv/bin/python benchmarks/model_forward.py --models r3d-18 --precisions fp32 bf16
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.models import available_models, build_model
+from pipeline.models import available_models, build_model, load_model
+from pipeline.models.precision import cpu_has_fast_bf16, prepare_for_inference
 
 
 @dataclass(frozen=True)
@@ -28,11 +31,20 @@ class Case:
     name: str
     options: dict
     size: tuple[int, int, int]
+    shipped: str | None = None
+    batches: tuple[int, ...] | None = None
 
     @property
     def label(self) -> str:
         extras = ",".join(f"{key}={value}" for key, value in self.options.items())
-        return f"{self.name}" + (f"[{extras}]" if extras else "") + " @" + "x".join(map(str, self.size))
+        name = f"shipped {self.shipped}" if self.shipped else self.name + (f"[{extras}]" if extras else "")
+        return name + " @" + "x".join(map(str, self.size))
+
+    def build(self, num_classes: int) -> nn.Module:
+        torch.manual_seed(0)
+        if self.shipped:
+            return load_model(self.shipped)[0]
+        return build_model(self.name, num_classes, **self.options).eval()
 
 
 def count_macs(model: nn.Module, clips: torch.Tensor) -> int:
@@ -95,6 +107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, default=101)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-small", action="store_true", help="skip the width-16 r3d-18 at 16x64x64")
+    parser.add_argument("--no-shipped", action="store_true", help="skip the shipped default model")
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16", "fp16"),
+                        default=["fp32", "bf16"] if cpu_has_fast_bf16() else ["fp32"],
+                        help="precisions to compare (default: fp32, and bf16 where the CPU has AMX/AVX-512-BF16)")
     return parser.parse_args(argv)
 
 
@@ -103,33 +119,42 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     cases = [Case(name, model_options(name, args.width), tuple(args.size)) for name in args.models]
+    if not args.no_shipped:
+        cases.append(Case("r3d-18", {}, (16, 80, 80), shipped="default", batches=(1, 32)))
     if not args.no_small:
         cases.append(Case("r3d-18", {"width": 16}, (16, 64, 64)))
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"iters>={args.iters}, min-time={args.min_time}s, warmup={args.warmup}"
+        f"iters>={args.iters}, min-time={args.min_time}s, warmup={args.warmup}, precisions {args.precisions}"
     )
     rows = []
     for case in tqdm(cases, desc="models", unit="model"):
-        torch.manual_seed(0)
-        model = build_model(case.name, args.num_classes, **case.options).eval()
+        model = case.build(args.num_classes)
         params = sum(p.numel() for p in model.parameters())
         macs = count_macs(model, torch.randn(1, 3, *case.size))
-        rates = {
-            batch: clips_per_second(model, torch.randn(batch, 3, *case.size), args.iters, args.warmup, args.min_time)
-            for batch in args.batches
-        }
-        rows.append((case, params, macs, rates))
+        batches = case.batches or tuple(args.batches)
+        probe = torch.randn(max(batches), 3, *case.size)
+        with torch.inference_mode():
+            reference = model(probe).argmax(1)
+        base: dict[int, float] = {}
+        for precision in args.precisions:
+            prepared, _ = prepare_for_inference(model, precision)
+            rates = {batch: clips_per_second(prepared, torch.randn(batch, 3, *case.size), args.iters, args.warmup,
+                                             args.min_time) for batch in batches}
+            with torch.inference_mode():
+                agree = float((prepared(probe).argmax(1) == reference).float().mean())
+            base = rates if precision == "fp32" else base
+            rows.append((case, precision, params, macs, rates, base, agree))
+            del prepared
         del model
-    first_rate = rows[0][3][args.batches[0]]
-    header = f"{'model':<44}{'params':>10}{'GMAC/clip':>11}" + "".join(f"{f'clips/s@{b}':>13}" for b in args.batches)
-    header += f"{f'@{args.batches[-1]}/@{args.batches[0]}':>9}{'vs row 1':>10}"
+    header = (f"{'model':<34}{'prec':>6}{'params':>9}{'GMAC':>7}{'clips/s b1':>12}{'clips/s bN':>12}{'N':>4}"
+              f"{'bN/b1':>7}{'vs fp32':>9}{'argmax=fp32':>13}")
     print(header)
-    for case, params, macs, rates in rows:
-        line = f"{case.label:<44}{params / 1e6:>9.2f}M{macs / 1e9:>11.2f}"
-        line += "".join(f"{rates[b]:>13.2f}" for b in args.batches)
-        line += f"{rates[args.batches[-1]] / rates[args.batches[0]]:>9.2f}{rates[args.batches[0]] / first_rate:>10.2f}"
-        print(line)
+    for case, precision, params, macs, rates, base, agree in rows:
+        small, large = min(rates), max(rates)
+        ratio = f"{rates[large] / base[large]:>9.2f}" if base else f"{'-':>9}"
+        print(f"{case.label:<34}{precision:>6}{params / 1e6:>8.2f}M{macs / 1e9:>7.2f}{rates[small]:>12.2f}"
+              f"{rates[large]:>12.2f}{large:>4}{rates[large] / rates[small]:>7.2f}{ratio}{agree:>13.3f}")
 
 
 if __name__ == "__main__":

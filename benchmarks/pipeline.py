@@ -13,6 +13,9 @@
    benchmark files): the regime the 0.9 target is about, where the model and not the decoder is the bottleneck,
    and the number of streams it sustains.
 
+Every throughput table is measured for each ``--precisions`` entry (default fp32 and auto: bf16 + channels-last-3d
+on CPUs with AMX or AVX-512-BF16), then the end-to-end ratio of each to fp32; the real-time streams use the last.
+
     python benchmarks/pipeline.py [--bundle pipeline/assets/bundles/default] [--files 24] [--batch 8] [--rounds 3] [--streams 10 20 40]
 """
 
@@ -89,7 +92,8 @@ def bare_decode(prep, files: list[Path], batch: int, stride: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def run_files(bundle: Path, paths: list[Path], out: Path, batch: int, stride: int, pace: float | None) -> list[dict]:
+def run_files(bundle: Path, paths: list[Path], out: Path, batch: int, stride: int, pace: float | None,
+              precision: str = "fp32") -> list[dict]:
     """``clipwatch run --config`` (``python -m workers run``, this checkout) in its own process, as a user runs it,
     with one source per path (a directory's
     files are read one after another, so simulated cameras that run at the same time need a source each); returns
@@ -99,7 +103,7 @@ def run_files(bundle: Path, paths: list[Path], out: Path, batch: int, stride: in
         "sources": [{"id": path.stem, "path": str(path.absolute()), "stride": stride, **pacing} for path in paths],
         "bundle": str(Path(bundle).absolute()),
         "bus": {"url": "memory://", "max_backlog": 64},
-        "classifier": {"max_batch": batch, "max_wait_ms": 20},
+        "classifier": {"max_batch": batch, "max_wait_ms": 20, "precision": precision},
         "alerts": {"verdicts_jsonl": str(out / "verdicts.jsonl"), "jsonl": str(out / "alerts.jsonl"),
                    "print": False},
         "ops": {"base_port": 0, "log_level": "ERROR"},
@@ -149,13 +153,14 @@ def e2e_rates(verdicts: list[dict]) -> tuple[float, float]:
     return len(done) / (done[-1] - decoded), (len(done) - 1 - skip) / (done[-1] - done[skip])
 
 
-def throughput(label: str, bundle_dir: Path, files: list[Path], out: Path, batch: int, rounds: int) -> float:
+def throughput(label: str, bundle_dir: Path, files: list[Path], out: Path, batch: int, rounds: int,
+               precision: str = "fp32") -> float:
     """Print bare forward, bare decode and end-to-end clips/s of one bundle's model over ``files``.
 
     The bare forward and ``clipwatch run`` alternate for ``rounds`` rounds, so a machine whose speed drifts (a
     shared host) moves both alike; ratios are per round, and the median is reported with the range.
     """
-    detector = Detector.load(bundle_dir)
+    detector = Detector.load(bundle_dir, precision=precision)
     model, manifest = detector.model, detector.manifest
     prep = manifest.preprocessing
     stride = prep.clip_len * prep.frame_step
@@ -166,7 +171,8 @@ def throughput(label: str, bundle_dir: Path, files: list[Path], out: Path, batch
     for index in range(rounds):
         forward.append(bare_forward(model, inputs))
         decode.append(bare_decode(prep, files, batch, stride))
-        verdicts = run_files(bundle_dir, [files[0].parent], out / f"round{index}", batch, stride, pace=None)
+        verdicts = run_files(bundle_dir, [files[0].parent], out / f"round{index}", batch, stride, pace=None,
+                             precision=precision)
         rates = e2e_rates(verdicts)
         whole.append(rates[0])
         steady.append(rates[1])
@@ -177,7 +183,7 @@ def throughput(label: str, bundle_dir: Path, files: list[Path], out: Path, batch
         return (f"{np.median(rates):7.1f} clips/s   ratio to the bare forward {np.median(ratio):.2f} "
                 f"(rounds {ratio.min():.2f}-{ratio.max():.2f})")
 
-    print(f"throughput of {label} over {len(files)} files ({n_clips} clips of {prep.clip_len}x{prep.crop}x{prep.crop}, "
+    print(f"throughput of {label} in {detector.precision} over {len(files)} files ({n_clips} clips of {prep.clip_len}x{prep.crop}x{prep.crop}, "
           f"batch {batch}, threads {torch.get_num_threads()}, {rounds} interleaved rounds, medians):")
     print(f"  bare model forward       {np.median(forward):7.1f} clips/s   (rounds {forward.min():.1f}-{forward.max():.1f})")
     print(f"  bare decode + preprocess {np.median(decode):7.1f} clips/s   (rounds {decode.min():.1f}-{decode.max():.1f}; "
@@ -187,6 +193,18 @@ def throughput(label: str, bundle_dir: Path, files: list[Path], out: Path, batch
     print(f"  steady / slowest bare stage {np.median(steady / np.minimum(forward, decode)):.2f}   (1.0: the pipeline "
           f"adds nothing to its bottleneck)")
     return float(np.median(steady))
+
+
+def compare(label: str, bundle_dir: Path, files: list[Path], out: Path, args: argparse.Namespace) -> float:
+    """``throughput`` in every precision of ``args.precisions``, then each one's steady end-to-end rate over fp32's;
+    returns the last precision's steady rate."""
+    steady = {}
+    for precision in args.precisions:
+        steady[precision] = throughput(label, bundle_dir, files, out / precision, args.batch, args.rounds, precision)
+    if "fp32" in steady:
+        print("  steady end-to-end over fp32: " + ", ".join(f"{name} {rate / steady['fp32']:.2f}x"
+                                                          for name, rate in steady.items() if name != "fp32"))
+    return steady[args.precisions[-1]]
 
 
 def latencies(verdicts: list[dict]) -> np.ndarray:
@@ -212,6 +230,9 @@ def main() -> None:
     parser.add_argument("--max-latency", type=float, default=2.0, help="p95 seconds still counted as real time")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved bare-forward / clipwatch-run rounds")
     parser.add_argument("--skip-full-width", action="store_true")
+    parser.add_argument("--skip-streams", action="store_true")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=("fp32", "bf16", "auto"),
+                        help="precisions measured side by side (the streams use the last)")
     args = parser.parse_args()
 
     detector = Detector.load(args.bundle)
@@ -222,18 +243,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         files = write_files(tmp / "files", args.files, args.frames)
-        throughput(f"the bundle's model ({manifest.architecture})", args.bundle, files, tmp / "run", args.batch,
-                   args.rounds)
+        compare(f"the bundle's model ({manifest.architecture})", args.bundle, files, tmp / "run", args)
         n_clips = sum(len(ClipSplitter(prep.clip_len, stride, prep.frame_step).plan(args.frames)) for _ in files)
         print(f"real-time streams: 25 fps, clips back to back (stride {stride} frames = {clip_rate:.2f} clips/s each)")
         sustained = 0
-        for count in args.streams:
+        for count in [] if args.skip_streams else args.streams:
             (tmp / "cameras").mkdir(exist_ok=True)
             cameras = [tmp / "cameras" / f"cam{i:03d}.avi" for i in range(count)]
             for i, camera in enumerate(cameras):
                 if not camera.exists():
                     camera.symlink_to(files[i % len(files)])
-            verdicts = run_files(args.bundle, cameras, tmp / f"live-run{count}", args.batch, stride, pace=1.0)
+            verdicts = run_files(args.bundle, cameras, tmp / f"live-run{count}", args.batch, stride, pace=1.0,
+                                 precision=args.precisions[-1])
             lat = latencies(verdicts)
             expected = count * (n_clips // len(files))
             ok = len(verdicts) == expected and np.percentile(lat, 95) <= args.max_latency
@@ -243,15 +264,16 @@ def main() -> None:
             if not ok:
                 break
             sustained = count
-        print(f"  sustained: {sustained} streams with the bundle's model (target >= 10)")
+        if not args.skip_streams:
+            print(f"  sustained: {sustained} streams with the bundle's model in {args.precisions[-1]} (target >= 10)")
         if not args.skip_full_width:
             few = files[: max(len(bundle.class_names), len(files) // 3)]
             full_dir = full_width_bundle(tmp / "full", few, list(bundle.class_names))
             (tmp / "full-files").mkdir()
             for path in few:
                 (tmp / "full-files" / path.name).symlink_to(path)
-            e2e = throughput("a full-width r3d-18 (random weights)", full_dir, sorted((tmp / "full-files").iterdir()),
-                             tmp / "full-run", args.batch, args.rounds)
+            e2e = compare("a full-width r3d-18 (random weights)", full_dir, sorted((tmp / "full-files").iterdir()),
+                          tmp / "full-run", args)
             print(f"  -> sustains at most {e2e / (FPS / 16):.1f} streams of 25 fps (16-frame clips back to back)")
 
 
