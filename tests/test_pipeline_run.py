@@ -65,9 +65,11 @@ def test_run_scores_every_clip_once_and_alerts_on_the_flagged_ones(inputs, tiny_
         "alerts": {"rules": RULES, "jsonl": "out/alerts.jsonl", "verdicts_jsonl": "out/verdicts.jsonl",
                    "health_jsonl": "out/health.jsonl", "thumbnails_dir": "out/thumbs"},
     })
-    out = io.StringIO()
+    out, progress = io.StringIO(), io.StringIO()
     with caplog.at_level(logging.INFO):
-        summary = run_pipeline(load_config(path), out=out, drain_timeout_s=60)
+        summary = run_pipeline(load_config(path), out=out, drain_timeout_s=60, progress=progress, progress_s=0.2)
+    lines = progress.getvalue().splitlines()
+    assert lines and all(line.startswith("run: ") and "clips decoded" in line for line in lines)
 
     videos = {"cams/grow": inputs / "cams" / "grow.avi", "cams/orbit": inputs / "cams" / "orbit.avi",
               "left": inputs / "left.avi"}

@@ -137,3 +137,17 @@ def test_healthz_is_degraded_while_the_only_camera_is_down(tiny_bundle, tmp_path
         finally:
             if worker.poll() is None:
                 worker.kill()
+
+
+def test_progress_line_counts_clips_verdicts_alerts_and_the_rate():
+    from workers.ops import PipelineMetrics
+    from workers.ops.progress import progress_line
+
+    metrics = PipelineMetrics()
+    metrics.clips.labels(stream="a").inc(7)
+    metrics.clips.labels(stream="b").inc(5)
+    metrics.verdicts.labels(verdict="normal").inc(8)
+    metrics.verdicts.labels(verdict="novel").inc(2)
+    metrics.alerts.labels(kind="novel").inc()
+    assert progress_line(metrics, 12.4, scored_before=4, interval=2.0) == \
+        "12 s: 12 clips decoded, 10 scored (normal 8, novel 2, adversarial 0), 1 alerts, 3.0 clips/s"

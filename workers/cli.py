@@ -21,13 +21,16 @@ def register_run(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", required=True, type=Path, help="pipeline YAML (e.g. configs/local.yaml)")
     parser.add_argument("--drain-timeout", type=float, default=None,
                         help="seconds to wait for the pipeline to drain after the last file (default: no limit)")
+    parser.add_argument("--progress", type=float, default=10.0, metavar="SECONDS",
+                        help="a progress line on stderr every SECONDS (default %(default)s; 0: none)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from workers.launch import run_pipeline
 
-    summary = run_pipeline(_configure(args), drain_timeout_s=args.drain_timeout)
+    summary = run_pipeline(_configure(args), drain_timeout_s=args.drain_timeout,
+                           progress=sys.stderr if args.progress > 0 else None, progress_s=args.progress or 10.0)
     state = "stopped" if summary.stopped else "done"
     print(f"run {state}: {sum(summary.published.values())} clips from {len(summary.published)} streams, "
           f"{summary.alerts} alerts, {len(summary.skipped)} inputs skipped, {summary.seconds:.1f} s")

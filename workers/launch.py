@@ -24,6 +24,7 @@ from pipeline.stream.steps.record import format_alert
 from pipeline.stream.topology import STAGES, WORKERS
 from workers.loop import Stage, StageLoop
 from workers.ops import HealthBoard, OpsServer, PipelineMetrics, handle_signals
+from workers.ops.progress import ProgressReporter
 from workers.stages import build_stages
 
 logger = logging.getLogger(__name__)
@@ -107,21 +108,23 @@ class RunSummary:
 
 
 def run_pipeline(config: PipelineConfig, *, stop: threading.Event | None = None, out: TextIO | None = None,
-                 drain_timeout_s: float | None = None) -> RunSummary:
+                 drain_timeout_s: float | None = None, progress: TextIO | None = None,
+                 progress_s: float = 10.0) -> RunSummary:
     """All four stages in this process, one thread each, until every file source is done and the bus drained.
 
     Live sources run until `stop` is set (SIGTERM/SIGINT when called from the main thread). Alerts are printed
-    to `out` (stdout) as they fire when ``alerts.print`` is on.
+    to `out` (stdout) as they fire when ``alerts.print`` is on; with `progress` (a stream such as stderr), a line
+    of counts and throughput every `progress_s` seconds.
     """
     if not config.sources:
         raise ConfigError(f"{config.source_file}: sources: nothing to run (no sources configured)")
     stop = stop or threading.Event()
     with handle_signals(stop):
-        return _run_pipeline(config, stop, out or sys.stdout, drain_timeout_s)
+        return _run_pipeline(config, stop, out or sys.stdout, drain_timeout_s, progress, progress_s)
 
 
-def _run_pipeline(config: PipelineConfig, stop: threading.Event, out: TextIO,
-                  drain_timeout_s: float | None) -> RunSummary:
+def _run_pipeline(config: PipelineConfig, stop: threading.Event, out: TextIO, drain_timeout_s: float | None,
+                  progress: TextIO | None, progress_s: float) -> RunSummary:
     started = time.monotonic()
     config.webhook_config()  # a missing webhook secret fails now, before any model is loaded
     metrics, board = PipelineMetrics(), HealthBoard()
@@ -141,6 +144,7 @@ def _run_pipeline(config: PipelineConfig, stop: threading.Event, out: TextIO,
     ops = start_ops(config, "run", config.ops.port_for("run"), metrics, board, bus)
     done = threading.Event()
     close_when_overdue(bus, stop, done, config.ops.stop_timeout_s)
+    reporter = ProgressReporter(metrics, progress, progress_s).start() if progress is not None else None
     try:
         for thread in threads:
             thread.start()
@@ -157,6 +161,8 @@ def _run_pipeline(config: PipelineConfig, stop: threading.Event, out: TextIO,
         stages_stop.set()
         for thread in threads:
             thread.join()
+        if reporter is not None:
+            reporter.stop()
         done.set()
         ops.close()
         bus.close()
