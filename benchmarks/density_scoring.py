@@ -10,10 +10,14 @@ the throughput ratio for the float32 (fast) and float64 (exact) paths with the l
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from sklearn.mixture import GaussianMixture
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # not benchmarks/pipeline.py
 
 from pipeline.density import ClassConditionalGMM
 

@@ -15,12 +15,16 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # not benchmarks/pipeline.py
 
 from pipeline.models import available_models, build_model, load_model
 from pipeline.models.precision import cpu_has_fast_bf16, prepare_for_inference
