@@ -78,15 +78,21 @@ def list_videos(data: str | Path, split: str | None = None) -> tuple[list[VideoI
 
 
 def _done_videos(path: Path) -> set[str]:
-    """Videos already in ``scores.jsonl``; a torn last line (interrupted write) is truncated away."""
+    """Videos whose every clip is in ``scores.jsonl``. An interrupted run can only have left its last video part
+    written (a torn last line, or some of its clips): those lines are truncated away and the video is scored again."""
     if not path.exists():
         return set()
     raw = path.read_bytes()
-    good = raw[: raw.rfind(b"\n") + 1]
-    if len(good) != len(raw):
+    lines = raw[: raw.rfind(b"\n") + 1].splitlines(keepends=True)
+    videos = [json.loads(line)["video"] if line.strip() else None for line in lines]
+    keep = len(lines)
+    while keep and videos[keep - 1] in (videos[-1], None):  # the last video's trailing block of lines
+        keep -= 1
+    size = sum(len(line) for line in lines[:keep])
+    if size != len(raw):
         with open(path, "r+b") as handle:
-            handle.truncate(len(good))
-    return {json.loads(line)["video"] for line in good.decode().splitlines() if line.strip()}
+            handle.truncate(size)
+    return {video for video in videos[:keep] if video is not None}
 
 
 def claim_output(out: Path, bundle_dir: str | Path, *, overwrite: bool = False) -> str:
