@@ -69,7 +69,7 @@ def test_bundle_refuses_other_model_version_and_missing_arrays(tiny_bundle, tiny
     edited = dict(manifest, calibration=dict(manifest["calibration"], low_level_keys=[]))
     (copy / "bundle.json").write_text(json.dumps(edited))
     seal_directory(copy)
-    with pytest.raises(BundleError, match="statistics for 2 groups, its settings name 1"):
+    with pytest.raises(BundleError, match="statistics for 3 groups, its settings name 2"):
         DetectorBundle.load(copy)
     (copy / "bundle.json").write_text(json.dumps(manifest))
     (copy / "densities" / "arrays.safetensors").unlink()
@@ -192,8 +192,37 @@ def test_low_level_and_semantic_groups_fuse_to_the_most_unusual_view():
     assert tampered[0][0] == "adversarial" and "low-level" in " ".join(tampered[0][1])
     assert novel[0][0] == "novel" and "semantic" in novel[0][1][0]
     assert fooled[0][0] == "adversarial"
-    with pytest.raises(ValueError, match="not among the fused"):
+    with pytest.raises(ValueError, match="must be distinct fused scores"):
         Calibration.fit(calibration, np.full(4000, 0.9), ["fc/sep"], low_level_keys=["layer1/sep"])
+
+
+def test_an_output_group_flags_clips_no_known_class_fits_as_novel():
+    rng = np.random.default_rng(2)
+    keys = ["layer1/sep", "fc/sep", "fc/energy"]
+    calibration = {key: rng.normal(size=4000) for key in keys}
+    cal = Calibration.fit(calibration, np.full(4000, 0.9), keys, alpha=0.05, low_level_keys=["layer1/sep"],
+                          output_keys=["fc/energy"])
+    assert cal.groups == {"low-level": ["layer1/sep"], "semantic": ["fc/sep"], "output": ["fc/energy"]}
+    fresh = {key: rng.normal(size=20000) for key in keys}
+    _, _, results = cal.verdicts(fresh, np.full(20000, 0.9))
+    assert abs(np.mean([r[0] != "normal" for r in results]) - 0.05) < 0.01, "still conformal with three groups"
+    weak = {"layer1/sep": np.array([0.0]), "fc/sep": np.array([0.0]), "fc/energy": np.array([-8.0])}
+    _, _, verdicts = cal.verdicts(weak, np.array([0.99]))
+    assert verdicts[0][0] == "novel" and "no known class fits" in verdicts[0][1][-1]
+    again = Calibration.from_saved(cal.settings(), cal.arrays())
+    assert again.groups == cal.groups and again.verdicts(weak, np.array([0.99]))[2] == verdicts
+
+
+def test_bundles_fuse_the_logits_energy_when_the_head_is_tapped(tiny_bundle):
+    from scipy.special import logsumexp
+
+    bundle = DetectorBundle.load(tiny_bundle)
+    assert bundle.settings["output_layer"] == "fc" and bundle.output_key == "fc/energy"
+    assert bundle.calibration.groups["output"] == ["fc/energy"]
+    features = {layer: np.random.default_rng(0).normal(size=(3, bundle.reducers[layer].n_features_in_))
+                for layer in bundle.layers}
+    scores = bundle.score(features, np.full(3, 0.5))
+    np.testing.assert_allclose(scores.loglik["fc/energy"], logsumexp(features["fc"], axis=1))
 
 
 def test_fit_keeps_a_sealed_run_folders_model_and_refits_in_place(tiny_dataset, tiny_model, tmp_path, capsys):

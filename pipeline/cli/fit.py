@@ -67,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="tapped layers fused apart as low-level evidence (default: all but the last two)")
     parser.add_argument("--densities", nargs="+", default=["gmm", "sep", "tied"], choices=["gmm", "sep", "tied"])
     parser.add_argument("--fused-density", default="sep", choices=["gmm", "sep", "tied"])
+    parser.add_argument("--output-score", default="energy", choices=["energy", "none"],
+                        help="fuse the logits' energy as a third group (novel activities no known class fits; "
+                             "needs the head's output tapped, e.g. fc; default %(default)s)")
     parser.add_argument("--variance", type=in_range(0, 1, high_inclusive=True), default=0.995, help="PCA variance kept (default %(default)s)")
     parser.add_argument("--pool-factor", type=int, default=4)
     parser.add_argument("--false-alarm", type=in_range(0, 1), default=0.01, help="target false-alarm rate (default 1%%)")
@@ -111,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         train, calibration, model_ref=model_reference(args.model, args.out), class_names=list(manifest.class_names),
         densities=args.densities, fused_density=args.fused_density, variance=args.variance,
         pool_factor=args.pool_factor, false_alarm=args.false_alarm, seed=args.seed, low_level_layers=low_level,
+        output_score=None if args.output_score == "none" else args.output_score,
         provenance={"dataset": str(Path(args.data).resolve()), "split": args.split, "precision": model_precision(model),
                     "calibration_data": str(Path(args.calibration_data).resolve()) if args.calibration_data else None},
         progress=not args.no_progress)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
+from scipy.special import logsumexp
 from tqdm.auto import tqdm
 
 from pipeline import density as dens
@@ -38,6 +39,18 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT = "clipwatch.bundle"
 BUNDLE_VERSION = 2
 DENSITY_NAMES = ("gmm", "sep", "tied")
+OUTPUT_SCORE = "energy"
+"""The output-space score a bundle may fuse: ``logsumexp`` of the logits (Liu et al. 2020)."""
+
+
+def logits_layer(features: ClipFeatures) -> str | None:
+    """The last tapped layer whose features are the logits (to 1e-4 of their scale), or None."""
+    logits = np.asarray(features.logits, dtype=np.float64)
+    scale = max(float(np.abs(logits).max(initial=0.0)), 1.0)
+    found = [layer for layer, values in features.layers.items()
+             if np.shape(values) == logits.shape and np.abs(np.asarray(values, dtype=np.float64) - logits).max(
+                 initial=0.0) <= 1e-4 * scale]
+    return found[-1] if found else None
 PROVENANCE_KEYS = ("dataset", "split", "calibration_data", "precision")
 """Settings that say where a bundle's clips came from (recorded by ``clipwatch fit``, absent from older bundles)."""
 
@@ -83,13 +96,19 @@ class DetectorBundle:
     def fit(cls, train: ClipFeatures, calibration: ClipFeatures, *, model_ref: dict, class_names: list[str],
             densities=DENSITY_NAMES, fused_density: str = "sep", variance: float = 0.995, pool_factor: int = 4,
             gmm_max_components: int = 4, false_alarm: float = 0.01, seed: int = 0, low_level_layers=(),
-            provenance: Mapping[str, Any] | None = None, progress: bool = True) -> DetectorBundle:
+            output_score: str | None = OUTPUT_SCORE, provenance: Mapping[str, Any] | None = None,
+            progress: bool = True) -> DetectorBundle:
         """Fit reducers and densities on ``train`` clips, calibrate on held-out in-distribution ``calibration`` clips.
 
         ``low_level_layers`` (early convolutions) are fused apart from the others (see ``detect.calibration``).
+        ``output_score`` ``"energy"`` adds the logits' ``logsumexp`` as a third group, read from the tapped layer
+        whose features are the logits (``settings["output_layer"]``; none tapped: no output group); None leaves
+        it out.
         ``provenance`` (``dataset``, ``split``, ``calibration_data``: where the clips came from) is recorded in
         ``settings`` after the fitted values.
         """
+        if output_score not in (None, OUTPUT_SCORE):
+            raise BundleError(f"output_score must be {OUTPUT_SCORE!r} or None, got {output_score!r}")
         unknown = [d for d in densities if d not in dens.DENSITY_TYPES]
         if unknown or fused_density not in densities:
             raise BundleError(f"densities must be among {list(dens.DENSITY_TYPES)} and include {fused_density!r}")
@@ -120,22 +139,35 @@ class DetectorBundle:
         settings = {"densities": list(densities), "fused_density": fused_density, "variance": variance,
                     "pool_factor": pool_factor, "false_alarm": false_alarm, "seed": seed,
                     "low_level_layers": list(low_level_layers),
-                    "train_clips": len(train), "calibration_clips": len(calibration), **provenance}
+                    "train_clips": len(train), "calibration_clips": len(calibration),
+                    "output_layer": logits_layer(train) if output_score else None, **provenance}
+        if output_score and settings["output_layer"] is None:
+            log.warning("no tapped layer holds the logits (tap the head, e.g. fc): the bundle has no output group")
         bundle = cls(model_ref, layers, list(class_names), reducers, models, None, settings)
         scores = bundle.loglik(calibration.layers)
         fused_keys = [f"{layer}/{fused_density}" for layer in layers]
         low_level_keys = [f"{layer}/{fused_density}" for layer in low_level_layers]
-        bundle.calibration = Calibration.fit(scores, calibration.softmax.max(axis=1), fused_keys, false_alarm,
-                                             low_level_keys)
+        output_keys = [bundle.output_key] if bundle.output_key else []
+        bundle.calibration = Calibration.fit(scores, calibration.softmax.max(axis=1), fused_keys + output_keys,
+                                             false_alarm, low_level_keys, output_keys)
         return bundle
 
+    @property
+    def output_key(self) -> str | None:
+        """``"<logits layer>/energy"`` when the bundle fuses the output score (bundles before it: None)."""
+        layer = self.settings.get("output_layer")
+        return f"{layer}/{OUTPUT_SCORE}" if layer else None
+
     def loglik(self, layer_features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``score_samples`` of every (layer, density) for a batch of tapped features."""
+        """``score_samples`` of every (layer, density) for a batch of tapped features, and the output score."""
         out = {}
         for layer in self.layers:
             reduced = self.reducers[layer].transform(layer_features[layer])
             for name in self.settings["densities"]:
                 out[f"{layer}/{name}"] = self.densities[f"{layer}/{name}"].score_samples(reduced).astype(np.float64)
+        if self.output_key:
+            out[self.output_key] = logsumexp(np.asarray(layer_features[self.settings["output_layer"]],
+                                                        dtype=np.float64), axis=1)
         return out
 
     def score(self, layer_features: dict[str, np.ndarray], softmax_max: np.ndarray, *,

@@ -1,8 +1,9 @@
 """Calibration of detector scores on held-out in-distribution clips: standardisation, fusion, p-values, verdicts.
 
-Each (layer, density) score is standardised by its calibration mean and deviation. The fused keys form up to two
-**groups**: *low-level* layers (early convolutions: texture, edges, local motion) and *semantic* ones (the
-embedding and the logits). A group's score is the mean of its standardised scores, standardised again on the
+Each (layer, density) score is standardised by its calibration mean and deviation. The fused keys form up to three
+**groups**: *low-level* layers (early convolutions: texture, edges, local motion), *semantic* ones (the
+embedding and the logits' likelihood) and the *output* score (the logits' energy, ``logsumexp``: how strongly the
+classifier answers any known class, Liu et al. 2020). A group's score is the mean of its standardised scores, standardised again on the
 calibration set; the **fused** score is the lower of the group scores, so a clip is as unusual as its most unusual
 view (on the synthetic benchmark, novel activities look ordinary to early layers and a painted frame looks glaring
 to them, so averaging all layers into one score would bury one or the other). A score's conformal **p-value** is
@@ -13,7 +14,8 @@ Verdicts: a clip is ``normal`` when its fused p-value exceeds ``alpha``. An outl
 group is ``adversarial`` (the pixels themselves are improbable: a painted frame, a perturbation, tampering);
 one flagged by its semantic group is ``adversarial`` when its softmax confidence is at least that of a typical
 in-distribution clip (the calibration median: a confident prediction on improbable features, the signature of an
-attack that fools softmax), and ``novel`` otherwise. This split is a heuristic: the likelihood says *that* a
+attack that fools softmax), and ``novel`` otherwise; one flagged by its output score (no known class fits) is
+``novel``. This split is a heuristic: the likelihood says *that* a
 clip is unusual, which layers and the softmax only suggest *why*.
 """
 
@@ -26,7 +28,7 @@ import numpy as np
 from pipeline.errors import ClipwatchError
 
 NORMAL, NOVEL, ADVERSARIAL = "normal", "novel", "adversarial"
-LOW_LEVEL, SEMANTIC = "low-level", "semantic"
+LOW_LEVEL, SEMANTIC, OUTPUT = "low-level", "semantic", "output"
 
 
 class CalibrationError(ClipwatchError, ValueError):
@@ -52,22 +54,25 @@ class Calibration:
     sorted_softmax: np.ndarray
     alpha: float
     low_level_keys: list[str] = field(default_factory=list)
+    output_keys: list[str] = field(default_factory=list)
     group_means: np.ndarray = field(default_factory=lambda: np.zeros(1))
     group_stds: np.ndarray = field(default_factory=lambda: np.ones(1))
 
     @classmethod
     def fit(cls, scores: dict[str, np.ndarray], softmax_max: np.ndarray, fused_keys: list[str], alpha: float = 0.01,
-            low_level_keys: list[str] = ()):
-        """Calibrate on in-distribution ``scores``; ``low_level_keys`` (a subset of ``fused_keys``) form their own group."""
+            low_level_keys: list[str] = (), output_keys: list[str] = ()):
+        """Calibrate on in-distribution ``scores``; ``low_level_keys`` and ``output_keys`` (subsets of
+        ``fused_keys``) form groups of their own."""
         if not 0.0 < alpha < 1.0:
             raise CalibrationError(f"false-alarm rate must be in (0, 1), got {alpha}")
         keys = list(scores)
         missing = [k for k in fused_keys if k not in scores]
         if missing:
             raise CalibrationError(f"fused scores {missing} were not calibrated")
-        stray = [k for k in low_level_keys if k not in fused_keys]
-        if stray:
-            raise CalibrationError(f"low-level scores {stray} are not among the fused scores {list(fused_keys)}")
+        stray = [k for k in (*low_level_keys, *output_keys) if k not in fused_keys]
+        if stray or set(low_level_keys) & set(output_keys):
+            raise CalibrationError(f"low-level {list(low_level_keys)} and output {list(output_keys)} scores must be "
+                                   f"distinct fused scores (fused: {list(fused_keys)})")
         n = len(next(iter(scores.values())))
         if n < 2:
             raise CalibrationError(f"calibration needs at least 2 clips, got {n}")
@@ -76,7 +81,7 @@ class Calibration:
         stds = np.where(stds > 0, stds, 1.0)
         calibration = cls(keys, means, stds, {k: np.sort(scores[k]) for k in keys}, list(fused_keys),
                           np.empty(0), np.sort(np.asarray(softmax_max, dtype=np.float64)), float(alpha),
-                          list(low_level_keys))
+                          list(low_level_keys), list(output_keys))
         groups = calibration._group_means(scores)
         calibration.group_means = np.array([np.mean(g) for g in groups.values()])
         calibration.group_stds = np.array([np.std(g) if np.std(g) > 0 else 1.0 for g in groups.values()])
@@ -96,10 +101,11 @@ class Calibration:
 
     @property
     def groups(self) -> dict[str, list[str]]:
-        """Fused keys by group: ``low-level`` and ``semantic``, empty groups left out."""
+        """Fused keys by group: ``low-level``, ``semantic`` and ``output``, empty groups left out."""
         low = [k for k in self.fused_keys if k in self.low_level_keys]
-        high = [k for k in self.fused_keys if k not in self.low_level_keys]
-        return {name: keys for name, keys in ((LOW_LEVEL, low), (SEMANTIC, high)) if keys}
+        output = [k for k in self.fused_keys if k in self.output_keys]
+        high = [k for k in self.fused_keys if k not in self.low_level_keys and k not in self.output_keys]
+        return {name: keys for name, keys in ((LOW_LEVEL, low), (SEMANTIC, high), (OUTPUT, output)) if keys}
 
     def _group_means(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: np.mean([self.standardise(k, scores[k]) for k in keys], axis=0)
@@ -155,6 +161,9 @@ class Calibration:
             if culprit == LOW_LEVEL:
                 reasons.append("low-level features improbable: the pixels were tampered with (e.g. a painted frame)")
                 results.append((ADVERSARIAL, reasons))
+            elif culprit == OUTPUT:
+                reasons.append(f"no known class fits: the logits' energy is low (softmax {softmax_max[i]:.3f})")
+                results.append((NOVEL, reasons))
             elif softmax_max[i] >= self.confident_softmax:
                 reasons.append(f"softmax confident ({softmax_max[i]:.3f}) on improbable features")
                 results.append((ADVERSARIAL, reasons))
@@ -171,14 +180,15 @@ class Calibration:
 
     def settings(self) -> dict:
         return {"keys": self.keys, "fused_keys": self.fused_keys, "low_level_keys": self.low_level_keys,
-                "groups": list(self.groups), "alpha": self.alpha}
+                "output_keys": self.output_keys, "groups": list(self.groups), "alpha": self.alpha}
 
     @classmethod
     def from_saved(cls, settings: dict, arrays: dict[str, np.ndarray]) -> Calibration:
         keys = list(settings["keys"])
         calibration = cls(keys, arrays["means"], arrays["stds"], {k: arrays[f"scores/{k}"] for k in keys},
                    list(settings["fused_keys"]), arrays["fused"], arrays["softmax"], float(settings["alpha"]),
-                   list(settings["low_level_keys"]), arrays["group_means"], arrays["group_stds"])
+                   list(settings["low_level_keys"]), list(settings.get("output_keys") or ()),
+                   arrays["group_means"], arrays["group_stds"])
         if not len(calibration.groups) == calibration.group_means.size == calibration.group_stds.size:
             raise CalibrationError(f"calibration has statistics for {calibration.group_means.size} groups, its settings "
                              f"name {len(calibration.groups)} ({', '.join(calibration.groups)})")
