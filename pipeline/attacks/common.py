@@ -25,6 +25,10 @@ NormalizeFn = Callable[[torch.Tensor], torch.Tensor]
 Labels = torch.Tensor | Sequence[int] | int
 """True labels (untargeted) or targets (targeted), one per clip; a single ``int`` applies to every clip."""
 
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``objective(pixel_clips, labels) -> (B,)``: a per-clip value to MINIMISE, each clip's depending on that clip only
+(default: :func:`attack_objective` of the model's logits; :mod:`pipeline.attacks.adaptive` adds a detector term)."""
+
 PIXEL_LEVELS = 255
 """8-bit quantisation: stored clips take the values ``k / 255``."""
 
@@ -139,6 +143,12 @@ def attack_objective(logits: torch.Tensor, labels: torch.Tensor, targeted: bool)
     """Per-clip value an attack MINIMISES: cross-entropy of the target, or minus that of the true label."""
     loss = F.cross_entropy(logits, labels, reduction="none")
     return loss if targeted else -loss
+
+
+def model_objective(model: nn.Module, normalize: NormalizeFn | None, targeted: bool) -> Objective:
+    """The default :data:`Objective`: :func:`attack_objective` of ``model``'s logits on the normalised clips."""
+    to_input = resolve_normalize(normalize)
+    return lambda pixels, labels: attack_objective(model(to_input(pixels)), labels, targeted)
 
 
 def predict(

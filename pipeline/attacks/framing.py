@@ -26,12 +26,12 @@ from tqdm.auto import tqdm
 from pipeline.attacks.common import (
     Labels,
     NormalizeFn,
-    attack_objective,
+    Objective,
     check_clips,
     check_labels,
     check_positive,
     frozen,
-    resolve_normalize,
+    model_objective,
     straight_through_quantize,
 )
 from pipeline.attacks.errors import AttackError
@@ -77,19 +77,21 @@ class FramingAttack:
         return asdict(self)
 
     def attack_batch(
-        self, model: nn.Module, clips: torch.Tensor, labels: Labels, normalize: NormalizeFn | None = None
+        self, model: nn.Module, clips: torch.Tensor, labels: Labels, normalize: NormalizeFn | None = None, *,
+        objective: Objective | None = None,
     ) -> torch.Tensor:
         """Frame each clip against ``model``: returns pixel clips of the same shape, border replaced.
 
         ``labels`` are the true labels (untargeted) or the targets (targeted; an ``int`` targets one class for
         all clips). Each clip keeps the frame with the best objective seen over the steps, so more steps never
-        make a clip's result worse. Clips are optimised independently (model in eval mode).
+        make a clip's result worse. Clips are optimised independently (model in eval mode). ``objective``
+        replaces the cross-entropy objective (minimised; :data:`~pipeline.attacks.common.Objective`).
         """
         clips = check_clips(clips)
         batch, channels, length, height, side = clips.shape
         border_mask(height, side, self.width)
         targets = check_labels(labels, batch, clips.device)
-        to_input = resolve_normalize(normalize)
+        loss = objective or model_objective(model, normalize, self.targeted)
         time = length if self.per_frame else 1
         frame_logits = self._initial_logits((batch, channels, time, height, side), clips.device)
         optimizer = torch.optim.Adam([frame_logits], lr=self.lr)
@@ -98,15 +100,14 @@ class FramingAttack:
         with frozen(model):
             for step in range(self.steps + 1):
                 pixels = self._pixels(frame_logits)
-                scores = model(to_input(apply_frame(clips, pixels, self.width)))
-                objective = attack_objective(scores, targets, self.targeted)
-                improved = objective.detach() < best_objective
-                best_objective = torch.where(improved, objective.detach(), best_objective)
+                values = loss(apply_frame(clips, pixels, self.width), targets)
+                improved = values.detach() < best_objective
+                best_objective = torch.where(improved, values.detach(), best_objective)
                 best_pixels[improved] = pixels.detach()[improved]
                 if step == self.steps:
                     break
                 optimizer.zero_grad(set_to_none=True)
-                objective.sum().backward()
+                values.sum().backward()
                 optimizer.step()
         return apply_frame(clips, best_pixels, self.width)
 
@@ -120,6 +121,7 @@ class FramingAttack:
         epochs: int = 5,
         batch_size: int = 8,
         progress: bool | None = None,
+        objective: Objective | None = None,
     ) -> AdversarialFrame:
         """Learn one frame that attacks every clip of ``data`` on ``model``.
 
@@ -127,6 +129,7 @@ class FramingAttack:
         re-iterable of ``(clips, labels)`` minibatches (e.g. a DataLoader; ``labels`` is then ``None`` or an
         ``int`` target that overrides the batch labels). One Adam step per minibatch on the mean objective;
         tensor data is reshuffled each epoch with the seeded generator. ``progress=None`` shows a bar on a TTY.
+        ``objective`` replaces the cross-entropy objective (minimised; :data:`~pipeline.attacks.common.Objective`).
         """
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise AttackError(f"fit_universal: epochs must be a positive integer, got {epochs!r}")
@@ -135,7 +138,7 @@ class FramingAttack:
         source = _MinibatchSource(data, labels, batch_size, self.seed)
         channels, length, height, side = source.geometry
         border_mask(height, side, self.width)
-        to_input = resolve_normalize(normalize)
+        loss = objective or model_objective(model, normalize, self.targeted)
         frame_logits = self._initial_logits((channels, length if self.per_frame else 1, height, side), source.device)
         optimizer = torch.optim.Adam([frame_logits], lr=self.lr)
         epoch_objective = float("nan")
@@ -146,11 +149,11 @@ class FramingAttack:
                 total, count = 0.0, 0
                 for batch_clips, batch_labels in source.epoch():
                     adversarial = apply_frame(batch_clips, self._pixels(frame_logits), self.width)
-                    objective = attack_objective(model(to_input(adversarial)), batch_labels, self.targeted)
+                    values = loss(adversarial, batch_labels)
                     optimizer.zero_grad(set_to_none=True)
-                    objective.mean().backward()
+                    values.mean().backward()
                     optimizer.step()
-                    total += float(objective.detach().sum())
+                    total += float(values.detach().sum())
                     count += len(batch_labels)
                     bar.update(1)
                 epoch_objective = total / count

@@ -14,13 +14,13 @@ from pipeline.attacks.common import (
     PIXEL_LEVELS,
     Labels,
     NormalizeFn,
-    attack_objective,
+    Objective,
     check_clips,
     check_labels,
     check_positive,
     frozen,
+    model_objective,
     project_to_grid,
-    resolve_normalize,
 )
 from pipeline.attacks.errors import AttackError
 
@@ -39,9 +39,9 @@ def fgsm(
     clips = check_clips(clips)
     _check_budget(eps, quantize)
     targets = check_labels(labels, len(clips), clips.device)
-    to_input = resolve_normalize(normalize)
+    loss = model_objective(model, normalize, targeted)
     with frozen(model):
-        adversarial = clips - eps * _objective_gradient(model, clips, targets, to_input, targeted).sign()
+        adversarial = clips - eps * _objective_gradient(loss, clips, targets).sign()
     return _finish(adversarial.clamp(0, 1), clips, eps, quantize)
 
 
@@ -58,11 +58,13 @@ def pgd(
     seed: int = 0,
     targeted: bool = False,
     quantize: bool = True,
+    objective: Objective | None = None,
 ) -> torch.Tensor:
     """Projected gradient descent on the L∞ ball: ``steps`` signed steps of ``step_size``, each projected back.
 
     ``random_start`` begins at a uniform point of the ball drawn from a generator seeded with ``seed``, so runs
-    are reproducible. Returns the last iterate.
+    are reproducible. Returns the last iterate. ``objective`` replaces the cross-entropy objective (it is
+    minimised; see :data:`~pipeline.attacks.common.Objective`); ``targeted`` then does nothing.
     """
     clips = check_clips(clips)
     _check_budget(eps, quantize)
@@ -70,7 +72,7 @@ def pgd(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise AttackError(f"pgd: steps must be a positive integer, got {steps!r}")
     targets = check_labels(labels, len(clips), clips.device)
-    to_input = resolve_normalize(normalize)
+    loss = objective or model_objective(model, normalize, targeted)
     adversarial = clips.clone()
     if random_start:
         generator = torch.Generator().manual_seed(seed)
@@ -78,18 +80,16 @@ def pgd(
         adversarial = (clips + eps * noise.to(clips.device)).clamp(0, 1)
     with frozen(model):
         for _ in range(steps):
-            gradient = _objective_gradient(model, adversarial, targets, to_input, targeted)
+            gradient = _objective_gradient(loss, adversarial, targets)
             adversarial = adversarial - step_size * gradient.sign()
             adversarial = torch.minimum(torch.maximum(adversarial, clips - eps), clips + eps).clamp(0, 1)
     return _finish(adversarial, clips, eps, quantize)
 
 
-def _objective_gradient(
-    model: nn.Module, clips: torch.Tensor, targets: torch.Tensor, to_input: NormalizeFn, targeted: bool
-) -> torch.Tensor:
+def _objective_gradient(loss: Objective, clips: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Gradient of the summed per-clip objective (to minimise) w.r.t. the pixels; each clip's part is its own."""
     pixels = clips.detach().requires_grad_(True)
-    objective = attack_objective(model(to_input(pixels)), targets, targeted).sum()
+    objective = loss(pixels, targets).sum()
     (gradient,) = torch.autograd.grad(objective, pixels)
     return gradient
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 
 from pipeline.cli import add_device_argument, command_device, in_range
+from pipeline.cli.attack import non_negative_float
 from pipeline.detect.zoo import ZooError, parse_detectors
+from pipeline.evaluation.adaptive import ADAPTIVE_ATTACKS, DEFAULT_LAMBDAS
 from pipeline.evaluation.report import best_rows
 from pipeline.evaluation.run import ATTACKS, EvaluationSettings, evaluate
 
@@ -27,6 +29,12 @@ def _detectors(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("evaluate", help="detection metrics, accuracies and figures (results.json/md)")
     parser.add_argument("--bundle", required=True, type=Path, help="detector bundle written by `clipwatch fit`")
@@ -36,7 +44,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--novel", type=Path, help="novel-class dataset root (default: DATA/novel when present)")
     parser.add_argument("--surrogate", default="default-surrogate",
                         help="model for black-box framing (default: %(default)s; 'none' to skip)")
-    parser.add_argument("--attacks", nargs="*", default=list(ATTACKS), choices=ATTACKS)
+    parser.add_argument("--attacks", nargs="*", default=list(ATTACKS), choices=ATTACKS + ADAPTIVE_ATTACKS,
+                        help="attacked sets (default: %(default)s); the adaptive ones, which know the detector and "
+                             "run once per --lambdas value, only when named")
+    parser.add_argument("--lambdas", nargs="+", type=non_negative_float, default=list(DEFAULT_LAMBDAS), metavar="λ",
+                        help="weights of the fused score in the adaptive attacks' loss (default: %(default)s)")
+    parser.add_argument("--pgd-eps", type=in_range(0, 1, high_inclusive=True), default=8 / 255,
+                        help="pgd_adaptive L-inf budget in [0, 1] pixel units (default 8/255)")
+    parser.add_argument("--pgd-step-size", type=in_range(0, 1, high_inclusive=True), default=2 / 255,
+                        help="pgd_adaptive step in [0, 1] pixel units (default 2/255)")
+    parser.add_argument("--pgd-steps", type=_positive_int, default=10, help="pgd_adaptive steps (default %(default)s)")
+    parser.add_argument("--framing-steps", type=_positive_int, default=50,
+                        help="Adam steps of framing_adaptive's per-clip frame (default %(default)s)")
     parser.add_argument("--ood", action="append", type=_named_path, default=[], metavar="NAME=FILE.npz",
                         help="extra OOD set: attacked clips written by `clipwatch attack` (repeatable)")
     parser.add_argument("--frame-width", type=int, help="adversarial frame width in px (default: 4 at 112 px, scaled)")
@@ -62,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         bundle=args.bundle, data=args.data, out=args.out, split=args.split, novel=args.novel,
         surrogate=None if str(args.surrogate).lower() == "none" else args.surrogate, attacks=tuple(args.attacks),
         frame_width=args.frame_width, framing_epochs=args.framing_epochs, fgsm_eps=args.fgsm_eps,
+        lambdas=tuple(dict.fromkeys(args.lambdas)), pgd_eps=args.pgd_eps, pgd_step_size=args.pgd_step_size,
+        pgd_steps=args.pgd_steps, framing_steps=args.framing_steps,
         extra_ood=dict(args.ood), max_clips_per_video=args.max_clips_per_video, batch_size=args.batch_size,
         seed=args.seed, progress=not args.no_progress, device=str(device), detectors=args.detectors,
         precision=args.precision)
@@ -70,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
     for ood, slot in best_rows(results["detection"]).items():
         cells = ", ".join(f"{d} {row['auroc']:.3f}" for d, row in slot.items())
         print(f"AUROC {ood}: {cells}")
+    for row in results.get("adaptive", {}).get("rows", []):
+        success, evaded = ("-" if row[k] is None else f"{row[k]:.3f}" for k in ("attack_success", "evaded"))
+        print(f"{row['set']}: accuracy {row['accuracy']:.3f}, success {success}, flagged {row['flagged']:.3f}, "
+              f"evaded {evaded}, fused AUROC {row['fused_auroc']:.3f}")
     print(f"false alarms {results['false_alarm']['measured']:.4f} (requested {results['false_alarm']['requested']}); "
           f"{results['seconds']:.0f} s; results in {args.out}")
     return 0

@@ -99,3 +99,37 @@ def tsne_embedding(clean: np.ndarray, clean_labels: np.ndarray, attacked: np.nda
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def adaptive_tradeoff(rows: list[dict], path: Path) -> Path:
+    """Attack success against the fused score's detection AUROC, one curve per adaptive attack, λ written beside
+    each point (λ values whose points nearly coincide share one label): an attack that knows the detector wants
+    the bottom right."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for index, attack in enumerate(dict.fromkeys(row["attack"] for row in rows)):
+        points = sorted((r for r in rows if r["attack"] == attack), key=lambda r: r["lambda"])
+        success = [100 * r["attack_success"] if r["attack_success"] is not None else np.nan for r in points]
+        auroc = [r["fused_auroc"] for r in points]
+        colour = plt.get_cmap("tab10")(index)
+        ax.plot(success, auroc, marker="o", lw=1.4, color=colour, label=attack)
+        labels: list[tuple[float, float, list[str]]] = []
+        for x, y, row in zip(success, auroc, points, strict=True):
+            if labels and abs(labels[-1][0] - x) < 4 and abs(labels[-1][1] - y) < 0.04:
+                labels[-1][2].append(f"{row['lambda']:g}")
+            else:
+                labels.append((x, y, [f"{row['lambda']:g}"]))
+        for x, y, lams in labels:
+            right = x > 70  # keep labels inside the axes
+            ax.annotate("λ=" + ", ".join(lams), (x, y), textcoords="offset points", fontsize=7, color=colour,
+                        xytext=(-6 if right else 6, 8 if index % 2 else -12), ha="right" if right else "left")
+    ax.axhline(0.5, color="grey", lw=0.6, ls="--", label="chance (AUROC 0.5)")
+    ax.set_xlim(-3, 103)
+    ax.set_ylim(-0.03, 1.05)
+    ax.set_xlabel("attack success (% of correctly classified clips misclassified)", fontsize=8)
+    ax.set_ylabel("fused-score detection AUROC (clean vs attacked, unitless)", fontsize=8)
+    ax.set_title("adaptive attacks: attack success vs detection", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

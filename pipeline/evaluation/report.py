@@ -136,6 +136,7 @@ def markdown(results: dict) -> str:
         cells = [f"{slot[d]['auroc']:.3f} ({slot[d]['layer']})" if d in slot else "-" for d in densities]
         lines.append(f"| {ood} | " + " | ".join(cells) + " |")
     lines += _zoo_table(results)
+    lines += _adaptive_table(results)
     lines += ["", "## All detection metrics", "",
               "| OOD set | layer | density | " + " | ".join(METRIC_KEYS) + " |", "|---" * (3 + len(METRIC_KEYS)) + "|"]
     for row in results["detection"]:
@@ -167,6 +168,39 @@ def _zoo_table(results: dict) -> list[str]:
     if zoo.get("left_out"):
         lines.append("Left out: " + "; ".join(f"{n} ({why})" for n, why in zoo["left_out"].items()) + ".")
     return lines
+
+
+def _adaptive_table(results: dict) -> list[str]:
+    """Per adaptive attack and λ: what it achieved against the classifier and how well each detector still sees it."""
+    block = results.get("adaptive")
+    if not block:
+        return []
+    zoo = (results.get("zoo") or {}).get("detectors", {})
+    lines = ["", "## Adaptive attacks (the attacker knows the detector)", "",
+             f"Objective: {block['objective']}. Success: share of the {block['clean_correct']} correctly classified "
+             f"clean clips the attack misclassifies; flagged: share of all attacked clips with fused p-value <= "
+             f"{block['alpha']:g}; evaded: share of those {block['clean_correct']} clips misclassified and not flagged; "
+             f"fused median of clean clips {block['clean_fused_median']:.2f}. Note: {block['rounding']}.", "",
+             "| attack | λ | accuracy | success | flagged | evaded | fused AUROC | best density row | best zoo row | "
+             "softmax | fused median (float → uint8) |", "|---" * 11 + "|"]
+    for row in block["rows"]:
+        auroc = row["auroc"]
+        split = {key: key.split("/") for key in auroc}  # layer, density (or zoo detector)
+        densities = {k: v for k, v in auroc.items() if split[k][1] in ("gmm", "sep", "tied")}
+        baselines = {k: v for k, v in auroc.items() if zoo.get(split[k][1], {}).get("layer") == split[k][0]}
+        success, evaded = ("-" if row[k] is None else f"{row[k]:.3f}" for k in ("attack_success", "evaded"))
+        lines.append(f"| {row['attack']} | {row['lambda']:g} | {row['accuracy']:.3f} | {success} | "
+                     f"{row['flagged']:.3f} | {evaded} | {row['fused_auroc']:.3f} | {_best(densities)} | "
+                     f"{_best(baselines)} | {auroc.get('output/softmax', float('nan')):.3f} | "
+                     f"{row['fused_median_float']:.2f} → {row['fused_median']:.2f} |")
+    return lines
+
+
+def _best(auroc: dict[str, float]) -> str:
+    if not auroc:
+        return "-"
+    key = max(auroc, key=auroc.get)
+    return f"{auroc[key]:.3f} ({key})"
 
 
 def write_results(results: dict, out_dir: str | Path) -> None:

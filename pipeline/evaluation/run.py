@@ -3,8 +3,10 @@
 In-distribution test clips are compared with every OOD set: novel classes, white-box adversarial framing
 (a universal frame learned on the target model over training clips), black-box framing (the same attack
 learned on a surrogate model), FGSM, and any folder of the user's own attacked clips (``.npz`` written by
-``clipwatch attack``). All clips are rounded to 8 bits at the model's resolution, clean ones included, so
-the detector is never handed quantisation as a clue.
+``clipwatch attack``). Adaptive attacks that know the detector (``pgd_adaptive``, ``framing_adaptive``,
+``framing_adaptive_universal``; :mod:`pipeline.evaluation.adaptive`) run only when asked, once per λ of
+``lambdas``, and add an ``adaptive`` block, a table and ``adaptive.png``. All clips are rounded to 8 bits at
+the model's resolution, clean ones included, so the detector is never handed quantisation as a clue.
 
 Unless ``detectors`` is empty, the zoo of standard baselines (:mod:`pipeline.detect.zoo`) is fitted on the
 in-distribution training split (loaded the same way, ``max_clips_per_video`` honoured) and scored on every set,
@@ -37,6 +39,7 @@ from pipeline.detect.features import pixel_input
 from pipeline.detect.zoo import DETECTORS, Mahalanobis, build_zoo, feeding_layer, linear_head
 from pipeline.errors import ClipwatchError
 from pipeline.evaluation import plots
+from pipeline.evaluation.adaptive import ADAPTIVE_ATTACKS, DEFAULT_LAMBDAS, adaptive_block, adaptive_sets
 from pipeline.evaluation.report import (
     P_VALUE_LEVELS,
     accuracy_of,
@@ -71,6 +74,13 @@ class EvaluationSettings:
     framing_lr: float = 0.1
     framing_train_clips: int = 512
     fgsm_eps: float = 8 / 255
+    lambdas: tuple[float, ...] = DEFAULT_LAMBDAS
+    """Weights of the fused score in the adaptive attacks' objective, one attacked set per attack and value."""
+    pgd_eps: float = 8 / 255
+    pgd_step_size: float = 2 / 255
+    pgd_steps: int = 10
+    framing_steps: int = 50
+    """Adam steps of the per-clip adaptive frame."""
     extra_ood: dict[str, Path] = field(default_factory=dict)
     max_clips_per_video: int | None = None
     batch_size: int = 16
@@ -110,7 +120,7 @@ def _attack_sets(settings, model, manifest, clips01, labels, device: torch.devic
     prep = manifest.preprocessing
     width = settings.frame_width or scaled_frame_width(prep.crop)
     out: dict[str, np.ndarray] = {}
-    framing = [a for a in settings.attacks if a.startswith("framing")]
+    framing = [a for a in settings.attacks if a in ("framing_whitebox", "framing_blackbox")]
     train_clips = train_labels = None
     if framing:
         train_clips, train_labels = (t.to(device) for t in _training_clips(settings, prep))
@@ -132,6 +142,8 @@ def _attack_sets(settings, model, manifest, clips01, labels, device: torch.devic
                                          Normalize.from_preprocessing(surrogate_manifest.preprocessing),
                                          epochs=settings.framing_epochs, progress=settings.progress)
             out[name] = to_uint8(frame.apply(clips01))
+        elif name in ADAPTIVE_ATTACKS:
+            continue  # pipeline.evaluation.adaptive
         elif name == "fgsm":
             normalize = Normalize.from_preprocessing(prep)
             size = settings.batch_size
@@ -139,7 +151,7 @@ def _attack_sets(settings, model, manifest, clips01, labels, device: torch.devic
                           eps=settings.fgsm_eps).cpu() for i in range(0, len(clips01), size)]
             out[name] = to_uint8(torch.cat(parts))
         else:
-            raise ClipwatchError(f"unknown attack {name!r}; choose from {ATTACKS}")
+            raise ClipwatchError(f"unknown attack {name!r}; choose from {ATTACKS + ADAPTIVE_ATTACKS}")
         log.info("%s: %.0f s", name, time.perf_counter() - started)
     return out
 
@@ -169,6 +181,11 @@ def evaluate(settings: EvaluationSettings) -> dict:
     for name, adv in attacked.items():
         ood[name] = detector.features(adv, labels, batch_size=settings.batch_size)
     frames.update(attacked)
+    adaptive = adaptive_sets(settings, detector, from_uint8(clips), torch.as_tensor(labels), device,
+                             lambda: _training_clips(settings, prep))
+    for name, attacked_set in adaptive.items():
+        ood[name] = detector.features(attacked_set.frames, labels, batch_size=settings.batch_size)
+        frames[name] = attacked_set.frames
     for name, path in settings.extra_ood.items():
         user = load_attacked_clips(path)
         ood[name] = detector.features(user.frames, user.labels, batch_size=settings.batch_size)
@@ -197,11 +214,17 @@ def evaluate(settings: EvaluationSettings) -> dict:
         results["zoo"] = zoo_info
     settings.out.mkdir(parents=True, exist_ok=True)
     best = best_zoo_detector(results["detection"], zoo_info)
-    results["figures"] = _figures(bundle, clean, ood, set_scores, settings.out,
+    plain = {name: f for name, f in ood.items() if name not in adaptive}  # adaptive sets: adaptive.png only
+    results["figures"] = _figures(bundle, clean, plain, set_scores, settings.out,
                                   {f"best baseline: {best}": zoo_scores[(best, zoo_info["detectors"][best]["layer"])]}
                                   if best else {})
     results["figures"].append(plots.p_value_calibration(set_scores["clean"].p_value, detector.alpha,
                                                         settings.out / "p_values.png").name)
+    if adaptive:
+        results["adaptive"] = adaptive_block(adaptive, clean, sets, set_scores, results["detection"], settings,
+                                             detector.alpha)
+        results["figures"].append(plots.adaptive_tradeoff(results["adaptive"]["rows"],
+                                                          settings.out / "adaptive.png").name)
     results["seconds"] = round(time.perf_counter() - started, 1)
     write_results(results, settings.out)
     return results
@@ -283,7 +306,7 @@ def _figures(bundle: DetectorBundle, clean: ClipFeatures, ood: dict[str, ClipFea
 
     clean_panel = panel("clean", clean)
     ood_panels = {name: panel(name, f) for name, f in ood.items()}
-    written = [plots.roc_curves(clean_panel, ood_panels, out / "roc.png")]
+    written = [plots.roc_curves(clean_panel, ood_panels, out / "roc.png")] if ood_panels else []
     for name, scores in ood_panels.items():
         written.append(plots.score_histograms(clean_panel, scores, name, out / f"hist_{name}.png"))
     attacked_name = next((n for n in ("framing_whitebox", "fgsm") if n in ood), None)
