@@ -4,20 +4,26 @@ stream's clips published on the bus, each stream's health events beside them.
 The work on one file or stream is `pipeline.stream.steps.decode`; this module adds the threads, back-pressure
 (a slow pipeline slows file reading; live readers drop their oldest frames rather than fall behind), shutdown and
 health: events go to the bus from a queue, so a reader thread never waits on it.
+
+Sources change while it runs: `reload` (SIGHUP) re-reads the config file's ``sources``, and `add` / `remove` (the
+console's ``POST`` / ``DELETE /api/cameras``) change one. New sources start, removed ones stop after publishing the
+clip in hand (what is on the bus is scored as usual) and say so with a health event (``ended``, detail
+``removed``), unchanged ones are left alone.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from dataclasses import dataclass, field
+from itertools import count
 
-from pipeline.bus import BackpressureTimeout, Bus, BusClosed, BusError
-from pipeline.config import PipelineConfig, SourceConfig
+from pipeline.bus import Bus, BusClosed, BusError
+from pipeline.config import ConfigError, PipelineConfig, SourceConfig, check_stream_ids, reload_sources
 from pipeline.detect import Detector
+from pipeline.errors import ClipwatchError
 from pipeline.models import Preprocessing
-from pipeline.stream.messages import ClipMessage, HealthMessage, MessageError, encode
+from pipeline.stream.messages import ClipMessage, MessageError, encode
 from pipeline.stream.steps.decode import (
     StreamPlan,
     clip_message,
@@ -27,58 +33,16 @@ from pipeline.stream.steps.decode import (
     splitter_for,
 )
 from pipeline.stream.topology import stage
-from pipeline.video import StreamEvent, VideoError, open_source, open_video
+from pipeline.video import VideoError, open_source, open_video
 from pipeline.video.errors import describe_source, error_reason
 from pipeline.video.preprocess import MIN_FRAME_SIDE
 from workers.loop import publish_until
 from workers.ops import HealthBoard, PipelineMetrics
+from workers.stream_health import HealthPublisher
 
 logger = logging.getLogger(__name__)
 
 CLIPS_TOPIC = stage("decoder").output_topic
-HEALTH_TOPIC = stage("health").input_topic
-
-
-class HealthPublisher:
-    """Stream health events → `HealthMessage`s on the bus, through a queue (reader threads never block)."""
-
-    def __init__(self, bus: Bus, metrics: PipelineMetrics, publish_timeout_s: float = 5.0,
-                 board: HealthBoard | None = None):
-        self.bus = bus
-        self.metrics = metrics
-        self.board = board
-        self.publish_timeout_s = publish_timeout_s
-        self._queue: queue.Queue[HealthMessage | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="decoder-health", daemon=True)
-        self._thread.start()
-
-    def __call__(self, event: StreamEvent) -> None:
-        """A live stream's event; it also sets the camera's component on the health board (down = degraded)."""
-        state = event.health.value
-        if self.board is not None:
-            self.board.set(f"camera {event.stream_id}", None if state in ("up", "ended") else
-                           f"{state} {event.detail}".strip())
-        self.emit(event.stream_id, state, event.detail)
-
-    def emit(self, stream_id: str, state: str, detail: str = "") -> None:
-        self.metrics.stream_up.labels(stream_id).set(1 if state == "up" else 0)
-        self._queue.put(HealthMessage(stream_id=stream_id, state=state, detail=detail))
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Publish what is queued (up to `timeout`), then stop."""
-        self._queue.put(None)
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while (message := self._queue.get()) is not None:
-            try:
-                self.bus.publish(HEALTH_TOPIC, encode(message), key=message.stream_id, timeout=self.publish_timeout_s)
-            except BackpressureTimeout:
-                logger.warning("decoder: health event %s %s not published: nobody consumes %r",
-                               message.stream_id, message.state, HEALTH_TOPIC)
-            except BusError as error:
-                logger.warning("decoder: health event %s %s not published: %s", message.stream_id, message.state,
-                               error)
 
 
 @dataclass
@@ -94,16 +58,37 @@ class DecoderReport:
         return sum(self.published.values())
 
 
+@dataclass(eq=False)
+class _Feed:
+    """One source and its thread: `halt` stops this source alone; `origin` is "config" (the file) or "api"."""
+
+    source: SourceConfig
+    origin: str
+    halt: threading.Event = field(default_factory=threading.Event)
+    readers: list = field(default_factory=list)
+    streams: list[str] = field(default_factory=list)
+    thread: threading.Thread | None = None
+    removed: bool = False
+    done: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.source.stream_id or describe_source(self.source.path)
+
+
 class DecoderWorker:
-    """Decodes every configured source in its own thread (a directory's files one after another)."""
+    """Decodes every configured source in its own thread (a directory's files one after another); sources can be
+    added and removed while it runs (`reload`, `add`, `remove`)."""
 
     name = "decoder"
 
     def __init__(self, config: PipelineConfig, bus: Bus, *, stop: threading.Event, metrics: PipelineMetrics,
-                 board: HealthBoard | None = None, preprocessing: Preprocessing | None = None):
+                 board: HealthBoard | None = None, preprocessing: Preprocessing | None = None,
+                 reload: threading.Event | None = None):
         self.config = config
         self.bus = bus
         self.stop = stop
+        self.reload_requested = reload if reload is not None else threading.Event()
         self.metrics = metrics
         self.stage_metrics = metrics.stage(self.name)
         self.board = board
@@ -112,30 +97,46 @@ class DecoderWorker:
         self.short_side = prep.short_side if config.decoder.resize == "model" else None
         self.report = DecoderReport()
         self._lock = threading.Lock()
-        self._live: list = []
+        self._feeds: list[_Feed] = []
+        self._stopping: list[_Feed] = []
+        self._numbers = count()
+        self._closed = False
         self.health = HealthPublisher(bus, metrics, board=board)
 
     def splitter(self, source: SourceConfig):
         return splitter_for(self.preprocessing, source.stride)
 
     def run(self) -> DecoderReport:
-        """Decode until every source has ended (files) or `stop` is set (live sources run until then)."""
+        """Decode until every source has ended by itself (files) or `stop` is set (live sources run until then).
+
+        While it runs, `reload_requested` (SIGHUP) makes it `reload` its sources; with every source removed it
+        waits for new ones.
+        """
         if self.board is not None:
             self.board.beat(self.name)
-        threads = [threading.Thread(target=self._run_source, args=(source,), name=f"decoder-{index}", daemon=True)
-                   for index, source in enumerate(self.config.sources)]
-        for thread in threads:
-            thread.start()
-        while any(thread.is_alive() for thread in threads):
-            if self.stop.wait(0.2):
-                with self._lock:
-                    for reader in self._live:
-                        reader.close(timeout=0)
-                for thread in threads:
-                    thread.join(15.0)
-                break
+        with self._lock:
+            for source in self.config.sources:
+                self._start(source, "config")
+        while not self.stop.wait(0.2):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
             if self.board is not None:
                 self.board.beat(self.name)
+            with self._lock:
+                self._stopping = [feed for feed in self._stopping if feed.thread.is_alive()]
+                if self._feeds and not any(feed.thread.is_alive() for feed in self._feeds):
+                    self._closed = True
+                    break
+        with self._lock:
+            self._closed = True
+            feeds = self._feeds + self._stopping
+            for feed in feeds:
+                feed.halt.set()
+                for reader in feed.readers:
+                    reader.close(timeout=0)
+        for feed in feeds:
+            feed.thread.join(15.0)
         self.health.close()
         if self.board is not None:
             self.board.finished(self.name)
@@ -143,19 +144,134 @@ class DecoderWorker:
                     len(self.report.published), len(self.report.skipped))
         return self.report
 
-    def _run_source(self, source: SourceConfig) -> None:
+    def reload(self) -> bool:
+        """Run the config file's ``sources`` as it reads now (cameras added through the API are kept); a file that
+        does not validate, or whose ids clash with a running camera, is refused with one log line and nothing
+        changes. Returns whether it was applied."""
+        try:
+            sources, changed = reload_sources(self.config)
+            added, removed = self.apply(sources)
+        except ClipwatchError as error:
+            logger.error("decoder: reload refused, running sources kept: %s", error)
+            return False
+        logger.info("decoder: sources reloaded from %s: %d added, %d removed, %d unchanged", self.config.source_file,
+                    added, removed, len(sources) - added)
+        if changed:
+            logger.warning("decoder: a reload applies only `sources`; restart for the changes to %s",
+                           ", ".join(changed))
+        return True
+
+    def apply(self, sources: list[SourceConfig]) -> tuple[int, int]:
+        """Make `sources` the running configured sources: start new ones, remove the ones not in it (by equality:
+        a changed source is removed and started again). Returns (added, removed); ClipwatchError if refused."""
+        with self._lock:
+            if self._closed:
+                raise ClipwatchError("the decoder has stopped")
+            configured = [feed for feed in self._feeds if feed.origin == "config"]
+            adopted = [feed for feed in self._feeds if feed.origin == "api" and feed.source in sources]
+            api = [feed.source for feed in self._feeds if feed.origin == "api" and feed not in adopted]
+            wanted = {source.stream_id for source in sources}
+            for source in api:
+                if source.stream_id in wanted:
+                    raise ConfigError(f"{self.config.source_file}: sources: {source.stream_id!r} is a camera added "
+                                      "through the API with other settings; remove it there first")
+            self._check_ids([*sources, *api], f"{self.config.source_file}: sources (with the cameras added through "
+                                              "the API)")
+            removed = [feed for feed in configured if feed.source not in sources]
+            running = [feed.source for feed in configured + adopted if feed not in removed]
+            added = [source for source in sources if source not in running]
+            for feed in adopted:
+                feed.origin = "config"
+            for feed in removed:
+                self._remove(feed)
+            for source in added:
+                self._start(source, "config")
+        return len(added), len(removed)
+
+    def add(self, source: SourceConfig) -> str:
+        """Start `source` now (``POST /api/cameras``); returns its stream id. ClipwatchError (one line) if its id is
+        in use, it clashes with another source, or the decoder has stopped."""
+        with self._lock:
+            if self._closed:
+                raise ClipwatchError("the decoder has stopped; no camera can be added")
+            stream_id = source.stream_id
+            if stream_id is None:
+                raise ConfigError(f"{source.path}: no such file or directory")
+            if any(feed.source.stream_id == stream_id for feed in self._feeds):
+                raise ConfigError(f"stream id {stream_id!r} is in use; remove it first or choose another id")
+            if any(feed.source.stream_id == stream_id for feed in self._stopping):
+                raise ConfigError(f"stream id {stream_id!r} is still stopping; try again in a moment")
+            self._check_ids([*(feed.source for feed in self._feeds), source], f"source {stream_id!r}")
+            self._start(source, "api")
+        logger.info("decoder: source %s added", stream_id)
+        return stream_id
+
+    def remove(self, stream_id: str) -> bool:
+        """Stop the source of `stream_id` (``DELETE /api/cameras/{id}``): it publishes the clip in hand, then its
+        streams report ``ended`` / ``removed``. False if no running source has that id."""
+        with self._lock:
+            feed = next((feed for feed in self._feeds if feed.source.stream_id == stream_id), None)
+            if feed is not None:
+                self._remove(feed)
+        if feed is not None:
+            logger.info("decoder: source %s removed", stream_id)
+        return feed is not None
+
+    def _check_ids(self, sources: list[SourceConfig], where: str) -> None:
+        try:
+            check_stream_ids(sources)
+        except ValueError as error:
+            raise ConfigError(f"{where}: {str(error).removeprefix('sources: ')}") from None
+
+    def _start(self, source: SourceConfig, origin: str) -> None:
+        """Start a thread for `source` (lock held)."""
+        feed = _Feed(source, origin)
+        feed.thread = threading.Thread(target=self._run_feed, args=(feed,), name=f"decoder-{next(self._numbers)}",
+                                       daemon=True)
+        self._feeds.append(feed)
+        feed.thread.start()
+
+    def _remove(self, feed: _Feed) -> None:
+        """Halt `feed` (lock held); its streams are announced removed once its thread has ended."""
+        self._feeds.remove(feed)
+        feed.removed = True
+        feed.halt.set()
+        for reader in feed.readers:
+            reader.close(timeout=0)
+        if feed.done:
+            self._announce_removed(feed)
+        else:
+            self._stopping.append(feed)
+
+    def _announce_removed(self, feed: _Feed) -> None:
+        for stream_id in feed.streams or [feed.source.stream_id]:
+            if stream_id is not None:
+                self.health.removed(stream_id)
+
+    def _run_feed(self, feed: _Feed) -> None:
+        try:
+            self._run_source(feed)
+        finally:
+            with self._lock:
+                feed.done = True
+                if feed.removed:
+                    self._announce_removed(feed)
+
+    def _run_source(self, feed: _Feed) -> None:
+        source = feed.source
         plans, bad = plan_streams(source)
+        feed.streams = [plan.stream_id for plan in plans]
         for item in bad:
             self._skip(str(item))
         offsets: dict[str, int] = {}
         try:
-            while plans and not self.stop.is_set():
+            while plans and not feed.halt.is_set():
                 for plan in list(plans):
-                    if self.stop.is_set():
+                    if feed.halt.is_set() or self.stop.is_set():
                         return
                     if not plan.is_file:
-                        self._run_live(plan)
-                    elif (offset := self._run_file(plan, offsets.get(plan.stream_id))) is None:
+                        self._run_live(plan, feed)
+                    elif (offset := self._run_file(plan, offsets.get(plan.stream_id), feed.halt)) is None:
                         plans.remove(plan)  # unusable: skipped once, not at every loop
                     else:
                         offsets[plan.stream_id] = offset
@@ -164,16 +280,16 @@ class DecoderWorker:
         except BusClosed:
             if not self.stop.is_set():
                 raise
-            logger.warning("decoder: source %s stopped with the bus closed on shutdown",
-                           plans[0].stream_id if plans else source.path)
+            logger.warning("decoder: source %s stopped with the bus closed on shutdown", feed.name)
         except BusError as error:
-            logger.error("decoder: source %s stopped: %s", plans[0].stream_id if plans else source.path, error)
+            logger.error("decoder: source %s stopped: %s", feed.name, error)
             self.report.failed.append(str(error))
             if self.board is not None:
                 self.board.failed(self.name, str(error))
 
-    def _run_file(self, plan: StreamPlan, seq_offset: int | None) -> int | None:
-        """Publish a file's clips; returns the seq offset its next loop should use, None if the file is unusable."""
+    def _run_file(self, plan: StreamPlan, seq_offset: int | None, halt: threading.Event) -> int | None:
+        """Publish a file's clips until its end or `halt`; returns the seq offset its next loop should use, None if
+        the file is unusable."""
         if seq_offset is None:
             seq_offset = live_seq_start() if plan.source.loop else 0
         count = 0
@@ -182,7 +298,7 @@ class DecoderWorker:
                 self.health.emit(plan.stream_id, "up", f"{reader.num_frames} frames")
                 for message in file_clip_messages(reader, self.splitter(plan.source), plan.stream_id,
                                                   short_side=self.short_side, seq_offset=seq_offset,
-                                                  pace=plan.source.pace, stop=self.stop):
+                                                  pace=plan.source.pace, stop=halt):
                     if not self._publish(message):
                         break
                     count += 1
@@ -194,6 +310,10 @@ class DecoderWorker:
             reason = error_reason(error)
             line = f"{plan.target}: unreadable after {count} clips ({reason})"
         else:
+            if halt.is_set():  # removed (its feed announces it) or stopped: not the end of the file
+                if self.stop.is_set():
+                    self.health.emit(plan.stream_id, "ended", f"stopped after {count} clips")
+                return seq_offset + count
             self.health.emit(plan.stream_id, "ended", f"end of file, {count} clips")
             if count == 0 and plan.source.loop:
                 self._skip(f"{plan.target}: shorter than one clip, cannot loop it")
@@ -203,7 +323,7 @@ class DecoderWorker:
         self._skip(line)
         return None
 
-    def _run_live(self, plan: StreamPlan) -> None:
+    def _run_live(self, plan: StreamPlan, feed: _Feed) -> None:
         source = plan.source
         try:
             reader = open_source(plan.target, stream_id=plan.stream_id, on_event=self.health,
@@ -216,12 +336,12 @@ class DecoderWorker:
             self._skip(str(error))
             return
         with self._lock:
-            self._live.append(reader)
+            feed.readers.append(reader)
         try:
-            if self.stop.is_set():  # stopped while connecting: `run` may have closed the readers before this one
+            if feed.halt.is_set():  # halted while connecting: its readers may have been closed before this one
                 return
             for clip in self.splitter(source).clips(reader, plan.stream_id, first_seq=live_seq_start()):
-                if self.stop.is_set() or not self._publish(clip_message(clip, short_side=self.short_side,
+                if feed.halt.is_set() or not self._publish(clip_message(clip, short_side=self.short_side,
                                                                         source=describe_source(plan.target))):
                     break
         except MessageError as error:

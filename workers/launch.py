@@ -3,6 +3,8 @@
 Both build the same stages and loops from a `PipelineConfig`; only the bus differs (in-process queues or Redis
 Streams, from ``bus.url``). Each process serves /healthz and /metrics and stops gracefully on SIGTERM/SIGINT: the
 decoder stops reading, each stage finishes its batch in flight, publishes, acknowledges, and the process exits 0.
+SIGHUP makes the decoder re-read the config file's ``sources`` (other processes ignore it); in `run_pipeline` the
+console, when configured, can add and remove cameras too (`camera_control`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
 
 from pipeline.alerts import Alert
 from pipeline.bus import Bus, BusRefused, open_bus
@@ -26,6 +29,10 @@ from workers.loop import Stage, StageLoop
 from workers.ops import HealthBoard, OpsServer, PipelineMetrics, handle_signals
 from workers.ops.progress import ProgressReporter
 from workers.stages import build_stages
+
+if TYPE_CHECKING:
+    from pipeline.console.cameras import CameraControl
+    from workers.decoder import DecoderWorker
 
 logger = logging.getLogger(__name__)
 
@@ -118,13 +125,13 @@ def run_pipeline(config: PipelineConfig, *, stop: threading.Event | None = None,
     """
     if not config.sources:
         raise ConfigError(f"{config.source_file}: sources: nothing to run (no sources configured)")
-    stop = stop or threading.Event()
-    with handle_signals(stop):
-        return _run_pipeline(config, stop, out or sys.stdout, drain_timeout_s, progress, progress_s)
+    stop, reload = stop or threading.Event(), threading.Event()
+    with handle_signals(stop, reload):
+        return _run_pipeline(config, stop, reload, out or sys.stdout, drain_timeout_s, progress, progress_s)
 
 
-def _run_pipeline(config: PipelineConfig, stop: threading.Event, out: TextIO, drain_timeout_s: float | None,
-                  progress: TextIO | None, progress_s: float) -> RunSummary:
+def _run_pipeline(config: PipelineConfig, stop: threading.Event, reload: threading.Event, out: TextIO,
+                  drain_timeout_s: float | None, progress: TextIO | None, progress_s: float) -> RunSummary:
     started = time.monotonic()
     config.webhook_config()  # a missing webhook secret fails now, before any model is loaded
     metrics, board = PipelineMetrics(), HealthBoard()
@@ -152,7 +159,11 @@ def _run_pipeline(config: PipelineConfig, stop: threading.Event, out: TextIO, dr
             bus.ensure_group(topic, group)
         from workers.decoder import DecoderWorker
 
-        report = DecoderWorker(config, bus, stop=stop, metrics=metrics, board=board).run()
+        decoder = DecoderWorker(config, bus, stop=stop, metrics=metrics, board=board, reload=reload)
+        console = next((stage.console for stage in stages if getattr(stage, "console", None) is not None), None)
+        if console is not None:
+            console.serve_cameras(camera_control(decoder, config))
+        report = decoder.run()
         summary.published, summary.skipped = report.published, report.skipped
         summary.stopped = stop.is_set()
         if not summary.stopped:
@@ -168,6 +179,15 @@ def _run_pipeline(config: PipelineConfig, stop: threading.Event, out: TextIO, dr
         bus.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def camera_control(decoder: DecoderWorker, config: PipelineConfig) -> CameraControl:
+    """The console's hooks into `decoder` (``POST`` / ``DELETE /api/cameras``); relative paths resolve against the
+    config file's folder, as the file's own do."""
+    from pipeline.console.cameras import CameraControl
+
+    base = config.source_path.parent if config.source_path is not None else Path.cwd()
+    return CameraControl(add=decoder.add, remove=decoder.remove, base=base)
 
 
 def _wait_drained(bus: Bus, stop: threading.Event, timeout_s: float | None) -> None:
@@ -190,12 +210,13 @@ def run_worker(name: str, config: PipelineConfig, *, stop: threading.Event | Non
     """
     if name not in WORKERS:
         raise ValueError(f"unknown worker {name!r}: expected one of {', '.join(WORKERS)}")
-    stop = stop or threading.Event()
-    with handle_signals(stop):
-        return _run_worker(name, config, stop, port)
+    stop, reload = stop or threading.Event(), threading.Event()
+    with handle_signals(stop, reload if name == "decoder" else None):
+        return _run_worker(name, config, stop, reload, port)
 
 
-def _run_worker(name: str, config: PipelineConfig, stop: threading.Event, port: int | None) -> int:
+def _run_worker(name: str, config: PipelineConfig, stop: threading.Event, reload: threading.Event,
+                port: int | None) -> int:
     metrics, board = PipelineMetrics(), HealthBoard()
     bus = open_config_bus(config)
     ops = start_ops(config, name, config.ops.port_for(name) if port is None else port, metrics, board, bus)
@@ -209,7 +230,7 @@ def _run_worker(name: str, config: PipelineConfig, stop: threading.Event, port: 
 
             if not config.sources:
                 raise ConfigError(f"{config.source_file}: sources: the decoder has no sources to read")
-            report = DecoderWorker(config, bus, stop=stop, metrics=metrics, board=board).run()
+            report = DecoderWorker(config, bus, stop=stop, metrics=metrics, board=board, reload=reload).run()
             return 1 if report.failed or (report.skipped and not report.published) else 0
         printer = alert_printer(sys.stdout) if config.alerts.print else None
         loops = [stage_loop(stage, bus, config, stop=stop, metrics=metrics, board=board)

@@ -11,10 +11,10 @@ path. String values may use ``${VAR}`` or ``${VAR:-default}``, substituted field
 from pipeline.config.alerts import AlertsConfig, WebhooksConfig
 from pipeline.config.base import ConfigError
 from pipeline.config.bus import BusConfig
-from pipeline.config.loader import load_config, parse_config
+from pipeline.config.loader import load_config, parse_config, reload_sources
 from pipeline.config.ops import OpsConfig
 from pipeline.config.pipeline import PipelineConfig
-from pipeline.config.sources import SourceConfig
+from pipeline.config.sources import SourceConfig, check_stream_ids, parse_source
 from pipeline.config.stages import ClassifierConfig, DecoderConfig, DensityConfig
 
 __all__ = [
@@ -28,6 +28,9 @@ __all__ = [
     "PipelineConfig",
     "SourceConfig",
     "WebhooksConfig",
+    "check_stream_ids",
     "load_config",
     "parse_config",
+    "parse_source",
+    "reload_sources",
 ]

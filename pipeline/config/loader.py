@@ -15,9 +15,10 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.config.base import ConfigError
 from pipeline.config.pipeline import PipelineConfig
+from pipeline.config.sources import SourceConfig
 from pipeline.errors import one_line, validation_problem
 
-__all__ = ["load_config", "parse_config"]
+__all__ = ["load_config", "parse_config", "reload_sources"]
 
 
 def load_config(path: str | os.PathLike, environ: Mapping[str, str] | None = None) -> PipelineConfig:
@@ -35,7 +36,20 @@ def load_config(path: str | os.PathLike, environ: Mapping[str, str] | None = Non
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(error, "problem", None) or str(error)
         raise ConfigError(f"{name}: {where}invalid YAML: {one_line(problem)}") from None
-    return parse_config(data, source=name, base=Path(path).resolve().parent, environ=environ)
+    config = parse_config(data, source=name, base=Path(path).resolve().parent, environ=environ)
+    config._source_path = Path(path).resolve()
+    return config
+
+
+def reload_sources(config: PipelineConfig) -> tuple[list[SourceConfig], list[str]]:
+    """The `sources` of `config`'s file as it reads now, validated with the whole file (ConfigError, one line, as at
+    start), and the names of the other sections that changed since (a reload applies only `sources`)."""
+    if config.source_path is None:
+        raise ConfigError(f"{config.source_file}: not read from a file, nothing to reload")
+    fresh = load_config(config.source_path)
+    changed = [name for name in PipelineConfig.model_fields
+               if name != "sources" and getattr(fresh, name) != getattr(config, name)]
+    return fresh.sources, changed
 
 
 def parse_config(data: Any, *, source: str = "config", base: str | os.PathLike | None = None,

@@ -32,6 +32,7 @@ class PipelineConfig(Section):
     ops: OpsConfig = Field(default_factory=OpsConfig)
     console: ConsoleConfig | None = Field(None, description="serve the operator's console from the sink")
     _source_file: str = PrivateAttr("config")
+    _source_path: Path | None = PrivateAttr(None)
 
     @field_validator("bundle")
     @classmethod
@@ -50,6 +51,11 @@ class PipelineConfig(Section):
     @property
     def source_file(self) -> str:
         return self._source_file
+
+    @property
+    def source_path(self) -> Path | None:
+        """The YAML file this config was read from (absolute); None when it was built from data."""
+        return self._source_path
 
     def webhook_config(self, environ: Mapping[str, str] | None = None) -> WebhookConfig | None:
         return self.alerts.webhook_config(self._source_file, environ)

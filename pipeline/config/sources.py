@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pipeline.config.base import ConfigPath, EnvStr, Section
+from pipeline.config.base import ConfigError, ConfigPath, EnvStr, Section
+from pipeline.errors import validation_problem
 
-__all__ = ["SOURCE_SCHEMES", "SourceConfig", "check_stream_ids"]
+__all__ = ["SOURCE_SCHEMES", "SourceConfig", "check_stream_ids", "parse_source"]
 
 SOURCE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "rtp", "tcp", "srt", "file"})
 
@@ -102,6 +106,21 @@ def check_stream_ids(sources: list[SourceConfig]) -> None:
                 raise ValueError(f"sources.{first} ({_source_name(one)}, stream id {a!r}) and sources.{second} "
                                  f"({_source_name(other)}, stream id {b!r}) would give clips the same keys; "
                                  "set a distinct `id` on one of them")
+
+
+def parse_source(data: Any, *, base: str | os.PathLike, environ: Mapping[str, str] | None = None,
+                 name: str = "source") -> SourceConfig:
+    """One source from parsed data (a camera added at run time): relative paths against `base`, ``${VAR}`` from
+    `environ` (give ``{}`` for data from outside, so that it can never read the process's environment);
+    ConfigError, one line naming the key, if invalid."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{name}: expected a mapping of source keys, got {type(data).__name__}")
+    context = {"base": base, "environ": os.environ if environ is None else environ}
+    try:
+        return SourceConfig.model_validate(dict(data), context=context)
+    except ValidationError as error:
+        known = list(SourceConfig.model_fields)
+        raise ConfigError(f"{name}: {validation_problem(error, known_keys=lambda _parent: known)}") from None
 
 
 def _source_name(source: SourceConfig) -> str:

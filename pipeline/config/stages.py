@@ -27,9 +27,10 @@ class ClassifierConfig(Section):
     threads: int | None = Field(None, ge=1, le=512, description="torch CPU threads; None: torch's default")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$")
     precision: Literal["fp32", "bf16", "fp16", "auto"] | None = Field(
-        "auto", description="the model's arithmetic (auto: bf16 + channels-last-3d on CPUs with AMX or "
-                            "AVX-512-BF16 and on CUDA, fp32 elsewhere; scoring an fp32 bundle in bf16 changed no "
-                            "verdict on the benchmark, see benchmarks/precision_detection.py); None: the bundle's")
+        None, description="the model's arithmetic: None (default) the precision the bundle was fitted in, so "
+                          "streamed scores equal `clipwatch score`'s; auto: bf16 + channels-last-3d on CPUs with "
+                          "AMX or AVX-512-BF16 and on CUDA, fp32 elsewhere (scoring an fp32 bundle in bf16 changed "
+                          "no verdict on the benchmark, see benchmarks/precision_detection.py)")
     thumbnail_size: int = Field(160, ge=0, le=1024, description="longest side of the JPEG thumbnail; 0: none")
     thumbnail_quality: int = Field(80, ge=1, le=100)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from pipeline.alerts import Alert
 from pipeline.config import PipelineConfig
+from pipeline.console.cameras import CameraControl
 from pipeline.console.server import ConsoleServer
 from pipeline.console.store import ConsoleStore
 
@@ -49,6 +50,10 @@ class LiveConsole:
     @property
     def url(self) -> str:
         return self.server.url
+
+    def serve_cameras(self, control: CameraControl | None) -> None:
+        """Let the API add and remove cameras through `control` (the decoder of this process); None: no more."""
+        self.server.cameras = control
 
     def alert(self, alert: Alert) -> None:
         self._feed(self.store.add_alerts, [alert.to_body()])

@@ -19,12 +19,12 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _REASONS = {400: "a malformed parameter or body", 401: "missing or wrong bearer token",
-            403: "cross-site request or unknown Host refused", 404: "no such alert", 413: "request body too large",
-            415: "the body is not JSON", 503: "too many event streams open"}
+            403: "cross-site request or unknown Host refused", 404: "no such alert", 409: "refused by the decoder",
+            413: "request body too large", 415: "the body is not JSON", 503: "too many event streams open"}
 
 
-def _errors(*codes: int) -> dict[str, Any]:
-    return {str(code): _json(_ref("Error"), _REASONS[code]) for code in codes}
+def _errors(*codes: int, **reasons: str) -> dict[str, Any]:
+    return {str(code): _json(_ref("Error"), reasons.get(f"e{code}", _REASONS[code])) for code in codes}
 
 
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
@@ -67,6 +67,15 @@ _SCHEMAS: dict[str, Any] = {
         "recent_counts": {"type": "object", "additionalProperties": {"type": "integer"}},
         "last_verdict": {"type": ["object", "null"]}, "alerts": {"type": "integer"},
         "open_alerts": {"type": "integer"}}},
+    "CameraRequest": {"type": "object", "required": ["id"], "description": "a source of the pipeline config "
+                      "(`sources` entry: id, and exactly one of uri, path, webcam; loop, pace, stride, timeouts, "
+                      "options...); relative paths are relative to the config file, ${VAR} is not read",
+                      "properties": {"id": {"type": "string", "pattern": "^[A-Za-z0-9_.\\-/]+$"},
+                                     "uri": {"type": "string"}, "path": {"type": "string"},
+                                     "webcam": {"type": "integer", "minimum": 0}}},
+    "CameraChange": {"type": "object", "required": ["id", "camera", "state"], "properties": {
+        "id": {"type": "string", "description": "the source's stream id"}, "camera": {"type": "string"},
+        "state": {"enum": ["added", "removed"]}}},
     "ReviewRequest": {"type": "object", "additionalProperties": False, "properties": {
         "by": {"type": "string", "maxLength": 200}, "note": {"type": "string", "maxLength": 2000}}},
 }
@@ -81,8 +90,28 @@ def _review(action: str, state: str) -> dict[str, Any]:
                       **_errors(400, 401, 403, 404, 413, 415)}}}
 
 
-def document() -> dict[str, Any]:
-    """The OpenAPI document of the console API."""
+def _cameras() -> dict[str, Any]:
+    """The paths that change the running sources (only where the decoder registered a `CameraControl`)."""
+    control = "the decoder runs in another process (404)"
+    return {
+        "/api/cameras": {"post": {
+            "summary": "start a camera now (not written to the config file)", "operationId": "addCamera",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("CameraRequest")}}},
+            "responses": {"201": _json(_ref("CameraChange"), "the source started"),
+                          **_errors(400, 401, 403, 404, 409, 413, 415, e404=control,
+                                    e409="stream id in use, clashing with another source, or the decoder stopped")}}},
+        "/api/cameras/{id}": {"delete": {
+            "summary": "stop a source; its clips in flight are still scored, then its streams report ended "
+                       "(detail: removed)", "operationId": "removeCamera",
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"},
+                            "description": "the source's stream id (percent-encoded or with its slashes)"}],
+            "responses": {"200": _json(_ref("CameraChange"), "the source is stopping"),
+                          **_errors(401, 403, 404, e404="no running source with this id, or " + control)}}},
+    }
+
+
+def document(*, cameras: bool = False) -> dict[str, Any]:
+    """The OpenAPI document of the console API; with `cameras`, the endpoints that add and remove cameras too."""
     query = [
         {"name": "camera", "in": "query", "schema": {"type": "string"}, "description": "camera or exact stream id"},
         {"name": "kind", "in": "query", "schema": {"type": "string"}, "description": "novel, adversarial"},
@@ -91,7 +120,7 @@ def document() -> dict[str, Any]:
         {"name": "state", "in": "query", "schema": {"enum": ["open", "acknowledged", "dismissed"]}},
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
     ]
-    return {
+    spec = {
         "openapi": "3.1.0",
         "info": {"title": "clipwatch console API", "version": pipeline.__version__,
                  "description": "Alerts of a clipwatch run, their review state and the cameras' health. Errors are "
@@ -134,3 +163,7 @@ def document() -> dict[str, Any]:
                                            "opening /?token=...)"}},
         },
     }
+    if cameras:
+        for path, operations in _cameras().items():
+            spec["paths"].setdefault(path, {}).update(operations)
+    return spec

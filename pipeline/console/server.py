@@ -6,10 +6,11 @@ Routes (the OpenAPI document in `pipeline.console.openapi` describes the API):
     GET  /api/alerts?camera=&kind=&since=&until=&state=&limit=
     GET  /api/alerts/{key}                  POST /api/alerts/{key}/ack | /dismiss | /reopen
     GET  /api/alerts/{key}/thumbnail        GET /api/cameras    GET /api/events    GET /api/openapi.json
+    POST /api/cameras    DELETE /api/cameras/{id}     only with a `CameraControl` (see `pipeline.console.cameras`)
 
 Safety: it binds 127.0.0.1 unless told otherwise; with a token every /api/ request needs it (``Authorization:
 Bearer``, or the cookie that opening ``/?token=...`` sets, since a browser's EventSource cannot send headers).
-A POST must be JSON (a cross-site form cannot send that) from the console's own origin; on a loopback address the
+A POST must be JSON (a cross-site form cannot send that) from the console's own origin (a DELETE too); on a loopback address the
 Host header must name a loopback host (no DNS rebinding). Request lines, headers, bodies and query values are
 bounded; every error is a JSON object with a one-line ``error``.
 """
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from pipeline.console.cameras import CameraControl, add_camera, remove_camera
 from pipeline.console.errors import ApiError, ConsoleError
 from pipeline.console.openapi import document
 from pipeline.console.store import REVIEW_STATES, ConsoleStore
@@ -102,8 +104,10 @@ class ConsoleServer:
     """Serves `store` on `host:port` (0: an ephemeral port); thumbnails are read from `thumbnail_dirs` only."""
 
     def __init__(self, store: ConsoleStore, *, host: str = "127.0.0.1", port: int = 8080, token: str | None = None,
-                 thumbnail_dirs: Iterable[str | Path] = (), keepalive_s: float = 15.0):
+                 thumbnail_dirs: Iterable[str | Path] = (), keepalive_s: float = 15.0,
+                 cameras: CameraControl | None = None):
         self.store = store
+        self.cameras = cameras
         self.token = token or None
         self.cookie_value = hmac.new((token or "").encode(), b"clipwatch console cookie", "sha256").hexdigest()
         self.thumbnail_dirs = [Path(d).resolve() for d in thumbnail_dirs]
@@ -241,7 +245,13 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/api/events" and method == "GET":
             return self._events()
         if path == "/api/openapi.json" and method == "GET":
-            return self._json(200, document())
+            return self._json(200, document(cameras=self.console.cameras is not None))
+        if path == "/api/cameras" and method == "POST":
+            body = self._json_body() if self.console.cameras is not None else None
+            return self._json(201, add_camera(self.console.cameras, body))
+        if path.startswith("/api/cameras/") and method == "DELETE":
+            self._check_origin()
+            return self._json(200, remove_camera(self.console.cameras, unquote(path[len("/api/cameras/"):])))
         if path.startswith("/api/alerts/"):
             rest = path[len("/api/alerts/"):]
             head, _, action = rest.rpartition("/")
@@ -261,10 +271,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, alert)
         raise ApiError(404, f"no such endpoint: {method} {path[:200]} (see /api/openapi.json)")
 
-    def _review(self, key: str, action: str) -> None:
+    def _check_origin(self) -> None:
         origin = self.headers.get("Origin")
         if origin is not None and urlsplit(origin).netloc != self.headers.get("Host", ""):
             raise ApiError(403, f"cross-site request from {origin[:100]!r} refused")
+
+    def _json_body(self) -> Any:
+        """The request's JSON body (none: ``{}``), from this origin, with a Content-Length, as application/json."""
+        self._check_origin()
         if self.headers.get("Transfer-Encoding"):
             raise ApiError(411, "send the body with a Content-Length")
         length = self.headers.get("Content-Length", "0")
@@ -277,9 +291,12 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(415, "Content-Type must be application/json")
         raw = self.rfile.read(int(length)) if int(length) else b"{}"
         try:
-            body = json.loads(raw or b"{}")
+            return json.loads(raw or b"{}")
         except ValueError as error:
             raise ApiError(400, f"body is not JSON: {error}") from None
+
+    def _review(self, key: str, action: str) -> None:
+        body = self._json_body()
         if not isinstance(body, dict) or set(body) - {"by", "note"}:
             raise ApiError(400, "body must be a JSON object with optional 'by' and 'note' strings")
         for field, most in (("by", 200), ("note", 2000)):

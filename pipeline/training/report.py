@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,22 @@ def write_metrics(out: Path, metrics: dict[str, Any]) -> Path:
     return path
 
 
-def plot_curve(out: Path, history: Sequence[dict[str, Any]], title: str) -> Path:
+def curve_title(model: str, options: Mapping[str, Any] | None = None, seed: int | None = None) -> str:
+    """A readable title for a run: ``r3d-18 (width 16, zero init residual), seed 0``; a flag set to False reads
+    ``no <flag>``."""
+    words = []
+    for key, value in (options or {}).items():
+        name = str(key).replace("_", " ")
+        words.append(name if value is True else f"no {name}" if value is False else f"{name} {value}")
+    text = f"{model} ({', '.join(words)})" if words else str(model)
+    return text if seed is None else f"{text}, seed {seed}"
+
+
+def plot_curve(out: Path, history: Sequence[dict[str, Any]], title: str | Mapping[str, Any]) -> Path:
     """Loss and accuracy per epoch (training batches, and the validation or test clips the run watched) as a
-    two-panel PNG."""
+    two-panel PNG. `title` is a string, or the run's ``{"model", "options", "seed"}`` (see `curve_title`)."""
+    if isinstance(title, Mapping):
+        title = curve_title(title["model"], title.get("options"), title.get("seed"))
     epochs = [row["epoch"] for row in history]
     watched = "val" if any(row.get("val_loss") is not None for row in history) else "test"
     name = "validation" if watched == "val" else "test"
@@ -57,7 +71,7 @@ def plot_curve(out: Path, history: Sequence[dict[str, Any]], title: str) -> Path
     for axis in (loss_axis, accuracy_axis):
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.suptitle(title)
+    figure.suptitle(textwrap.fill(title, 110))
     figure.tight_layout()
     path = out / CURVE_FILE
     figure.savefig(path, dpi=80)

@@ -163,7 +163,7 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False) -
                extra={"training": metrics_summary(metrics)})
     metrics["weights_bytes"] = (config.out / WEIGHTS_FILE).stat().st_size
     write_metrics(config.out, metrics)
-    plot_curve(config.out, history, f"{config.model} {config.model_options} seed {config.seed}")
+    plot_curve(config.out, history, {"model": config.model, "options": config.model_options, "seed": config.seed})
     return TrainReport(out=config.out, clip_accuracy=evaluation.clip_accuracy,
                        video_accuracy=evaluation.video_accuracy, epochs=epoch, seconds=elapsed["total"],
                        resumed_from_epoch=None if checkpoint is None else checkpoint.epoch, metrics=metrics,

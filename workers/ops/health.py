@@ -57,6 +57,11 @@ class HealthBoard:
         with self._lock:
             self._states[name] = problem
 
+    def forget(self, name: str) -> None:
+        """Component `name` is gone (a camera removed from the sources): no longer reported."""
+        with self._lock:
+            self._states.pop(name, None)
+
     def watch(self, name: str, probe: Callable[[], str | None]) -> None:
         """Ask `probe()` at each snapshot: None while component `name` is well, else the problem."""
         with self._lock:
