@@ -28,7 +28,7 @@ def test_score_split_writes_every_clip_and_resumes(tiny_bundle, tiny_dataset, tm
     assert len({r["clip_key"] for r in records}) == len(records)
     first = records[0]
     assert set(first["scores"]) == {f"{layer}/{d}" for layer in ("layer3", "layer4", "fc")
-                                    for d in ("gmm", "sep", "tied")} | {"fc/energy"}  # the bundle's output score
+                                    for d in ("gmm", "sep", "tied")} | {"fc/logsumexp"}  # the bundle's output score
     assert first["verdict"] in {"normal", "novel", "adversarial"} and 0 < first["p_value"] <= 1
     summary = json.loads((out / "summary.json").read_text())
     assert summary["clips"] == len(records) and sum(summary["verdicts"].values()) == len(records)

@@ -198,15 +198,15 @@ def test_low_level_and_semantic_groups_fuse_to_the_most_unusual_view():
 
 def test_an_output_group_flags_clips_no_known_class_fits_as_novel():
     rng = np.random.default_rng(2)
-    keys = ["layer1/sep", "fc/sep", "fc/energy"]
+    keys = ["layer1/sep", "fc/sep", "fc/logsumexp"]
     calibration = {key: rng.normal(size=4000) for key in keys}
     cal = Calibration.fit(calibration, np.full(4000, 0.9), keys, alpha=0.05, low_level_keys=["layer1/sep"],
-                          output_keys=["fc/energy"])
-    assert cal.groups == {"low-level": ["layer1/sep"], "semantic": ["fc/sep"], "output": ["fc/energy"]}
+                          output_keys=["fc/logsumexp"])
+    assert cal.groups == {"low-level": ["layer1/sep"], "semantic": ["fc/sep"], "output": ["fc/logsumexp"]}
     fresh = {key: rng.normal(size=20000) for key in keys}
     _, _, results = cal.verdicts(fresh, np.full(20000, 0.9))
     assert abs(np.mean([r[0] != "normal" for r in results]) - 0.05) < 0.01, "still conformal with three groups"
-    weak = {"layer1/sep": np.array([0.0]), "fc/sep": np.array([0.0]), "fc/energy": np.array([-8.0])}
+    weak = {"layer1/sep": np.array([0.0]), "fc/sep": np.array([0.0]), "fc/logsumexp": np.array([-8.0])}
     _, _, verdicts = cal.verdicts(weak, np.array([0.99]))
     assert verdicts[0][0] == "novel" and "no known class fits" in verdicts[0][1][-1]
     again = Calibration.from_saved(cal.settings(), cal.arrays())
@@ -217,12 +217,12 @@ def test_bundles_fuse_the_logits_energy_when_the_head_is_tapped(tiny_bundle):
     from scipy.special import logsumexp
 
     bundle = DetectorBundle.load(tiny_bundle)
-    assert bundle.settings["output_layer"] == "fc" and bundle.output_key == "fc/energy"
-    assert bundle.calibration.groups["output"] == ["fc/energy"]
+    assert bundle.settings["output_layer"] == "fc" and bundle.output_key == "fc/logsumexp"
+    assert bundle.calibration.groups["output"] == ["fc/logsumexp"]
     features = {layer: np.random.default_rng(0).normal(size=(3, bundle.reducers[layer].n_features_in_))
                 for layer in bundle.layers}
     scores = bundle.score(features, np.full(3, 0.5))
-    np.testing.assert_allclose(scores.loglik["fc/energy"], logsumexp(features["fc"], axis=1))
+    np.testing.assert_allclose(scores.loglik["fc/logsumexp"], logsumexp(features["fc"], axis=1))
 
 
 def test_fit_keeps_a_sealed_run_folders_model_and_refits_in_place(tiny_dataset, tiny_model, tmp_path, capsys):

@@ -12,7 +12,8 @@ def test_default_bundle_matches_the_default_model():
     _, manifest = load_model("default")
     assert bundle.class_names == list(manifest.class_names)
     assert bundle.calibration.alpha == 0.01
-    assert bundle.calibration.groups == {"low-level": ["layer2/sep", "layer3/sep"], "semantic": ["avgpool/sep", "fc/sep"]}
+    assert bundle.calibration.groups == {"low-level": ["layer2/sep", "layer3/sep"], "semantic": ["avgpool/sep", "fc/sep"],
+                                         "output": ["fc/logsumexp"]}
     # Two low-level layers of ~140 PCA dimensions: one precision factor per class and density (covariances are
     # recomputed on load).
     assert sum(p.stat().st_size for p in DEFAULT_BUNDLE.rglob("*") if p.is_file()) <= 10 * 2**20

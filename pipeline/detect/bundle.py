@@ -40,7 +40,8 @@ BUNDLE_FORMAT = "clipwatch.bundle"
 BUNDLE_VERSION = 2
 DENSITY_NAMES = ("gmm", "sep", "tied")
 OUTPUT_SCORE = "energy"
-"""The output-space score a bundle may fuse: ``logsumexp`` of the logits (Liu et al. 2020)."""
+"""The output-space score a bundle may fuse: the logits' energy, ``logsumexp`` (Liu et al. 2020); its key is
+``"<logits layer>/logsumexp"`` (apart from the zoo's ``energy`` rows in `clipwatch evaluate`)."""
 
 
 def logits_layer(features: ClipFeatures) -> str | None:
@@ -154,9 +155,9 @@ class DetectorBundle:
 
     @property
     def output_key(self) -> str | None:
-        """``"<logits layer>/energy"`` when the bundle fuses the output score (bundles before it: None)."""
+        """``"<logits layer>/logsumexp"`` when the bundle fuses the output score (bundles before it: None)."""
         layer = self.settings.get("output_layer")
-        return f"{layer}/{OUTPUT_SCORE}" if layer else None
+        return f"{layer}/logsumexp" if layer else None
 
     def loglik(self, layer_features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``score_samples`` of every (layer, density) for a batch of tapped features, and the output score."""

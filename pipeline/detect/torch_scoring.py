@@ -101,7 +101,7 @@ class TorchBundleScorer:
                  normalize: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
                  keys: Sequence[str] | None = None) -> None:
         calibration = bundle.calibration
-        self._output_key = getattr(bundle, "output_key", None)  # "<logits layer>/energy" in bundles that fuse it
+        self._output_key = getattr(bundle, "output_key", None)  # "<logits layer>/logsumexp" in bundles that fuse it
         wanted = list(calibration.keys if keys is None else keys)
         unknown = [k for k in wanted if k not in bundle.densities and k != self._output_key]
         if unknown:
