@@ -87,8 +87,46 @@ def model_id(manifest: ModelManifest) -> str:
     return f"{manifest.architecture}@{manifest.sha256[:12]}"
 
 
+class BundleScoring:
+    """The scoring surface shared by :class:`Detector` and ``pipeline.export.OnnxDetector``: subclasses hold
+    ``bundle`` and ``alpha_override`` and provide ``features(clips, labels, batch_size=)``."""
+
+    bundle: DetectorBundle
+    alpha_override: float | None
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.bundle.layers)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.bundle.class_names)
+
+    @property
+    def alpha(self) -> float:
+        """The false-alarm rate verdicts are flagged at: the override, else the bundle's calibration."""
+        return self.bundle.calibration.alpha if self.alpha_override is None else self.alpha_override
+
+    def features(self, clips: Sequence[np.ndarray], labels: Sequence[int] | None = None, *,
+                 batch_size: int | None = None) -> ClipFeatures:
+        raise NotImplementedError
+
+    def score_features(self, features: Mapping[str, np.ndarray], softmax: np.ndarray) -> BundleScores:
+        """Scores and verdicts of tapped features (``{layer: (N, D)}``); ``softmax`` is each clip's largest
+        softmax probability ``(N,)``, or the probabilities ``(N, C)``."""
+        softmax = np.asarray(softmax)
+        softmax_max = softmax.max(axis=1) if softmax.ndim == 2 else softmax
+        return self.bundle.score(dict(features), softmax_max, alpha=self.alpha_override)
+
+    def score_clips(self, clips: Sequence[np.ndarray], *,
+                    batch_size: int | None = None) -> tuple[ClipFeatures, BundleScores]:
+        """Features (with logits; ``.softmax`` gives probabilities) and scores of uint8 clips of any frame sizes."""
+        features = self.features(clips, batch_size=batch_size)
+        return features, self.score_features(features.layers, features.softmax)
+
+
 @dataclass(frozen=True, eq=False)
-class Detector:
+class Detector(BundleScoring):
     """A bundle and its model, loaded and checked together; build one with :meth:`Detector.load`."""
 
     model: nn.Module
@@ -140,19 +178,6 @@ class Detector:
     def model_id(self) -> str:
         return model_id(self.manifest)
 
-    @property
-    def layers(self) -> list[str]:
-        return list(self.bundle.layers)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.bundle.class_names)
-
-    @property
-    def alpha(self) -> float:
-        """The false-alarm rate verdicts are flagged at: the override, else the bundle's calibration."""
-        return self.bundle.calibration.alpha if self.alpha_override is None else self.alpha_override
-
     def features(self, clips: Sequence[np.ndarray], labels: Sequence[int] | None = None, *,
                  batch_size: int | None = None) -> ClipFeatures:
         """Tapped features and logits of ``(T, H, W, 3)`` uint8 clips of any frame sizes, in order (one forward
@@ -168,15 +193,3 @@ class Detector:
         labels = np.full(len(clips), -1) if labels is None else np.asarray(labels)
         return ClipFeatures(layers, logits, labels, seqs=np.arange(len(clips)))
 
-    def score_features(self, features: Mapping[str, np.ndarray], softmax: np.ndarray) -> BundleScores:
-        """Scores and verdicts of tapped features (``{layer: (N, D)}``); ``softmax`` is each clip's largest
-        softmax probability ``(N,)``, or the probabilities ``(N, C)``."""
-        softmax = np.asarray(softmax)
-        softmax_max = softmax.max(axis=1) if softmax.ndim == 2 else softmax
-        return self.bundle.score(dict(features), softmax_max, alpha=self.alpha_override)
-
-    def score_clips(self, clips: Sequence[np.ndarray], *,
-                    batch_size: int | None = None) -> tuple[ClipFeatures, BundleScores]:
-        """Features (with logits; ``.softmax`` gives probabilities) and scores of uint8 clips of any frame sizes."""
-        features = self.features(clips, batch_size=batch_size)
-        return features, self.score_features(features.layers, features.softmax)

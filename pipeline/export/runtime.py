@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.detect.bundle import BundleScores, DetectorBundle, bundle_digest
-from pipeline.detect.detector import DetectorSettings
+from pipeline.detect.bundle import DetectorBundle, bundle_digest
+from pipeline.detect.detector import BundleScoring, DetectorSettings
 from pipeline.detect.features import ClipFeatures, model_inputs
 from pipeline.errors import ClipwatchError
 from pipeline.fileio import IntegrityError, file_sha256, verify_directory
@@ -91,7 +91,7 @@ def read_export(directory: str | Path) -> dict:
     return manifest
 
 
-class OnnxDetector:
+class OnnxDetector(BundleScoring):
     """A detector bundle and its classifier exported to ONNX; build one with :meth:`load`.
 
     The same scoring surface as :class:`pipeline.detect.Detector`: :meth:`features`, :meth:`score_features` and
@@ -118,19 +118,6 @@ class OnnxDetector:
             alpha = float(alpha)
         return cls(open_session(directory / MODEL_FILE, threads=threads), manifest, bundle, alpha=alpha)
 
-    @property
-    def layers(self) -> list[str]:
-        return list(self.bundle.layers)
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.bundle.class_names)
-
-    @property
-    def alpha(self) -> float:
-        """The false-alarm rate verdicts are flagged at: the override, else the bundle's calibration."""
-        return self.bundle.calibration.alpha if self.alpha_override is None else self.alpha_override
-
     def features(self, clips: Sequence[np.ndarray], labels: Sequence[int] | None = None, *,
                  batch_size: int | None = None) -> ClipFeatures:
         """Tapped, pooled features and logits of ``(T, H, W, 3)`` uint8 clips of any frame sizes, in order (one run
@@ -153,14 +140,3 @@ class OnnxDetector:
         return ClipFeatures({name: np.concatenate(parts) for name, parts in layers.items()}, np.concatenate(logits),
                             labels, seqs=np.arange(len(clips)))
 
-    def score_features(self, features: Mapping[str, np.ndarray], softmax: np.ndarray) -> BundleScores:
-        """Scores and verdicts of tapped features; ``softmax`` is ``(N,)`` largest probabilities or ``(N, C)``."""
-        softmax = np.asarray(softmax)
-        softmax_max = softmax.max(axis=1) if softmax.ndim == 2 else softmax
-        return self.bundle.score(dict(features), softmax_max, alpha=self.alpha_override)
-
-    def score_clips(self, clips: Sequence[np.ndarray], *,
-                    batch_size: int | None = None) -> tuple[ClipFeatures, BundleScores]:
-        """Features (with logits; ``.softmax`` gives probabilities) and scores of uint8 clips of any frame sizes."""
-        features = self.features(clips, batch_size=batch_size)
-        return features, self.score_features(features.layers, features.softmax)
