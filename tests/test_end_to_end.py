@@ -14,7 +14,7 @@ from pipeline.cli import main
 from pipeline.detect.zoo import DETECTORS
 from pipeline.models import load_model
 
-DENSITIES = {"gmm", "sep", "tied", "fused", "softmax", *DETECTORS}  # the bundle's rows and the zoo's
+DENSITIES = {"gmm", "sep", "tied", "logsumexp", "fused", "softmax", *DETECTORS}  # the bundle's rows and the zoo's
 
 
 def test_synth_train_fit_attack_evaluate(tmp_path):
