@@ -70,12 +70,13 @@ def test_v2_signs_the_timestamp_and_the_exact_body():
         (BODY, sign_body(BODY, SECRET), T, "legacy", "v1 'sha256=' signature without a timestamp"),
         (BODY, f"v1={'a' * 64}", T, "malformed", r"expected one t=<unix seconds>"),
         (BODY, f"t=soon,v1={'a' * 64}", T, "malformed", r"expected one t=<unix seconds>"),
+        (BODY, f"t={'9' * 5000},v1={'a' * 64}", T, "malformed", r"expected one t=<unix seconds>"),
         (BODY, f"t={T},t={T},v1={'a' * 64}", T, "malformed", r"expected one t=<unix seconds>"),
         (BODY, f"t={T}", T, "malformed", r"no v1=<hex> entry"),
         (BODY, "garbage", T, "malformed", r"'garbage' is not key=value"),
     ],
     ids=["tampered-body", "other-secret", "tampered-timestamp", "stale", "future", "none", "blank", "legacy",
-         "no-t", "bad-t", "two-t", "no-v1", "garbage"],
+         "no-t", "bad-t", "huge-t", "two-t", "no-v1", "garbage"],
 )
 def test_check_signature_refuses_with_one_clear_line(body, header, now, reason, message):
     with pytest.raises(SignatureError, match=message) as error:

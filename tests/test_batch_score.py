@@ -116,3 +116,21 @@ def test_split_takes_the_plain_number_like_every_other_command(tiny_dataset):
 
     assert list_videos(tiny_dataset, "1")[0] == list_videos(tiny_dataset, "test1")[0]
     assert list_videos(tiny_dataset, "train1")[0] != list_videos(tiny_dataset, "1")[0]
+
+
+def test_resume_keeps_a_complete_last_video_and_cuts_a_short_or_torn_one(tmp_path):
+    from pipeline.batch.score import _done_videos
+
+    def line(video, n):
+        return json.dumps({"video": video, "clips_in_video": n}) + "\n"
+
+    path = tmp_path / "scores.jsonl"
+    complete = line("a", 2) * 2 + line("b", 2) * 2
+    path.write_text(complete)
+    assert _done_videos(path) == {"a", "b"} and path.read_text() == complete  # nothing re-scored
+    path.write_text(line("a", 2) * 2 + line("b", 3) * 2)
+    assert _done_videos(path) == {"a"} and path.read_text() == line("a", 2) * 2
+    path.write_bytes((line("a", 1) + line("b", 1)).encode() + b"\0" * 64)
+    assert _done_videos(path) == {"a", "b"} and path.read_text() == line("a", 1) + line("b", 1)
+    path.write_text(line("a", 1) + line("b", 2) + '{"video": "b", "clips_')
+    assert _done_videos(path) == {"a"} and path.read_text() == line("a", 1)

@@ -254,3 +254,38 @@ def test_decoder_keeps_api_cameras_across_reloads_and_refuses_clashes(videos, ti
     assert [(e.state, e.detail) for e in events if e.stream_id == "yard"][-1] == ("ended", "removed")
     with pytest.raises(ClipwatchError, match="stopped"):
         decoder.add(SourceConfig(id="late", path=videos["yard"]))
+
+
+def test_a_changed_source_restarts_after_its_old_thread_has_ended(videos, tiny_bundle, tmp_path, monkeypatch):
+    path = write_config(tmp_path / "decoder.yaml", config_data(tiny_bundle, [camera("lobby", videos["lobby"],
+                                                                                    loop=True, pace=8.0)]))
+    bus = InProcessBus(max_backlog=100_000)
+    health_topic = stage("health").input_topic
+    bus.ensure_group(health_topic, "test")
+    stop = threading.Event()
+    decoder = DecoderWorker(load_config(path), bus, stop=stop, metrics=PipelineMetrics(),
+                            preprocessing=Detector.preprocessing(tiny_bundle))
+    original = DecoderWorker._run_source
+
+    def slow_to_end(self, feed):  # an old thread that takes a while to wind down (a reader closing, back-pressure)
+        original(self, feed)
+        if feed.removed:
+            time.sleep(1.0)
+
+    monkeypatch.setattr(DecoderWorker, "_run_source", slow_to_end)
+    thread = threading.Thread(target=decoder.run)
+    thread.start()
+    try:
+        wait_for(lambda: decoder.report.published.get("lobby", 0) > 0, 30, what="lobby's first clip")
+        write_config(path, config_data(tiny_bundle, [camera("lobby", videos["lobby"], loop=True, pace=4.0)]))
+        assert decoder.reload()
+        assert not decoder.reload(), "a second reload waits for the restart"
+        wait_for(lambda: any(feed.source.pace == 4.0 for feed in decoder._feeds), 30, what="the restarted lobby")
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(30)
+    events = [decode(d.payload) for d in bus.consume(health_topic, "test", "t", count=10_000, block_ms=0)]
+    lobby = [(e.state, e.detail) for e in events if e.stream_id == "lobby"]
+    removed = lobby.index(("ended", "removed"))
+    assert any(state == "up" for state, _ in lobby[removed + 1:]), "the restarted camera is up after the old one ended"

@@ -54,3 +54,15 @@ def test_bundles_record_their_precision_and_detectors_run_in_the_asked_one(tiny_
     assert json.loads((out / "bundle.json").read_text())["settings"]["precision"] == "bf16"
     assert Detector.load(out).precision == "bf16"
     assert Detector.load(out, precision="fp32").precision == "fp32"
+
+
+def test_preparing_again_is_refused_or_a_no_op_and_the_input_follows_the_model():
+    model = build_model("r3d-10", 3, width=4).eval()
+    prepared, to_input = prepare_for_inference(model, "bf16")
+    assert prepare_for_inference(prepared, "bf16")[0] is prepared
+    with pytest.raises(ModelError, match="prepared for bf16 already"):
+        prepare_for_inference(prepared, "fp32")
+    prepared.float()  # a later conversion of the prepared copy is followed by its input conversion
+    assert to_input(torch.randn(1, 3, 8, 32, 32, dtype=torch.float64)).dtype == torch.float32
+    with torch.inference_mode():
+        assert prepared(torch.randn(1, 3, 8, 32, 32)).dtype == torch.float32

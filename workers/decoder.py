@@ -99,6 +99,7 @@ class DecoderWorker:
         self._lock = threading.Lock()
         self._feeds: list[_Feed] = []
         self._stopping: list[_Feed] = []
+        self._pending: list[SourceConfig] = []  # changed sources waiting for their old thread to end
         self._numbers = count()
         self._closed = False
         self.health = HealthPublisher(bus, metrics, board=board)
@@ -125,7 +126,10 @@ class DecoderWorker:
                 self.board.beat(self.name)
             with self._lock:
                 self._stopping = [feed for feed in self._stopping if feed.thread.is_alive()]
-                if self._feeds and not any(feed.thread.is_alive() for feed in self._feeds):
+                for source in [s for s in self._pending if s.stream_id not in self._stopping_ids()]:
+                    self._pending.remove(source)
+                    self._start(source, "config")
+                if self._feeds and not self._pending and not any(feed.thread.is_alive() for feed in self._feeds):
                     self._closed = True
                     break
         with self._lock:
@@ -167,6 +171,9 @@ class DecoderWorker:
         with self._lock:
             if self._closed:
                 raise ClipwatchError("the decoder has stopped")
+            if self._pending:
+                raise ConfigError(f"{self.config.source_file}: sources: a changed source is still restarting "
+                                  f"({', '.join(str(s.stream_id) for s in self._pending)}); try again in a moment")
             configured = [feed for feed in self._feeds if feed.origin == "config"]
             adopted = [feed for feed in self._feeds if feed.origin == "api" and feed.source in sources]
             api = [feed.source for feed in self._feeds if feed.origin == "api" and feed not in adopted]
@@ -184,8 +191,12 @@ class DecoderWorker:
                 feed.origin = "config"
             for feed in removed:
                 self._remove(feed)
+            stopping = self._stopping_ids()
             for source in added:
-                self._start(source, "config")
+                if source.stream_id in stopping:  # a changed source: its old thread announces its end first
+                    self._pending.append(source)
+                else:
+                    self._start(source, "config")
         return len(added), len(removed)
 
     def add(self, source: SourceConfig) -> str:
@@ -199,7 +210,7 @@ class DecoderWorker:
                 raise ConfigError(f"{source.path}: no such file or directory")
             if any(feed.source.stream_id == stream_id for feed in self._feeds):
                 raise ConfigError(f"stream id {stream_id!r} is in use; remove it first or choose another id")
-            if any(feed.source.stream_id == stream_id for feed in self._stopping):
+            if stream_id in self._stopping_ids() or any(s.stream_id == stream_id for s in self._pending):
                 raise ConfigError(f"stream id {stream_id!r} is still stopping; try again in a moment")
             self._check_ids([*(feed.source for feed in self._feeds), source], f"source {stream_id!r}")
             self._start(source, "api")
@@ -216,6 +227,9 @@ class DecoderWorker:
         if feed is not None:
             logger.info("decoder: source %s removed", stream_id)
         return feed is not None
+
+    def _stopping_ids(self) -> set[str | None]:
+        return {feed.source.stream_id for feed in self._stopping if not feed.done}
 
     def _check_ids(self, sources: list[SourceConfig], where: str) -> None:
         try:

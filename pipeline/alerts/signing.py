@@ -117,7 +117,7 @@ def _parse_v2(header: str) -> tuple[int, list[bytes]]:
             timestamps.append(value)
         elif key == "v1":
             candidates.append(value.lower().encode("ascii", "replace"))
-    if len(timestamps) != 1 or not timestamps[0].isascii() or not timestamps[0].isdigit():
+    if len(timestamps) != 1 or not timestamps[0].isascii() or not timestamps[0].isdigit() or len(timestamps[0]) > 15:
         raise SignatureError("malformed", f"{SIGNATURE_HEADER}: expected one t=<unix seconds>, "
                                           "as in 't=<unix seconds>,v1=<hex>'")
     if not candidates:

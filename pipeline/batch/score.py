@@ -78,16 +78,31 @@ def list_videos(data: str | Path, split: str | None = None) -> tuple[list[VideoI
 
 
 def _done_videos(path: Path) -> set[str]:
-    """Videos whose every clip is in ``scores.jsonl``. An interrupted run can only have left its last video part
-    written (a torn last line, or some of its clips): those lines are truncated away and the video is scored again."""
+    """Videos whose every clip is in ``scores.jsonl`` (each record names its video's ``clips_in_video``).
+
+    An interrupted run can only have left its last video's block short or torn (a cut line, NUL padding): such a
+    tail is truncated away and the video is scored again. Records of older versions, without the count, are kept.
+    """
     if not path.exists():
         return set()
     raw = path.read_bytes()
-    lines = raw[: raw.rfind(b"\n") + 1].splitlines(keepends=True)
-    videos = [json.loads(line)["video"] if line.strip() else None for line in lines]
-    keep = len(lines)
-    while keep and videos[keep - 1] in (videos[-1], None):  # the last video's trailing block of lines
-        keep -= 1
+    lines, records = raw.splitlines(keepends=True), []
+    for line in lines:
+        try:
+            record = json.loads(line) if line.endswith(b"\n") and line.strip() else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            break
+        if line.strip() and record is None:
+            break  # the torn last line
+        records.append(record)
+    videos = [r["video"] if r else None for r in records]
+    keep = len(records)
+    last = next((r for r in reversed(records) if r), None)
+    if last is not None:
+        block = [r for r in records if r and r["video"] == last["video"]]
+        if "clips_in_video" in last and len(block) < last["clips_in_video"]:
+            while keep and videos[keep - 1] in (last["video"], None):
+                keep -= 1
     size = sum(len(line) for line in lines[:keep])
     if size != len(raw):
         with open(path, "r+b") as handle:
@@ -145,7 +160,7 @@ def score_archive(bundle_dir: str | Path, videos: Sequence[VideoItem], out: str 
     with open(records_path, "a", encoding="utf-8") as sink:
         for _video, records in tqdm(_score_videos(detector, todo, batch_size, errors),
                                    total=len(todo), desc="scoring", unit="video", disable=not progress):
-            sink.write("".join(json.dumps(r) + "\n" for r in records))
+            sink.write("".join(json.dumps({**r, "clips_in_video": len(records)}) + "\n" for r in records))
             sink.flush()
             os.fsync(sink.fileno())
     for path, reason in errors:

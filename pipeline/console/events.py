@@ -89,9 +89,10 @@ class EventHub:
                 epoch, _, number = last_event_id.partition("-")
                 last = int(number) if epoch == self.epoch and number.isdigit() else -1
                 missed = [event for event in self._backlog if event.id > last]
-                if last < 0 or last >= self._next_id or (missed and missed[0].id != last + 1):
+                if last < 0 or last >= self._next_id or (missed and missed[0].id != last + 1) \
+                        or len(missed) > self._queue_size:  # more than the queue holds: start over, not a gap
                     missed = [Event(self._next_id - 1, "reset", {"reason": "missed events"}, self.epoch)]
-                for event in missed[-self._queue_size:]:
+                for event in missed:
                     subscription._queue.put_nowait(event)
             self._subscribers.append(subscription)
             return subscription

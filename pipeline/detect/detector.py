@@ -26,7 +26,7 @@ from torch import nn
 from pipeline.detect.bundle import BundleError, BundleScores, DetectorBundle, resolve_model_ref
 from pipeline.detect.features import ClipFeatures, extract_from_tensors, model_inputs
 from pipeline.errors import ClipwatchError
-from pipeline.models import ModelManifest, Preprocessing, load_model
+from pipeline.models import ModelError, ModelManifest, Preprocessing, load_model
 from pipeline.models.device import resolve_device
 from pipeline.models.manifest import MANIFEST_FILE, read_manifest
 from pipeline.models.precision import model_precision, prepare_for_inference, resolve_precision
@@ -153,7 +153,14 @@ class Detector(BundleScoring):
         if alpha is not None:
             bundle.calibration.with_alpha(alpha)  # refuse a bad rate now, not at the first score
             alpha = float(alpha)
-        concrete = resolve_precision(precision or settings.precision, device)
+        try:
+            concrete = resolve_precision(precision or settings.precision, device)
+        except ModelError:
+            if precision:  # asked for explicitly: refused in one line
+                raise
+            concrete = resolve_precision("auto", device)  # the bundle's (e.g. fp16 of a GPU) does not run here
+            log.warning("%s: fitted in %s, which %s cannot run; scoring in %s", bundle_dir, settings.precision,
+                        device, concrete)
         if concrete != settings.precision:
             log.info("%s: scoring in %s, the bundle's statistics were computed in %s", bundle_dir, concrete,
                      settings.precision)

@@ -48,13 +48,15 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
     return precision
 
 
-def input_converter(dtype: torch.dtype, device: torch.device, channels_last: bool) -> Callable[[torch.Tensor],
-                                                                                          torch.Tensor]:
-    """A function taking a float batch to ``dtype`` on ``device``, channels-last-3d for 5-D batches if asked."""
+def input_converter(model: nn.Module, channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function taking a float batch to the dtype and device of ``model``'s parameters (read at each call, so a
+    later ``.to()`` of the model is followed), channels-last-3d for 5-D batches if asked."""
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
 
     def to_input(batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(device=device, dtype=dtype)
+        reference = next(model.parameters(), None)
+        if reference is not None:
+            batch = batch.to(device=reference.device, dtype=reference.dtype)
         return batch.contiguous(memory_format=layout) if batch.ndim == 5 else batch
 
     return to_input
@@ -64,23 +66,30 @@ def prepare_for_inference(model: nn.Module, precision: str = "fp32", *,
                           device: torch.device | str | None = None) -> tuple[nn.Module, Callable]:
     """``(prepared, to_input)``: a copy of ``model`` in eval mode at ``precision`` on ``device`` (default: where the
     model is), and the conversion of float32 batches to what it takes. ``fp32`` returns the model itself, in eval
-    mode on the device. The prepared model's ``clipwatch_precision`` attribute names the precision it runs in."""
+    mode on the device. The prepared model's ``clipwatch_precision`` attribute names the precision it runs in; a
+    model already prepared in another precision is refused (prepare the original again)."""
+    current = getattr(model, "clipwatch_precision", None)
+    if current not in (None, "fp32"):
+        if resolve_precision(precision, device or next(model.parameters()).device) == current:
+            return model, model.clipwatch_to_input
+        raise ModelError(f"the model was prepared for {current} already; prepare the original model instead")
     if device is None:
         device = next((t.device for t in model.parameters()), torch.device("cpu"))
     device = torch.device(device)
     concrete = resolve_precision(precision, device)
     if concrete == "fp32":
         prepared = model.to(device).eval()
-        to_input = input_converter(torch.float32, device, channels_last=False)
+        to_input = input_converter(prepared, channels_last=False)
     else:
         dtype = _DTYPES[concrete]
         prepared = copy.deepcopy(model).eval().to(device=device, dtype=dtype)
         prepared = prepared.to(memory_format=torch.channels_last_3d)
-        to_input = input_converter(dtype, device, channels_last=True)
+        to_input = input_converter(prepared, channels_last=True)
         prepared.register_forward_pre_hook(lambda module, args: (to_input(args[0]), *args[1:]))
         prepared.register_forward_hook(lambda module, args, output: output.float()
                                        if isinstance(output, torch.Tensor) else output)
     prepared.clipwatch_precision = concrete
+    prepared.clipwatch_to_input = to_input
     return prepared, to_input
 
 

@@ -123,33 +123,35 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False) -
 
     watched = "val" if val_cache is not None else "test"
     evaluation: Evaluation | None = None
-    epoch = first_epoch
-    while epoch < config.epochs and not best.exhausted(history, config.patience):
-        epoch_started = time.perf_counter()
-        row = loop.run_epoch(epoch)
-        train_seconds = time.perf_counter() - epoch_started
-        last = epoch + 1 == config.epochs
-        evaluation = evaluate(model, val_cache or test_cache, config, len(classes)) \
-            if last or (epoch + 1) % config.eval_every == 0 else None
-        eval_seconds = time.perf_counter() - epoch_started - train_seconds
-        loop.show(evaluation, watched)
-        elapsed["train"] += train_seconds
-        elapsed["eval"] += eval_seconds
-        elapsed["total"] = session_base + time.perf_counter() - started
-        scores = {f"{watched}_loss": None, f"{watched}_clip_accuracy": None, f"{watched}_video_accuracy": None}
-        if evaluation is not None:
-            scores = {f"{watched}_loss": evaluation.loss, f"{watched}_clip_accuracy": evaluation.clip_accuracy,
-                      f"{watched}_video_accuracy": evaluation.video_accuracy}
-            if val_cache is not None:
-                best.offer(epoch + 1, evaluation.clip_accuracy)
-        history.append({**row, **scores, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-                        "elapsed_seconds": elapsed["total"]})
-        save_checkpoint(config.out, epoch=epoch + 1, step=loop.step, model=model, optimizer=loop.optimizer,
-                        sampler_rng=loop.rng, config=config.to_json(), history=history, elapsed=elapsed,
-                        keep=config.keep_checkpoints)
-        epoch += 1
-    if loop.penultimate is not None:
-        loop.penultimate.close()
+    try:
+        epoch = first_epoch
+        while epoch < config.epochs and not best.exhausted(history, config.patience):
+            epoch_started = time.perf_counter()
+            row = loop.run_epoch(epoch)
+            train_seconds = time.perf_counter() - epoch_started
+            last = epoch + 1 == config.epochs
+            evaluation = evaluate(model, val_cache or test_cache, config, len(classes)) \
+                if last or (epoch + 1) % config.eval_every == 0 else None
+            eval_seconds = time.perf_counter() - epoch_started - train_seconds
+            loop.show(evaluation, watched)
+            elapsed["train"] += train_seconds
+            elapsed["eval"] += eval_seconds
+            elapsed["total"] = session_base + time.perf_counter() - started
+            scores = {f"{watched}_loss": None, f"{watched}_clip_accuracy": None, f"{watched}_video_accuracy": None}
+            if evaluation is not None:
+                scores = {f"{watched}_loss": evaluation.loss, f"{watched}_clip_accuracy": evaluation.clip_accuracy,
+                          f"{watched}_video_accuracy": evaluation.video_accuracy}
+                if val_cache is not None:
+                    best.offer(epoch + 1, evaluation.clip_accuracy)
+            history.append({**row, **scores, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+                            "elapsed_seconds": elapsed["total"]})
+            save_checkpoint(config.out, epoch=epoch + 1, step=loop.step, model=model, optimizer=loop.optimizer,
+                            sampler_rng=loop.rng, config=config.to_json(), history=history, elapsed=elapsed,
+                            keep=config.keep_checkpoints)
+            epoch += 1
+    finally:
+        if loop.penultimate is not None:  # the open-set hook leaves the model whatever happened
+            loop.penultimate.close()
     if val_cache is not None:
         best.restore()
     if evaluation is None or val_cache is not None:
@@ -212,6 +214,12 @@ class _Loop:
         """Train one epoch (a shuffled pass drawing ``clips_per_video`` clips per video); its history row."""
         config, model = self.config, self.model
         model.train()
+        if config.backbone_lr_ratio == 0:  # a frozen backbone normalises with its own statistics, as in evaluation
+            head = head_name(model)
+            for name, module in model.named_modules():
+                in_head = name == head or name.startswith(f"{head}.")
+                if not in_head and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         order = torch.randperm(self.videos * config.clips_per_video, generator=self.rng) % self.videos
         loss_sum, correct, seen, lr = 0.0, 0, 0, 0.0
         self._bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",

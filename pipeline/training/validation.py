@@ -21,7 +21,6 @@ from torch import nn
 from pipeline.data import VideoSample as Sample
 from pipeline.fileio import atomic_write
 from pipeline.training.checkpoint import CHECKPOINT_DIR
-from pipeline.training.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +91,9 @@ class Best:
         if self.epoch is not None and self.path.is_file():
             with safe_open(self.path, "pt") as handle:
                 saved = (handle.metadata() or {}).get("epoch")
-            if saved != str(self.epoch):
-                raise TrainingError(f"{self.path} holds epoch {saved}, but the history's best is epoch {self.epoch}: "
-                                    "the run folder was changed; start a new run")
+            if saved != str(self.epoch):  # e.g. a crash between writing it and the checkpoint, then a resume
+                log.warning("%s holds epoch %s, but the history's best is epoch %s: the last epoch's weights are "
+                            "kept", self.path, saved, self.epoch)
+                return
             device = next(self.model.parameters()).device
             self.model.load_state_dict({name: tensor.to(device) for name, tensor in load_file(self.path).items()})
