@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -280,16 +281,14 @@ class DecoderWorker:
         offsets: dict[str, int] = {}
         try:
             while plans and not feed.halt.is_set():
-                for plan in list(plans):
-                    if feed.halt.is_set() or self.stop.is_set():
-                        return
-                    if not plan.is_file:
+                if all(plan.is_file for plan in plans):
+                    self._file_pass(plans, offsets, feed)
+                else:
+                    for plan in plans:
+                        if feed.halt.is_set() or self.stop.is_set():
+                            return
                         self._run_live(plan, feed)
-                    elif (offset := self._run_file(plan, offsets.get(plan.stream_id), feed.halt)) is None:
-                        plans.remove(plan)  # unusable: skipped once, not at every loop
-                    else:
-                        offsets[plan.stream_id] = offset
-                if not source.loop:
+                if not source.loop or feed.halt.is_set() or self.stop.is_set():
                     return
         except BusClosed:
             if not self.stop.is_set():
@@ -300,6 +299,28 @@ class DecoderWorker:
             self.report.failed.append(str(error))
             if self.board is not None:
                 self.board.failed(self.name, str(error))
+
+    def _file_pass(self, plans: list[StreamPlan], offsets: dict[str, int], feed: _Feed) -> None:
+        """Publish every file of `plans` once: ``decoder.threads`` at a time (each file is its own stream, so
+        their clips need no common order), or one after another when the source is paced (replayed cameras).
+        Records each file's next seq offset in `offsets`; drops an unusable file from `plans`."""
+        threads = 1 if feed.source.pace is not None else self.config.decoder.threads
+
+        def one(plan: StreamPlan) -> tuple[StreamPlan, int | None | bool]:
+            if feed.halt.is_set() or self.stop.is_set():
+                return plan, False
+            return plan, self._run_file(plan, offsets.get(plan.stream_id), feed.halt)
+
+        if threads == 1 or len(plans) == 1:
+            results = [one(plan) for plan in list(plans)]
+        else:
+            with ThreadPoolExecutor(min(threads, len(plans)), thread_name_prefix=f"{feed.name}-file") as pool:
+                results = list(pool.map(one, list(plans)))
+        for plan, offset in results:
+            if offset is None:
+                plans.remove(plan)  # unusable: skipped once, not at every loop
+            elif offset is not False:
+                offsets[plan.stream_id] = offset
 
     def _run_file(self, plan: StreamPlan, seq_offset: int | None, halt: threading.Event) -> int | None:
         """Publish a file's clips until its end or `halt`; returns the seq offset its next loop should use, None if

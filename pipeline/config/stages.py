@@ -17,6 +17,8 @@ class DecoderConfig(Section):
     resize: Literal["model", "source"] = Field(
         "model", description="model: frames are resized to the model's short side before publishing (exactly the "
                              "resize the classifier would do, at a fraction of the bytes); source: full resolution")
+    threads: int = Field(2, ge=1, le=64, description="files of an unpaced directory source decoded at once (each "
+                                                     "its own stream; a paced directory plays one file after another)")
 
 
 class ClassifierConfig(Section):
