@@ -172,3 +172,23 @@ def test_evaluate_sweeps_lambda_and_writes_the_adaptive_block(tiny_bundle, tiny_
     assert not (out / "hist_pgd_adaptive@0.png").exists()
     markdown = (out / "results.md").read_text()
     assert "## Adaptive attacks (the attacker knows the detector)" in markdown and "| pgd_adaptive | 1 |" in markdown
+
+
+def test_the_margin_loss_is_carlini_and_wagners_and_drives_misclassification(detector, test_clips, scorer):
+    from pipeline.attacks.adaptive import margin_objective
+
+    logits = torch.tensor([[3.0, 1.0, 2.5], [0.0, 4.0, 1.0]])
+    labels = torch.tensor([0, 0])
+    assert torch.allclose(margin_objective(logits, labels, False, 10.0), torch.tensor([0.5, -4.0]))
+    assert torch.allclose(margin_objective(logits, labels, False, 1.0), torch.tensor([0.5, -1.0]))  # capped at -kappa
+    assert torch.allclose(margin_objective(logits, torch.tensor([2, 2]), True, 10.0), torch.tensor([0.5, 3.0]))
+    clips, labels = test_clips
+    pixels, targets = from_uint8(clips), torch.as_tensor(labels)
+    attacked = pgd_adaptive(scorer, pixels, targets, lam=0.0, steps=5, seed=1, loss="margin", kappa=5.0)
+    assert float((attacked - pixels).abs().max()) <= EPS + 1e-6
+    with torch.no_grad():
+        before = detector.model(scorer.normalize(pixels)).argmax(1)
+        after = detector.model(scorer.normalize(attacked)).argmax(1)
+    assert (after != targets).float().mean() >= (before != targets).float().mean()
+    with pytest.raises(AttackError, match="attack loss must be one of ce, margin"):
+        pgd_adaptive(scorer, pixels, targets, lam=1.0, steps=1, loss="hinge")

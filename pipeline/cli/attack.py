@@ -58,6 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bundle", type=Path, help="detector bundle the adaptive attacks know (required by them)")
     parser.add_argument("--lambda", dest="lam", type=non_negative_float, default=1.0, metavar="λ",
                         help="adaptive attacks: weight of the bundle's fused score in the loss (>= 0, default 1)")
+    parser.add_argument("--attack-loss", choices=("ce", "margin"), default="ce",
+                        help="adaptive attacks: cross-entropy or Carlini & Wagner's margin (default %(default)s)")
+    parser.add_argument("--kappa", type=non_negative_float, default=0.0,
+                        help="margin loss: logits of misclassification beyond which only the detector term pushes")
     parser.add_argument("--split", type=int, default=1, choices=(1, 2, 3))
     parser.add_argument("--subset", default="test", choices=("train", "test"))
     parser.add_argument("--frame-width", type=int, help="frame width in px (default: 4 at 112 px, scaled)")
@@ -100,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     width = args.frame_width or scaled_frame_width(prep.crop)
     params: dict = {"model": str(args.model or "default"), "seed": args.seed}
     if adaptive:
-        params.update(model=detector.model_id, bundle=str(args.bundle), **{"lambda": args.lam})
+        params.update(model=detector.model_id, bundle=str(args.bundle), loss=args.attack_loss, kappa=args.kappa,
+                      **{"lambda": args.lam})
         adversarial = _adaptive(args, detector, clips01, targets, normalize, width, params, device)
     elif args.attack.startswith("framing"):
         attack = FramingAttack(width=width, steps=args.steps, seed=args.seed)
@@ -144,12 +149,14 @@ def _adaptive(args: argparse.Namespace, detector: Detector, clips01: torch.Tenso
         if args.attack == "pgd-adaptive":
             params.update(eps=args.eps, steps=args.steps, step_size=args.step_size)
             return _batched(lambda x, y: pgd_adaptive(scorer, x, y, lam=args.lam, eps=args.eps, steps=args.steps,
-                                                      step_size=args.step_size, seed=args.seed),
+                                                      step_size=args.step_size, seed=args.seed,
+                                                      loss=args.attack_loss, kappa=args.kappa),
                             clips01, targets, args.batch_size, device)
         attack = FramingAttack(width=width, steps=args.steps, seed=args.seed)
         params.update(attack.params())
         if args.attack == "framing-adaptive":
-            return _batched(lambda x, y: framing_adaptive(scorer, x, y, lam=args.lam, attack=attack),
+            return _batched(lambda x, y: framing_adaptive(scorer, x, y, lam=args.lam, attack=attack,
+                                                          loss=args.attack_loss, kappa=args.kappa),
                             clips01, targets, args.batch_size, device)
         params["epochs"] = args.epochs
         frame = framing_adaptive_universal(scorer, clips01.to(device), targets.to(device), lam=args.lam,

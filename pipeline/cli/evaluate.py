@@ -56,6 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pgd-steps", type=_positive_int, default=10, help="pgd_adaptive steps (default %(default)s)")
     parser.add_argument("--framing-steps", type=_positive_int, default=50,
                         help="Adam steps of framing_adaptive's per-clip frame (default %(default)s)")
+    parser.add_argument("--attack-loss", choices=("ce", "margin"), default="ce",
+                        help="the adaptive attacks' misclassification term: cross-entropy or Carlini & Wagner's "
+                             "margin (default %(default)s)")
+    parser.add_argument("--kappa", type=non_negative_float, default=0.0,
+                        help="margin loss: logits of misclassification beyond which only the detector term pushes")
     parser.add_argument("--ood", action="append", type=_named_path, default=[], metavar="NAME=FILE.npz",
                         help="extra OOD set: attacked clips written by `clipwatch attack` (repeatable)")
     parser.add_argument("--frame-width", type=int, help="adversarial frame width in px (default: 4 at 112 px, scaled)")
@@ -82,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         surrogate=None if str(args.surrogate).lower() == "none" else args.surrogate, attacks=tuple(args.attacks),
         frame_width=args.frame_width, framing_epochs=args.framing_epochs, fgsm_eps=args.fgsm_eps,
         lambdas=tuple(dict.fromkeys(args.lambdas)), pgd_eps=args.pgd_eps, pgd_step_size=args.pgd_step_size,
-        pgd_steps=args.pgd_steps, framing_steps=args.framing_steps,
+        pgd_steps=args.pgd_steps, framing_steps=args.framing_steps, attack_loss=args.attack_loss, kappa=args.kappa,
         extra_ood=dict(args.ood), max_clips_per_video=args.max_clips_per_video, batch_size=args.batch_size,
         seed=args.seed, progress=not args.no_progress, device=str(device), detectors=args.detectors,
         precision=args.precision)

@@ -84,11 +84,13 @@ def adaptive_sets(settings, detector: Detector, clips01: torch.Tensor, labels: t
                                                        epochs=settings.framing_epochs, progress=settings.progress)
                     run = lambda x, y, frame=frame: frame.apply(x)  # noqa: E731
                 elif name == "framing_adaptive":
-                    run = lambda x, y, lam=lam: framing_adaptive(scorer, x, y, lam=lam, attack=attack)  # noqa: E731
+                    run = lambda x, y, lam=lam: framing_adaptive(  # noqa: E731
+                        scorer, x, y, lam=lam, attack=attack, loss=settings.attack_loss, kappa=settings.kappa)
                 else:
                     run = lambda x, y, lam=lam: pgd_adaptive(  # noqa: E731
                         scorer, x, y, lam=lam, eps=settings.pgd_eps, step_size=settings.pgd_step_size,
-                        steps=settings.pgd_steps, seed=settings.seed, quantize=False)
+                        steps=settings.pgd_steps, seed=settings.seed, quantize=False, loss=settings.attack_loss,
+                        kappa=settings.kappa)
                 out[set_name(name, lam)] = _attack_in_batches(run, scorer, clips01, labels, settings, device, name,
                                                               lam, started)
                 log.info("%s: %.0f s", set_name(name, lam), out[set_name(name, lam)].seconds)
@@ -139,7 +141,9 @@ def adaptive_block(attacked: dict[str, AdaptiveSet], clean: ClipFeatures, sets: 
             "seconds": round(attacked_set.seconds, 1),
             "auroc": auroc,
         })
-    return {"objective": OBJECTIVE, "rounding": ROUNDING, "lambdas": [float(lam) for lam in settings.lambdas],
+    objective = OBJECTIVE if settings.attack_loss == "ce" else \
+        f"minimise max(margin(f(x'), y), -{settings.kappa:g}) - lambda * fused(x') (Carlini & Wagner's margin)"
+    return {"objective": objective, "rounding": ROUNDING, "lambdas": [float(lam) for lam in settings.lambdas],
             "alpha": alpha, "clean_correct": int(correct.sum()),
             "clean_fused_median": float(np.median(set_scores["clean"].fused)),
             "settings": {"pgd_eps": settings.pgd_eps, "pgd_step_size": settings.pgd_step_size,

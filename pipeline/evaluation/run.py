@@ -81,6 +81,9 @@ class EvaluationSettings:
     pgd_steps: int = 10
     framing_steps: int = 50
     """Adam steps of the per-clip adaptive frame."""
+    attack_loss: str = "ce"
+    """The adaptive attacks' misclassification term: ``ce`` or Carlini & Wagner's ``margin`` (with ``kappa``)."""
+    kappa: float = 0.0
     extra_ood: dict[str, Path] = field(default_factory=dict)
     max_clips_per_video: int | None = None
     batch_size: int = 16
