@@ -19,6 +19,7 @@ from pipeline.detect.zoo import (
     ODIN,
     Energy,
     FeatureNorm,
+    GradientDetector,
     GradNorm,
     LinearHead,
     Mahalanobis,
@@ -33,6 +34,7 @@ from pipeline.detect.zoo import (
 )
 from pipeline.metrics import auroc
 from pipeline.models import FeatureTap
+from pipeline.models.precision import prepare_for_inference
 
 D, C = 16, 3
 
@@ -192,6 +194,144 @@ def test_odin_perturbs_toward_a_higher_max_softmax():
         odin.score_clips(model.train(), clips, normalize)
 
 
+def manual_gradients(model: nn.Module, clips: torch.Tensor, normalize, target: str) -> dict[str, np.ndarray]:
+    """Per-clip gradients of the conv and fc weights, one plain backward pass each, as float64 rows."""
+    rows = {"conv.weight": [], "fc.weight": []}
+    for clip in clips:
+        model.zero_grad()
+        log_probs = torch.log_softmax(model(normalize(clip[None])).double(), dim=1)[0]
+        loss = -log_probs[log_probs.argmax()] if target == "prediction" else -log_probs.mean()
+        loss.backward()
+        rows["conv.weight"].append(model.conv.weight.grad.double().flatten().numpy().copy())
+        rows["fc.weight"].append(model.fc.weight.grad.double().flatten().numpy().copy())
+    return {name: np.array(values) for name, values in rows.items()}
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("target", ["prediction", "uniform"])
+@pytest.mark.parametrize("per_sample", ["vmap", "loop"])
+def test_gradient_detector_matches_a_manual_autograd_computation(target, per_sample):
+    model, normalize = TinyNet().eval(), lambda x: (x - 0.5) / 0.25
+    train, test = tiny_clips(7), torch.rand(4, 3, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    detector = GradientDetector(target=target, per_sample=per_sample, batch_size=3).fit_clips(model, train, normalize)
+    assert detector.layers_ == ("conv.weight", "fc.weight") and detector.layer_used == "conv+fc"
+    g_train, g_test = (manual_gradients(model, x, normalize, target) for x in (train, test))
+    totals = {name: g.sum(axis=0) for name, g in g_train.items()}
+    names = detector.layers_
+    # training summaries: log norms, cosines to the mean of the other training clips (leave-one-out)
+    summary = np.c_[[np.log(np.linalg.norm(g_train[n], axis=1)) for n in names]
+                    + [cosine(g_train[n], totals[n] - g_train[n]) for n in names]].T
+    np.testing.assert_allclose(detector.summary_mean_, summary.mean(axis=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(detector.summary_std_, summary.std(axis=0, ddof=1), rtol=1e-5)
+    for name in names:
+        np.testing.assert_allclose(detector.mean_gradients_[name], totals[name] / len(train), rtol=1e-5, atol=1e-9)
+    sign = 1.0 if target == "prediction" else -1.0  # the norm counts against a clip at its prediction, for it at u
+    weights = np.r_[[-sign] * 2, [1.0] * 2] / summary.std(axis=0, ddof=1)
+    assert detector.score_std_ == pytest.approx(float(np.std(summary @ weights, ddof=1)), rel=1e-5)
+    # test clips: cosines to the full training mean, the z-scored sum standardised by the training sum's std
+    values = detector.summaries(model, test, normalize)
+    for name in names:
+        np.testing.assert_allclose(values[f"norm:{name}"], np.log(np.linalg.norm(g_test[name], axis=1)), rtol=1e-5)
+        np.testing.assert_allclose(values[f"cosine:{name}"], cosine(g_test[name], totals[name][None]), rtol=1e-5)
+    test_summary = np.c_[[values[f"norm:{n}"] for n in names] + [values[f"cosine:{n}"] for n in names]].T
+    expected = (test_summary - summary.mean(axis=0)) @ weights / np.std(summary @ weights, ddof=1)
+    np.testing.assert_allclose(detector.score_clips(model, test, normalize), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_detector_fit_score_contract():
+    model, normalize, clips = TinyNet().eval(), (lambda x: (x - 0.5) / 0.25), tiny_clips(6)
+    detector = GradientDetector(batch_size=4)
+    assert detector.fit(tapped(model, clips)) is detector and detector.n_classes_ == 4
+    with pytest.raises(ZooError, match="not fitted: call fit_clips"):
+        detector.score_clips(model, clips, normalize)
+    assert detector.fit_clips(model, clips, normalize) is detector
+    scores = detector.score_clips(model, clips, normalize)
+    assert scores.shape == (6,) and scores.dtype == np.float64 and np.isfinite(scores).all()
+    assert np.array_equal(detector.score_clips(model, clips, normalize), scores)
+    assert torch.equal(clips, tiny_clips(6))  # the caller's clips are not modified
+    in_chunks = GradientDetector(batch_size=4).fit_clips(model, lambda: iter([clips[:2], clips[2:]]), normalize)
+    np.testing.assert_allclose(in_chunks.score_clips(model, clips, normalize), scores, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ZooError, match="scores pixels"):
+        detector.score(tapped(model, clips))
+    with pytest.raises(ZooError, match="eval"):
+        detector.score_clips(model.train(), clips, normalize)
+    model.eval()
+    # a model prepared for bf16 inference: vmap cannot run its channels-last input hook, a loop per clip does
+    reduced, _ = prepare_for_inference(TinyNet(), "bf16")
+    with pytest.raises(ZooError, match="vmap cannot run this model"):
+        GradientDetector(per_sample="vmap").fit_clips(reduced, clips, normalize)
+    half = GradientDetector(batch_size=4).fit_clips(reduced, clips, normalize)
+    assert half.mean_gradients_["fc.weight"].dtype == np.float64
+    assert np.corrcoef(half.score_clips(reduced, clips, normalize), scores)[0, 1] > 0.95
+    cases = [(GradientDetector(target="softmax"), "target must be one of prediction, uniform"),
+             (GradientDetector(layers=("fc.wieght",)), r"no parameter 'fc.wieght' \(did you mean 'fc.weight'\?\)"),
+             (GradientDetector(layers="fc.weight"), "layers must be a non-empty sequence"),
+             (GradientDetector(per_sample="batch"), "per_sample must be one of"),
+             (GradientDetector(batch_size=0), "batch_size must be a positive integer")]
+    for bad, message in cases:
+        with pytest.raises(ZooError, match=message) as info:
+            bad.fit_clips(model, clips, normalize)
+        assert "\n" not in str(info.value)
+    with pytest.raises(ZooError, match="at least 2 training clips"):
+        GradientDetector().fit_clips(model, clips[:1], normalize)
+
+
+class ToyNet(nn.Module):
+    """A conv layer with batch norm (run in eval mode, as vmap needs) and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv3d(3, 8, kernel_size=3, padding=1)
+        self.bn = nn.BatchNorm3d(8)
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(torch.relu(self.bn(self.conv(clips)))).flatten(1))
+
+
+def toy_problem(n: int, seed: int, kind: str = "in") -> tuple[torch.Tensor, torch.Tensor]:
+    """Grey clips with noise; class k has channel k brightened (``in``), every channel brightened by a random amount
+    (``shifted``), or uniform noise (``noise``)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 3
+    clips = 0.5 + 0.05 * torch.randn(n, 3, 4, 8, 8, generator=generator)
+    if kind == "in":
+        clips[torch.arange(n), labels] += 0.3
+    elif kind == "shifted":
+        clips += 0.3 * torch.rand(n, 3, 1, 1, 1, generator=generator)
+    else:
+        clips = torch.rand(n, 3, 4, 8, 8, generator=generator)
+    return clips.clamp(0, 1), labels
+
+
+@pytest.mark.parametrize("target", ["prediction", "uniform"])
+def test_gradient_of_training_like_clips_aligns_with_the_mean_training_gradient(target):
+    model, normalize = ToyNet(), lambda x: (x - 0.5) / 0.25
+    train, labels = toy_problem(240, 0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(50):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(normalize(train)), labels).backward()
+        optimizer.step()
+    model.eval()
+    detector = GradientDetector(target=target).fit_clips(model, train, normalize)
+    inside = toy_problem(90, 1)[0]
+    inside_values = detector.summaries(model, inside, normalize)
+    inside_scores = detector.score_clips(model, inside, normalize)
+    for kind in ("shifted", "noise"):
+        outside = toy_problem(90, 2, kind)[0]
+        values = detector.summaries(model, outside, normalize)
+        for name in detector.layers_:
+            key = f"cosine:{name}"
+            assert inside_values[key].mean() > values[key].mean() and auroc(inside_values[key], values[key]) > 0.8
+        assert auroc(inside_scores, detector.score_clips(model, outside, normalize)) > 0.8, kind
+
+
 @pytest.mark.parametrize("detector", feature_detectors(),
                          ids=["msp", "max_logit", "energy", "mahalanobis", "knn", "vim", "vim-mean-origin", "gradnorm"])
 def test_fit_score_contract(detector):
@@ -245,6 +385,7 @@ def test_evaluate_adds_a_row_per_zoo_detector(tiny_bundle, tiny_dataset, tmp_pat
     print(f"evaluate {time.perf_counter() - started:.1f} s, zoo step {zoo['seconds']} s")
     assert zoo["penultimate"] == "layer4" and zoo["head"] == "fc" and not zoo["left_out"]
     assert zoo["train_clips"] > 0 and zoo["detectors"]["mahalanobis"]["layer"] == "all"
+    assert zoo["detectors"]["gradient"]["layer"] == "layer4.0.conv2+fc"
     rows = report["detection"]
     for ood_set in ("novel", "fgsm"):
         found = {r["density"]: r for r in rows if r["ood_set"] == ood_set and r["layer"] ==

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,6 +260,20 @@ def _training_features(settings: EvaluationSettings, detector: Detector) -> tupl
                         np.concatenate([p.logits for p in parts]), np.concatenate([p.labels for p in parts])), skipped
 
 
+def _training_pixels(settings: EvaluationSettings, preprocessing) -> Iterator[torch.Tensor]:
+    """The clips of the training split that :func:`_training_features` reads, as pixel batches in ``[0, 1]``,
+    decoded a chunk of videos at a time (unreadable chunks were logged there and are passed over)."""
+    videos = _videos(settings.data, settings.split, "train")
+    for start in range(0, len(videos), ZOO_CHUNK_VIDEOS):
+        try:
+            clips, _, _, _ = load_clips(videos[start:start + ZOO_CHUNK_VIDEOS], preprocessing, progress=False,
+                                        max_clips_per_video=settings.max_clips_per_video)
+        except ClipwatchError:
+            continue
+        for i in range(0, len(clips), settings.batch_size):
+            yield pixel_input(clips[i:i + settings.batch_size], preprocessing)
+
+
 def _zoo(settings: EvaluationSettings, detector: Detector, sets: dict[str, ClipFeatures],
          frames: dict[str, np.ndarray]) -> tuple[dict[tuple[str, str], dict[str, np.ndarray]], dict]:
     """Fit the zoo on the training split and score every set: ``{(name, layer): {set: scores}}`` and a summary
@@ -273,6 +288,8 @@ def _zoo(settings: EvaluationSettings, detector: Detector, sets: dict[str, ClipF
     scores: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for name, zoo_detector in detectors.items():
         zoo_detector.fit(train)
+        if zoo_detector.needs_training_clips:  # the training clips' pixels, decoded again for each of its passes
+            zoo_detector.fit_clips(detector.model, lambda: _training_pixels(settings, prep), normalize)
         if zoo_detector.needs_clips:
             size = settings.batch_size
             scores[(name, zoo_detector.layer_used)] = {

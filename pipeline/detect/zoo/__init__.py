@@ -12,6 +12,7 @@ name             score (higher = more in-distribution)                          
 ``vim``          ``logsumexp(z) - alpha ||(h - u) P_perp||`` (Wang et al. 2022)             penultimate + head
 ``gradnorm``     ``||d KL(u || softmax(z)) / d W||_1`` (Huang et al. 2021)                  penultimate + logits
 ``feature_norm`` ``||h||`` (Dhamija et al. 2018; what the objectosphere loss trains)       penultimate
+``gradient``     ``sum_l z(cos(g_l, mean train g_l)) - z(log||g_l||)`` (Kwon et al. 2020)   model + pixels
 ===============  ========================================================================  ===================
 
 Example::
@@ -20,6 +21,9 @@ Example::
     knn = KNN(layer="avgpool").fit(train)            # train: ClipFeatures of in-distribution training clips
     vim = ViM(layer="avgpool", head=linear_head(model)).fit(train)
     scores = knn.score(test)                         # (N,) float64
+
+ODIN and ``gradient`` score pixel clips through the model (``needs_clips``); ``gradient`` is also fitted on training
+clips (``needs_training_clips``): ``GradientDetector().fit_clips(model, train_clips, normalize)``.
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ import difflib
 
 from pipeline.detect.zoo.base import LinearHead, ZooDetector, ZooError, energy, feeding_layer, linear_head
 from pipeline.detect.zoo.feature_space import KNN, Mahalanobis, ViM
+from pipeline.detect.zoo.gradient import GradientDetector, default_gradient_layers
 from pipeline.detect.zoo.odin import ODIN
 from pipeline.detect.zoo.output import MSP, Energy, FeatureNorm, GradNorm, MaxLogit
 
 DETECTORS: dict[str, type[ZooDetector]] = {
-    cls.name: cls for cls in (MSP, MaxLogit, Energy, ODIN, Mahalanobis, KNN, ViM, GradNorm, FeatureNorm)
+    cls.name: cls
+    for cls in (MSP, MaxLogit, Energy, ODIN, Mahalanobis, KNN, ViM, GradNorm, FeatureNorm, GradientDetector)
 }
 """Every detector of the zoo by name, in the order reports list them."""
 
@@ -87,6 +93,7 @@ __all__ = [
     "Energy",
     "FeatureNorm",
     "GradNorm",
+    "GradientDetector",
     "LinearHead",
     "Mahalanobis",
     "MaxLogit",
@@ -94,6 +101,7 @@ __all__ = [
     "ZooDetector",
     "ZooError",
     "build_zoo",
+    "default_gradient_layers",
     "energy",
     "feeding_layer",
     "linear_head",

@@ -4,7 +4,9 @@ Every detector follows scikit-learn's estimator contract: parameters are stored 
 validated once, in ``fit(train)``, which returns ``self``; fitted attributes end in ``_``; ``score(features)``
 returns one float64 score per clip, HIGHER = more in-distribution (like the densities' log-likelihoods). ``fit``
 and ``score`` read :class:`~pipeline.detect.ClipFeatures` and never modify its arrays. Detectors that need the
-model and the pixels (``needs_clips = True``, ODIN) score with ``score_clips(model, clips, normalize)`` instead.
+model and the pixels (``needs_clips = True``, ODIN) score with ``score_clips(model, clips, normalize)`` instead;
+those also fitted on training pixels (``needs_training_clips = True``, ``gradient``) take
+``fit_clips(model, clips, normalize)`` after ``fit(train)``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class ZooDetector(BaseEstimator):
     name: ClassVar[str] = ""
     needs_clips: ClassVar[bool] = False
     """True for detectors that score pixels through the model (``score_clips``) rather than features."""
+    needs_training_clips: ClassVar[bool] = False
+    """True for detectors fitted on training pixels through the model (``fit_clips``) as well."""
 
     @property
     def layer_used(self) -> str:
