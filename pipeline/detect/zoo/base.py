@@ -40,8 +40,9 @@ class ZooDetector(BaseEstimator):
 
     @property
     def layer_used(self) -> str:
-        """The tapped layer the score reads (``"output"`` for the logits, ``"all"`` for several)."""
-        return "output"
+        """The tapped layer the score reads: the detector's ``layer`` parameter when it has one, else ``"output"``
+        (the logits); ``"all"`` for several."""
+        return getattr(self, "layer", None) or "output"
 
     def fit(self, train: ClipFeatures) -> ZooDetector:
         self._validate()
@@ -111,6 +112,17 @@ def check_positive(name: str, parameter: str, value, *, integer: bool = False) -
 def check_layer(name: str, layer) -> None:
     if not isinstance(layer, str) or not layer:
         raise ZooError(f"{name}: layer must be a tapped layer's name, got {layer!r}")
+
+
+def check_head(name: str, head) -> None:
+    if head is not None and not isinstance(head, LinearHead):
+        raise ZooError(f"{name}: head must be a LinearHead or None, got {type(head).__name__}")
+
+
+def check_feeds(name: str, head: LinearHead | None, train: ClipFeatures, layer: str) -> None:
+    """With a ``head``, refuse a ``layer`` whose features do not reproduce the logits through it."""
+    if head is not None and not head.feeds(train, layer):
+        raise ZooError(f"{name}: layer {layer!r} does not reproduce the logits through the head")
 
 
 @dataclass(frozen=True, eq=False)

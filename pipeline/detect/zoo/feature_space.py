@@ -15,6 +15,8 @@ from pipeline.detect.zoo.base import (
     LinearHead,
     ZooDetector,
     ZooError,
+    check_feeds,
+    check_head,
     check_layer,
     check_positive,
     energy,
@@ -127,10 +129,6 @@ class KNN(ZooDetector):
         self.layer = layer
         self.k = k
 
-    @property
-    def layer_used(self) -> str:
-        return self.layer
-
     def _validate(self) -> None:
         check_layer(self.name, self.layer)
         check_positive(self.name, "k", self.k, integer=True)
@@ -169,23 +167,17 @@ class ViM(ZooDetector):
         self.head = head
         self.dim = dim
 
-    @property
-    def layer_used(self) -> str:
-        return self.layer
-
     def _validate(self) -> None:
         check_layer(self.name, self.layer)
-        if self.head is not None and not isinstance(self.head, LinearHead):
-            raise ZooError(f"{self.name}: head must be a LinearHead or None, got {type(self.head).__name__}")
+        check_head(self.name, self.head)
         if self.dim is not None:
             check_positive(self.name, "dim", self.dim, integer=True)
 
     def _fit(self, train: ClipFeatures) -> None:
         h = layer64(train, self.layer, self.name)
         d = h.shape[1]
+        check_feeds(self.name, self.head, train, self.layer)
         if self.head is not None:
-            if not self.head.feeds(train, self.layer):
-                raise ZooError(f"{self.name}: layer {self.layer!r} does not reproduce the logits through the head")
             self.origin_ = -np.linalg.pinv(self.head.weight) @ self.head.bias
         else:
             self.origin_ = h.mean(axis=0)

@@ -13,7 +13,8 @@ from pipeline.detect.features import ClipFeatures
 from pipeline.detect.zoo.base import (
     LinearHead,
     ZooDetector,
-    ZooError,
+    check_feeds,
+    check_head,
     check_layer,
     check_positive,
     energy,
@@ -72,20 +73,14 @@ class GradNorm(ZooDetector):
         self.temperature = temperature
         self.head = head
 
-    @property
-    def layer_used(self) -> str:
-        return self.layer
-
     def _validate(self) -> None:
         check_layer(self.name, self.layer)
         check_positive(self.name, "temperature", self.temperature)
-        if self.head is not None and not isinstance(self.head, LinearHead):
-            raise ZooError(f"{self.name}: head must be a LinearHead or None, got {type(self.head).__name__}")
+        check_head(self.name, self.head)
 
     def _fit(self, train: ClipFeatures) -> None:
         self.n_features_in_ = layer64(train, self.layer, self.name).shape[1]
-        if self.head is not None and not self.head.feeds(train, self.layer):
-            raise ZooError(f"{self.name}: layer {self.layer!r} does not reproduce the logits through the head")
+        check_feeds(self.name, self.head, train, self.layer)
 
     def _score(self, features: ClipFeatures) -> np.ndarray:
         h = layer64(features, self.layer, self.name, self.n_features_in_)
@@ -103,10 +98,6 @@ class FeatureNorm(ZooDetector):
 
     def __init__(self, layer: str = "avgpool"):
         self.layer = layer
-
-    @property
-    def layer_used(self) -> str:
-        return self.layer
 
     def _validate(self) -> None:
         check_layer(self.name, self.layer)
