@@ -205,10 +205,15 @@ def test_the_sink_worker_publishes_what_its_rules_raise(tmp_path):
         config = parse_config({"bundle": str(BUNDLE), "alerts": {
             "jsonl": "alerts.jsonl", "print": False, "rules": {"kinds": {"novel": {"k": 2, "n": 3}}},
             "mqtt": {"url": broker.url, "normal_clips_to_end": 2}}}, base=tmp_path)
-        stages = build_stages("sink", config, PipelineMetrics())
+        metrics = PipelineMetrics()
+        stages = build_stages("sink", config, metrics)
         [sink] = [stage for stage in stages if isinstance(stage, SinkStage)]
         for seq, kind in enumerate(["normal", "novel", "novel", "novel", "normal", "normal"]):
             sink.record(verdict("cam1", seq, kind))
+        assert sink.mqtt.flush(5)
+        sink.poll()
+        assert b"clipwatch_mqtt_up 1.0" in metrics.render() and b"clipwatch_mqtt_queued 0.0" in metrics.render()
+        assert b"clipwatch_mqtt_published 0.0" not in metrics.render()  # the events and states went out
         for stage in stages:
             stage.close()
         got = sub.wait_for(lambda got: any(m.topic == "clipwatch/available" and m.payload == b"offline" for m in got))

@@ -98,6 +98,12 @@ class SinkStage(Stage):
             self.metrics.webhook_pending.set(stats.pending)
             self.metrics.webhook_delivered.set(stats.delivered)
             self.metrics.webhook_dead_lettered.set(stats.dead_lettered)
+        if self.metrics is not None and self.mqtt is not None:
+            mqtt = self.mqtt.stats
+            self.metrics.mqtt_up.set(int(mqtt.connected))
+            self.metrics.mqtt_queued.set(mqtt.queued + mqtt.in_flight)
+            self.metrics.mqtt_published.set(mqtt.published)
+            self.metrics.mqtt_dropped.set(mqtt.dropped)
         return outcomes
 
     def drain(self) -> list[Outcome]:

@@ -49,6 +49,11 @@ class PipelineMetrics:
                                        registry=reg)
         self.webhook_dead_lettered = Gauge("clipwatch_webhook_dead_lettered", "Webhook deliveries given up",
                                            registry=reg)
+        self.mqtt_up = Gauge("clipwatch_mqtt_up", "1 while the MQTT broker is connected", registry=reg)
+        self.mqtt_queued = Gauge("clipwatch_mqtt_queued", "MQTT messages waiting for the broker (queued or in flight)",
+                                 registry=reg)
+        self.mqtt_published = Gauge("clipwatch_mqtt_published", "MQTT messages the broker acknowledged", registry=reg)
+        self.mqtt_dropped = Gauge("clipwatch_mqtt_dropped", "MQTT messages dropped from a full queue", registry=reg)
         self.bus_up = Gauge("clipwatch_bus_up", "1 while the bus answers and has kept its data", registry=reg)
         self.bus_resets = Gauge("clipwatch_bus_resets", "Times the bus server was seen to come back without its data",
                                 registry=reg)
