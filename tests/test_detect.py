@@ -236,8 +236,13 @@ def test_fit_keeps_a_sealed_run_folders_model_and_refits_in_place(tiny_dataset, 
     out = tmp_path / "bundle"
     args = ["--data", str(tiny_dataset), "--layers", "layer3", "fc", "--no-progress", "--false-alarm", "0.1"]
     (out / "model").mkdir(parents=True)
-    (out / "model" / "stale.bin").write_bytes(b"left from an earlier fit")
+    (out / "model" / "notes.txt").write_bytes(b"a user's file")
+    assert main(["fit", "--model", str(run), "--out", str(out), *args]) == 2  # a folder no bundle wrote
+    assert "which no bundle wrote" in capsys.readouterr().err and (out / "model" / "notes.txt").is_file()
+    (out / "model" / "notes.txt").unlink()
     assert main(["fit", "--model", str(run), "--out", str(out), *args]) == 0
+    (out / "model" / "stale.bin").write_bytes(b"left from an earlier fit")
+    assert main(["fit", "--model", str(run), "--out", str(out), *args]) == 0  # over an earlier bundle
     assert sorted(p.name for p in (out / "model").iterdir()) == ["model.json", "model.safetensors"]
     Detector.load(out)
     assert main(["fit", "--model", str(out / "model"), "--out", str(out), *args]) == 0  # in place

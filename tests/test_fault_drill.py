@@ -100,7 +100,8 @@ def run_drill(videos, bundle, root: Path, *, faults: bool) -> dict:
                     alive = [name for name in WORKERS if procs[name].alive]
                     if not alive:
                         continue
-                    victim = rng.choice(alive)
+                    # the decoder ends with its files: kill it first, so every worker is killed at least once
+                    victim = "decoder" if kill == 0 and "decoder" in alive else rng.choice(alive)
                     procs[victim].kill()
                     kills[victim] += 1
                     time.sleep(rng.uniform(0.2, 1.5))

@@ -13,7 +13,7 @@ import torch
 from pipeline.cli import add_device_argument, command_device, in_range
 from pipeline.data import UCF101
 from pipeline.data.ucf101 import DatasetError
-from pipeline.detect import DetectorBundle, extract_video_features
+from pipeline.detect import BundleError, DetectorBundle, extract_video_features
 from pipeline.models import default_layers, file_sha256, load_model, resolve_model_dir
 from pipeline.models.io import SHIPPED_MODELS
 from pipeline.models.precision import model_precision, prepare_for_inference
@@ -38,11 +38,15 @@ def model_reference(name_or_path: str, bundle_dir: str | Path | None = None) -> 
     if reference["name"] is None and bundle_dir is not None:
         copy = Path(bundle_dir) / MODEL_DIR
         if copy.resolve() != directory.resolve():  # refitting a bundle in place keeps the model it holds
+            stale = {p.name for p in copy.iterdir()} - set(MODEL_FILES) if copy.is_dir() else set()
+            if stale and not (Path(bundle_dir) / "bundle.json").is_file():
+                raise BundleError(f"{copy}: holds {sorted(stale)[0]!r}, which no bundle wrote; choose another --out")
             copy.mkdir(parents=True, exist_ok=True)
             for name in MODEL_FILES:
                 shutil.copyfile(directory / name, copy / name)
-            for stale in {p.name for p in copy.iterdir() if p.is_file()} - set(MODEL_FILES):  # e.g. a run's seal
-                (copy / stale).unlink()
+            for name in stale:  # what an earlier bundle's model copy left, e.g. a training run's seal
+                if (copy / name).is_file():
+                    (copy / name).unlink()
         reference.update(path=MODEL_DIR, relative_to_bundle=True)
     return reference
 
