@@ -5,7 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install system-deps test demo bench clean
+PV_VENV  := .venv-pytorchvideo
+PV_STAMP := $(PV_VENV)/.installed
+
+.PHONY: install system-deps test test-extras demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +39,18 @@ test: install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# The pytorchvideo extra in its own environment: pytorchvideo imports torchvision, and the only torchvision on this
+# machine's disk is 0.29.1, built for torch 2.14.1 (a CUDA build, several GB), so it never enters the main venv.
+$(PV_STAMP): pyproject.toml
+	test -x $(PV_VENV)/bin/python || $(PYTHON) -m venv $(PV_VENV)
+	$(PV_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PV_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PV_VENV)/bin/python -m pip install -q -e ".[pytorchvideo]" pytest pytest-timeout
+	touch $@
+
+test-extras: $(PV_STAMP) system-deps
+	$(PV_VENV)/bin/python -m pytest -q tests_extras
+
 # The main job: simulated cameras through the whole pipeline with the shipped model and bundle.
 demo: install
 	$(BIN)/clipwatch demo
@@ -47,4 +62,4 @@ bench: install
 	$(BIN)/python benchmarks/pipeline.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(PV_VENV) .pytest_cache

@@ -76,11 +76,23 @@ def hara_keys(depth: int) -> set[str]:
 
 
 def test_registry_names_and_default_layers():
-    assert available_models() == ["c3d", "r3d-10", "r3d-18", "r3d-34", "r3d-50", "r3d-101"]
+    assert available_models() == ["c3d", "r3d-10", "r3d-18", "r3d-34", "r3d-50", "r3d-101", "x3d_xs", "x3d_s", "x3d_m",
+                                  "slow_r50", "r2plus1d_r50"]
+    assert default_layers("x3d_s") == ["blocks.3", "blocks.4", "blocks.5"]
     assert default_layers("c3d") == ["conv4b", "conv5b", "fc7", "fc8"]
     assert default_layers("r3d-50") == ["layer2", "layer3", "avgpool", "fc"]
     assert isinstance(build_model("c3d", 3, width=4, fc_dim=8), C3D)
     assert isinstance(build_model("r3d-10", 3, width=4), ResNet3D)
+
+
+def test_pytorchvideo_models_without_the_extra_say_how_to_get_it():
+    try:
+        import pytorchvideo  # noqa: F401
+    except ImportError:
+        with pytest.raises(UnknownModelError, match=r"pip install 'clipwatch\[pytorchvideo\]'"):
+            build_model("x3d_s", 3)
+    else:  # the extras environment (tests_extras covers the models themselves)
+        assert build_model("x3d_s", 3) is not None
 
 
 def test_registry_errors_name_the_problem():

@@ -29,8 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("data", help="dataset root (UCF101 layout with ucfTrainTestlist/)")
     parser.add_argument("--out", required=True, help="output folder (must not hold a run, unless --resume)")
     parser.add_argument("--preset", default="finetune", choices=sorted(PRESETS), help="recipe (default %(default)s)")
-    parser.add_argument("--init", help="weights to start from: scratch, a shipped model (default), a model folder, or "
-                                       "a checkpoint file (.pth/.pt/.safetensors, e.g. Hara et al.'s 3D-ResNets)")
+    parser.add_argument("--init", help="weights to start from: scratch, a shipped model (default), a model folder, a "
+                                       "checkpoint file (.pth/.pt/.safetensors, e.g. Hara et al.'s 3D-ResNets), or "
+                                       "pytorchvideo:NAME[:CHECKPOINT] (x3d_s, slow_r50, r2plus1d_r50, ...; extra "
+                                       "clipwatch[pytorchvideo])")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default cpu)")
     parser.add_argument("--symmetries", type=Path,
                         help="YAML of label-mapping symmetries {name: {class: class}} (default: the preset's)")

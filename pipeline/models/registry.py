@@ -12,6 +12,7 @@ from torch import nn
 
 from pipeline.models.c3d import C3D
 from pipeline.models.errors import UnknownModelError
+from pipeline.models.pytorchvideo import DEFAULT_LAYERS, HUB, build_hub_model
 from pipeline.models.resnet3d import ResNet3D
 
 RESNET_LAYERS = ("layer2", "layer3", "avgpool", "fc")
@@ -47,6 +48,11 @@ _SPECS: dict[str, ModelSpec] = {
             f"3D ResNet-{depth} (Hara et al. layout, shortcut B), any input size",
         )
         for depth in (10, 18, 34, 50, 101)
+    },
+    **{
+        name: ModelSpec(name, partial(build_hub_model, name), DEFAULT_LAYERS[entry.module],
+                        f"pytorchvideo {name} ({entry.clip_len}x{entry.crop}x{entry.crop}; extra clipwatch[pytorchvideo])")
+        for name, entry in HUB.items()
     },
 }
 

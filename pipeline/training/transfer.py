@@ -7,7 +7,10 @@
   architecture, options and preprocessing become the run's, so its features mean what they meant there;
 - a checkpoint file: ``.safetensors``, or a PyTorch file (``.pth``/``.pt``/``.tar``) read with
   ``torch.load(weights_only=True)`` (no code runs), such as Hara et al.'s 3D-ResNets
-  (``{"state_dict": {"module.conv1.weight": ...}, ...}``); the run's ``--model``/``--width`` must match it.
+  (``{"state_dict": {"module.conv1.weight": ...}, ...}``); the run's ``--model``/``--width`` must match it;
+- ``pytorchvideo:NAME`` or ``pytorchvideo:NAME:CHECKPOINT``: a pytorchvideo hub model
+  (:mod:`pipeline.models.pytorchvideo`, extra ``clipwatch[pytorchvideo]``) with the hub's input, from its own
+  initialisation or from a local checkpoint file read as above.
 
 Every tensor but the classification head's is copied, and must fit the new model exactly (a mismatch is refused
 with the first differing name and shape); the head is left freshly initialised, since the user's classes are not
@@ -23,12 +26,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.models import ModelManifest, load_model, resolve_model_dir
+from pipeline.models import ModelManifest, build_model, load_model, resolve_model_dir
 from pipeline.models.errors import ModelNotFoundError
 from pipeline.models.io import load_state_dict_file, load_weights
+from pipeline.models.pytorchvideo import HUB
 from pipeline.training.errors import TrainingError
 
 SCRATCH = "scratch"
+PYTORCHVIDEO = "pytorchvideo:"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".safetensors")
 MANIFEST_FIELDS = ("clip_len", "frame_step", "short_side", "crop", "mean", "std")
 """Preprocessing a run takes over from a clipwatch model it starts from."""
@@ -41,12 +46,16 @@ class Initialisation:
     source: str
     state: dict[str, torch.Tensor]
     manifest: ModelManifest | None = None
+    fields: dict[str, Any] | None = None
+    """Training settings the weights fix (architecture, options, input) when they come without a manifest."""
 
 
 def read_init(init: str) -> Initialisation | None:
     """The weights `init` names (see the module docstring); None for ``scratch``. TrainingError if unusable."""
     if init == SCRATCH:
         return None
+    if init.startswith(PYTORCHVIDEO):
+        return _read_hub_init(init)
     path = Path(init).expanduser()
     if path.is_file() or path.suffix in CHECKPOINT_SUFFIXES:
         return Initialisation(str(path), load_state_dict_file(path))
@@ -56,6 +65,17 @@ def read_init(init: str) -> Initialisation | None:
         raise TrainingError(f"--init {init}: not a checkpoint file, a model folder or a shipped model ({error})") \
             from None
     return Initialisation(init, model.state_dict(), manifest)
+
+
+def _read_hub_init(init: str) -> Initialisation:
+    name, _, checkpoint = init[len(PYTORCHVIDEO):].partition(":")
+    if name not in HUB:
+        raise TrainingError(f"--init {init}: unknown pytorchvideo model {name!r}; available: {', '.join(HUB)}")
+    state = load_state_dict_file(checkpoint) if checkpoint else build_model(name, 1).state_dict()
+    prep = HUB[name].preprocessing()
+    fields = {"model": name, "model_options": {}, **{key: list(v) if isinstance(v, tuple) else v
+                                                     for key, v in prep.items()}}
+    return Initialisation(init, state, fields=fields)
 
 
 def head_name(model: nn.Module) -> str:
@@ -76,6 +96,8 @@ def transfer_weights(model: nn.Module, init: Initialisation) -> str:
 
 def config_from_init(fields: dict[str, Any], init: Initialisation | None) -> dict[str, Any]:
     """Training settings with the architecture, options and preprocessing of the clipwatch model started from."""
+    if init is not None and init.fields is not None:
+        return {**fields, **init.fields}
     if init is None or init.manifest is None:
         return fields
     manifest = init.manifest
