@@ -614,3 +614,22 @@ def test_open_set_training_runs_and_records_its_feature_norm_target(colour_data,
     assert all(row["objectosphere_xi"] > 0 for row in history) and len({row["objectosphere_xi"] for row in history}) == 1
     with pytest.raises(ValueError, match="objectosphere needs outliers"):
         tiny_config(colour_data, tmp_path / "x", loss="objectosphere")
+
+
+def test_factor_loss_is_the_cross_entropy_of_summed_class_probabilities():
+    from pipeline.data.pretrain import PRETRAIN_CLASSES, PRETRAIN_FACTORS
+    from pipeline.training.factors import FactorLoss
+
+    classes = ["AL", "AR", "BL", "BR"]  # two factors: letter and side
+    factors = {"letter": {c: c[0] for c in classes}, "side": {c: c[1] for c in classes}}
+    logits = torch.tensor([[2.0, 0.0, 1.0, -1.0], [0.0, 0.5, 0.0, 3.0]])
+    labels = torch.tensor([1, 3])
+    p = torch.softmax(logits, dim=1)
+    expected = -(torch.log(p[0, 0] + p[0, 1]) + torch.log(p[1, 2] + p[1, 3])) / 2 \
+        - (torch.log(p[0, 1] + p[0, 3]) + torch.log(p[1, 1] + p[1, 3])) / 2
+    assert FactorLoss(factors, classes)(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert not FactorLoss({}, classes)
+    with pytest.raises(TrainingError, match="factor 'letter' gives no value for class 'CX'"):
+        FactorLoss(factors, [*classes, "CX"])
+    assert {len(set(t.values())) for t in PRETRAIN_FACTORS.values()} == {9, 3}
+    assert all(set(t) == set(PRETRAIN_CLASSES) for t in PRETRAIN_FACTORS.values())

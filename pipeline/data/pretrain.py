@@ -14,7 +14,8 @@ video backgrounds, with its nuisances). What the corpus leaves out, on purpose: 
 backbone trained here. The default world's ten classes are points of this space (MoveLeft is ``T180RnoneSnone``).
 
 `PRETRAIN_SYMMETRIES` are the corpus's label maps under time reversal and mirroring (see
-`pipeline.training.symmetry`), which the ``pretrain`` training preset uses to make motion the only cue.
+`pipeline.training.symmetry`), which the ``pretrain`` training preset uses to make motion the only cue, and
+`PRETRAIN_FACTORS` each class's three motions, which it learns one by one as well (``pipeline.training.factors``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ PRETRAIN_SYMMETRIES: dict[str, dict[str, str]] = {
     "flip_vertical": _table(lambda d: -d, swap_scale=False),
 }
 """Time reversal turns every motion around; a mirror flips the direction across its axis and the rotation sense."""
+
+PRETRAIN_FACTORS: dict[str, dict[str, str]] = {
+    "translation": {name: name[1:].split("R")[0] for name in PRETRAIN_CLASSES},
+    "rotation": {name: name.split("R")[1].split("S")[0] for name in PRETRAIN_CLASSES},
+    "scale": {name: name.split("S")[-1] for name in PRETRAIN_CLASSES},
+}
+"""Each class's three motions, for the factor losses of the ``pretrain`` preset (``pipeline.training.factors``)."""
 
 
 def sample_pretrain_spec(name: str, rng: np.random.Generator, width: int, height: int,

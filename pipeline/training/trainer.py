@@ -30,6 +30,7 @@ from pipeline.training.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load
 from pipeline.training.config import TrainConfig
 from pipeline.training.errors import TrainingError
 from pipeline.training.evaluation import Evaluation, evaluate
+from pipeline.training.factors import FactorLoss
 from pipeline.training.init import motion_energy_init
 from pipeline.training.openset import PenultimateFeatures, make_outliers, objectosphere_loss
 from pipeline.training.optim import learning_rate, make_optimizer, set_bn_momentum
@@ -103,7 +104,7 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False) -
     if val_cache is not None and len(val_cache) == 0:
         log.warning("no usable validation video (%d skipped): the run is not early-stopped", len(val_cache.skipped))
         val_cache = None
-    loop = _Loop(config, model, ClipSampler(train_cache, config, classes), progress)
+    loop = _Loop(config, model, ClipSampler(train_cache, config, classes), progress, FactorLoss(config.factors, classes))
     best = _Best(config.out, model)
 
     history: list[dict[str, Any]] = []
@@ -175,8 +176,10 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False) -
 class _Loop:
     """The optimisation state of a run (optimizer, sampler generator, step) and one epoch of it."""
 
-    def __init__(self, config: TrainConfig, model: torch.nn.Module, sampler: ClipSampler, progress: bool) -> None:
+    def __init__(self, config: TrainConfig, model: torch.nn.Module, sampler: ClipSampler, progress: bool,
+                 factor_loss: FactorLoss) -> None:
         self.config, self.model, self.sampler, self.progress = config, model, sampler, progress
+        self.factor_loss = factor_loss
         self.device = next(model.parameters()).device
         self.optimizer = make_optimizer(model, config)
         self.rng = torch.Generator().manual_seed(config.seed)
@@ -234,6 +237,8 @@ class _Loop:
             if self.penultimate is None:
                 logits = model(clips)
                 loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+                if self.factor_loss:
+                    loss = loss + config.factor_weight * self.factor_loss(logits, labels)
             else:
                 logits, loss = self._openset_step(clips, labels)
             if not torch.isfinite(loss):
