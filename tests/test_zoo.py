@@ -395,8 +395,12 @@ def test_evaluate_adds_a_row_per_zoo_detector(tiny_bundle, tiny_dataset, tmp_pat
         softmax = next(r for r in rows if r["ood_set"] == ood_set and r["density"] == "softmax")
         assert found["msp"]["auroc"] == pytest.approx(softmax["auroc"])
     assert {r["layer"] for r in rows if r["density"] == "mahalanobis"} == {"all", "layer3", "layer4", "fc"}
+    heatmap = zoo["heatmap"]
+    assert zoo["detectors"]["heatmap"]["layer"] == "maps" and set(heatmap["sets"]) == {"clean", "novel", "fgsm"}
+    assert heatmap["frame_width"] >= 1 and all(0 <= r["mean"] <= 1 for r in heatmap["sets"].values())
+    assert (out / heatmap["figure"]).is_file() and heatmap["figure"] in report["figures"]
     markdown = (out / "results.md").read_text()
-    assert "## Fused score vs the baselines" in markdown and "| fgsm |" in markdown
+    assert "## Fused score vs the baselines" in markdown and "| fgsm |" in markdown and "## OOD heatmaps" in markdown
 
     skipped = tmp_path / "no_zoo"
     assert main(["evaluate", "--bundle", str(tiny_bundle), "--data", str(tiny_dataset), "--out", str(skipped),

@@ -10,10 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.attacks import Normalize
 from pipeline.cli import add_device_argument, command_device, in_range
 from pipeline.data import UCF101
 from pipeline.data.ucf101 import DatasetError
 from pipeline.detect import BundleError, DetectorBundle, extract_video_features
+from pipeline.detect.bundle import HEATMAP_DIR
+from pipeline.detect.features import pixel_batches
+from pipeline.detect.zoo.heatmap import HeatmapDetector
+from pipeline.fileio import seal_directory
 from pipeline.models import default_layers, file_sha256, load_model, resolve_model_dir
 from pipeline.models.io import SHIPPED_MODELS
 from pipeline.models.precision import model_precision, prepare_for_inference
@@ -84,6 +89,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="fraction of training groups held out from the densities for calibration (default "
                              "%(default)s; not used with --calibration-data)")
     parser.add_argument("--stride", type=int, help="frames between clip starts (default: the clip length)")
+    parser.add_argument("--heatmap", action="store_true",
+                        help="also train an OOD heatmap decoder on the training clips (pipeline.detect.zoo.heatmap): "
+                             "alert thumbnails then show where a clip differs from the training data")
+    parser.add_argument("--heatmap-epochs", type=int, default=10, help="passes of the decoder over the training clips")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -122,7 +131,20 @@ def run(args: argparse.Namespace) -> int:
         provenance={"dataset": str(Path(args.data).resolve()), "split": args.split, "precision": model_precision(model),
                     "calibration_data": str(Path(args.calibration_data).resolve()) if args.calibration_data else None},
         progress=not args.no_progress)
+    heatmap_dir = Path(args.out) / HEATMAP_DIR
+    if heatmap_dir.exists() and not (Path(args.out) / "bundle.json").is_file():
+        raise BundleError(f"{heatmap_dir}: exists and no bundle wrote it; choose another --out")
+    shutil.rmtree(heatmap_dir, ignore_errors=True)  # an earlier bundle's decoder, fitted to other features
     bundle.save(args.out)
+    if args.heatmap:
+        started = time.perf_counter()
+        videos = [(s.path, s.label) for s in train_videos]
+        heatmap = HeatmapDetector(epochs=args.heatmap_epochs, batch_size=args.batch_size, seed=args.seed).fit_clips(
+            model, lambda: pixel_batches(videos, prep, args.batch_size), Normalize.from_preprocessing(prep))
+        heatmap.save(heatmap_dir)
+        seal_directory(args.out)
+        print(f"heatmap decoder trained in {time.perf_counter() - started:.0f} s, loss "
+              f"{heatmap.losses_[0]:.4f} -> {heatmap.losses_[-1]:.4f}")
     print(f"bundle written to {args.out}: {len(train)} train clips, {len(calibration)} calibration clips, "
           f"layers {layers}, {time.perf_counter() - start:.0f} s")
     for layer in layers:

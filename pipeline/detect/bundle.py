@@ -5,6 +5,7 @@ Layout::
     bundle.json              format + version, model reference (path + SHA-256), layers, class names, settings
     densities/               per-layer PCA reducers and Tied / Separate / GMM densities (pipeline.density.save)
     calibration.safetensors  sorted calibration scores, means and deviations
+    heatmap/                 optional OOD heatmap decoder (``clipwatch fit --heatmap``; pipeline.detect.zoo.heatmap)
     digests.json             SHA-256 of every other file (pipeline.fileio.seal_directory), checked on every load
 
 Any edit, addition or removal after fitting (a calibration ``alpha`` set to 1e-12 lets every attack through) makes
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT = "clipwatch.bundle"
 BUNDLE_VERSION = 2
 DENSITY_NAMES = ("gmm", "sep", "tied")
+HEATMAP_DIR = "heatmap"
 OUTPUT_SCORE = "energy"
 """The output-space score a bundle may fuse: the logits' energy, ``logsumexp`` (Liu et al. 2020); its key is
 ``"<logits layer>/logsumexp"`` (apart from the zoo's ``energy`` rows in `clipwatch evaluate`)."""

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.detect.bundle import BundleError, BundleScores, DetectorBundle, resolve_model_ref
+from pipeline.detect.bundle import HEATMAP_DIR, BundleError, BundleScores, DetectorBundle, resolve_model_ref
 from pipeline.detect.features import ClipFeatures, extract_from_tensors, model_inputs
+from pipeline.detect.zoo.heatmap import HeatmapDetector
 from pipeline.errors import ClipwatchError
 from pipeline.models import ModelError, ModelManifest, Preprocessing, load_model
 from pipeline.models.device import resolve_device
@@ -135,6 +136,8 @@ class Detector(BundleScoring):
     settings: DetectorSettings
     alpha_override: float | None = None
     device: torch.device = torch.device("cpu")
+    heatmap: HeatmapDetector | None = None
+    """The bundle's OOD heatmap decoder (``clipwatch fit --heatmap``), or None."""
 
     @classmethod
     def load(cls, bundle_dir: str | Path, *, alpha: float | None = None, device: str | torch.device = "cpu",
@@ -166,7 +169,9 @@ class Detector(BundleScoring):
                      settings.precision)
         model, manifest = load_model(bundle.resolve_model(bundle_dir), map_location=device)
         model, _ = prepare_for_inference(model, concrete, device=device)
-        return cls(model, manifest, bundle, settings, alpha, device)
+        heatmap_dir = Path(bundle_dir) / HEATMAP_DIR
+        heatmap = HeatmapDetector.load(heatmap_dir, device=device) if heatmap_dir.is_dir() else None
+        return cls(model, manifest, bundle, settings, alpha, device, heatmap)
 
     @staticmethod
     def preprocessing(bundle_dir: str | Path) -> Preprocessing:

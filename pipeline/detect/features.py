@@ -217,3 +217,18 @@ def extract_video_features(
         np.array([m[2] for m in meta]),
         skipped,
     )
+
+
+def pixel_batches(videos: Sequence[tuple[str | Path, int]], preprocessing, batch_size: int, *,
+                  max_clips_per_video: int | None = None, chunk_videos: int = 64) -> Iterator[torch.Tensor]:
+    """The clips of ``videos`` as pixel batches ``(B, 3, T, S, S)`` in ``[0, 1]`` (:func:`pixel_input`), decoded
+    ``chunk_videos`` videos at a time so that only one chunk's clips are in memory; a chunk with no readable video
+    is passed over (each was logged by :func:`load_clips`)."""
+    for start in range(0, len(videos), chunk_videos):
+        try:
+            clips, _, _, _ = load_clips(videos[start:start + chunk_videos], preprocessing, progress=False,
+                                        max_clips_per_video=max_clips_per_video)
+        except ClipwatchError:
+            continue
+        for i in range(0, len(clips), batch_size):
+            yield pixel_input(clips[i:i + batch_size], preprocessing)

@@ -133,3 +133,31 @@ def adaptive_tradeoff(rows: list[dict], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def heatmap_examples(frames: dict[str, np.ndarray], maps: dict[str, np.ndarray], width: int, path: Path,
+                     per_set: int = 4) -> Path:
+    """A row per set: the middle frame of a few clips (uint8 ``(N, T, H, W, 3)``) with its OOD heatmap (``(N, H, W)``,
+    0-1) overlaid on one colour scale, and the frame border of ``width`` pixels outlined."""
+    names = [name for name in maps if len(maps[name])]
+    fig, axes = plt.subplots(len(names), per_set, figsize=(2.1 * per_set + 0.8, 2.2 * len(names)), squeeze=False)
+    image = None
+    for row, name in enumerate(names):
+        picks = np.linspace(0, len(maps[name]) - 1, per_set).round().astype(int)
+        for ax, index in zip(axes[row], picks, strict=True):
+            clip = frames[name][index]
+            ax.imshow(clip[len(clip) // 2])
+            image = ax.imshow(maps[name][index], cmap="inferno", vmin=0.0, vmax=1.0, alpha=0.55)
+            size = clip.shape[1]
+            ax.add_patch(plt.Rectangle((width - 0.5, width - 0.5), size - 2 * width, size - 2 * width, fill=False,
+                                       ls=":", lw=0.6, color="white"))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"mean {maps[name][index].mean():.3f}", fontsize=7)
+        axes[row][0].set_ylabel(name, fontsize=8)
+    fig.suptitle(f"OOD heatmaps (0 = like the training data, 1 = most changed); dotted: {width}-px frame border",
+                 fontsize=9)
+    fig.colorbar(image, ax=axes, shrink=0.6, label="heatmap value")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

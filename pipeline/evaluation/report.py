@@ -136,6 +136,7 @@ def markdown(results: dict) -> str:
         cells = [f"{slot[d]['auroc']:.3f} ({slot[d]['layer']})" if d in slot else "-" for d in densities]
         lines.append(f"| {ood} | " + " | ".join(cells) + " |")
     lines += _zoo_table(results)
+    lines += _heatmap_table(results)
     lines += _adaptive_table(results)
     lines += ["", "## All detection metrics", "",
               "| OOD set | layer | density | " + " | ".join(METRIC_KEYS) + " |", "|---" * (3 + len(METRIC_KEYS)) + "|"]
@@ -167,6 +168,22 @@ def _zoo_table(results: dict) -> list[str]:
     lines += ["", f"Layers read: {layers}."]
     if zoo.get("left_out"):
         lines.append("Left out: " + "; ".join(f"{n} ({why})" for n, why in zoo["left_out"].items()) + ".")
+    return lines
+
+
+def _heatmap_table(results: dict) -> list[str]:
+    """The OOD heatmaps: mean value per set against the clean clips', and how much of a framed clip's heatmap mass
+    lies within the frame's border."""
+    block = (results.get("zoo") or {}).get("heatmap")
+    if not block:
+        return []
+    lines = ["", "## OOD heatmaps (decoder over the classifier's feature maps)", "",
+             f"Border: the outer {block['frame_width']} px. Figure: `{block.get('figure', '-')}`.", "",
+             "| set | mean heatmap | / clean | mass inside the border |", "|---|---|---|---|"]
+    for name, row in block["sets"].items():
+        ratio = "-" if row["over_clean"] is None else f"{row['over_clean']:.2f}"
+        mass = f"{row['border_mass']:.3f}" if "border_mass" in row else "-"
+        lines.append(f"| {name} | {row['mean']:.4f} | {ratio} | {mass} |")
     return lines
 
 

@@ -36,8 +36,9 @@ from pipeline.attacks import (
 )
 from pipeline.data import UCF101
 from pipeline.detect import BundleScores, ClipFeatures, Detector, DetectorBundle, load_clips
-from pipeline.detect.features import pixel_input
-from pipeline.detect.zoo import DETECTORS, Mahalanobis, build_zoo, feeding_layer, linear_head
+from pipeline.detect.features import pixel_batches, pixel_input
+from pipeline.detect.zoo import DETECTORS, HeatmapDetector, Mahalanobis, build_zoo, feeding_layer, linear_head
+from pipeline.detect.zoo.heatmap import border_mass
 from pipeline.errors import ClipwatchError
 from pipeline.evaluation import plots
 from pipeline.evaluation.adaptive import ADAPTIVE_ATTACKS, DEFAULT_LAMBDAS, adaptive_block, adaptive_sets
@@ -222,6 +223,8 @@ def evaluate(settings: EvaluationSettings) -> dict:
     results["figures"] = _figures(bundle, clean, plain, set_scores, settings.out,
                                   {f"best baseline: {best}": zoo_scores[(best, zoo_info["detectors"][best]["layer"])]}
                                   if best else {})
+    if zoo_info is not None and "heatmap" in zoo_info:
+        results["figures"].append(zoo_info["heatmap"]["figure"])
     results["figures"].append(plots.p_value_calibration(set_scores["clean"].p_value, detector.alpha,
                                                         settings.out / "p_values.png").name)
     if adaptive:
@@ -261,17 +264,9 @@ def _training_features(settings: EvaluationSettings, detector: Detector) -> tupl
 
 
 def _training_pixels(settings: EvaluationSettings, preprocessing) -> Iterator[torch.Tensor]:
-    """The clips of the training split that :func:`_training_features` reads, as pixel batches in ``[0, 1]``,
-    decoded a chunk of videos at a time (unreadable chunks were logged there and are passed over)."""
-    videos = _videos(settings.data, settings.split, "train")
-    for start in range(0, len(videos), ZOO_CHUNK_VIDEOS):
-        try:
-            clips, _, _, _ = load_clips(videos[start:start + ZOO_CHUNK_VIDEOS], preprocessing, progress=False,
-                                        max_clips_per_video=settings.max_clips_per_video)
-        except ClipwatchError:
-            continue
-        for i in range(0, len(clips), settings.batch_size):
-            yield pixel_input(clips[i:i + settings.batch_size], preprocessing)
+    """The clips of the training split that :func:`_training_features` reads, as pixel batches in ``[0, 1]``."""
+    return pixel_batches(_videos(settings.data, settings.split, "train"), preprocessing, settings.batch_size,
+                         max_clips_per_video=settings.max_clips_per_video, chunk_videos=ZOO_CHUNK_VIDEOS)
 
 
 def _zoo(settings: EvaluationSettings, detector: Detector, sets: dict[str, ClipFeatures],
@@ -286,10 +281,21 @@ def _zoo(settings: EvaluationSettings, detector: Detector, sets: dict[str, ClipF
     prep = detector.manifest.preprocessing
     normalize = Normalize.from_preprocessing(prep)
     scores: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    heatmap_info = None
     for name, zoo_detector in detectors.items():
         zoo_detector.fit(train)
         if zoo_detector.needs_training_clips:  # the training clips' pixels, decoded again for each of its passes
             zoo_detector.fit_clips(detector.model, lambda: _training_pixels(settings, prep), normalize)
+        if isinstance(zoo_detector, HeatmapDetector):
+            maps = {set_name: _heatmaps(zoo_detector, detector.model, f, settings.batch_size, prep, normalize)
+                    for set_name, f in frames.items()}
+            scores[(name, zoo_detector.layer_used)] = {set_name: -m.mean(axis=(1, 2)).astype(np.float64)
+                                                       for set_name, m in maps.items()}
+            width = settings.frame_width or scaled_frame_width(prep.crop)
+            heatmap_info = heatmap_block(maps, width, zoo_detector.losses_)
+            settings.out.mkdir(parents=True, exist_ok=True)
+            heatmap_info["figure"] = plots.heatmap_examples(frames, maps, width, settings.out / "heatmaps.png").name
+            continue
         if zoo_detector.needs_clips:
             size = settings.batch_size
             scores[(name, zoo_detector.layer_used)] = {
@@ -305,8 +311,29 @@ def _zoo(settings: EvaluationSettings, detector: Detector, sets: dict[str, ClipF
     info = {"train_clips": len(train), "skipped_train_videos": skipped, "head": head.name, "penultimate": penultimate,
             "detectors": {name: {"layer": d.layer_used, "params": _plain_params(d)} for name, d in detectors.items()},
             "left_out": left_out, "seconds": round(time.perf_counter() - started, 1)}
+    if heatmap_info is not None:
+        info["heatmap"] = heatmap_info
     log.info("zoo: %d detectors fitted on %d training clips, %.0f s", len(detectors), len(train), info["seconds"])
     return scores, info
+
+
+def _heatmaps(heatmap: HeatmapDetector, model, frames: np.ndarray, size: int, prep, normalize) -> np.ndarray:
+    """Heatmaps ``(N, H, W)`` of uint8 clips, a batch at a time."""
+    return np.concatenate([heatmap.heatmaps(model, pixel_input(frames[i:i + size], prep), normalize)
+                           for i in range(0, len(frames), size)])
+
+
+def heatmap_block(maps: dict[str, np.ndarray], width: int, losses: list[float]) -> dict:
+    """Per set: the mean heatmap value and, on framed sets, the share of heatmap mass within the frame's border
+    (mean over clips) and the set's mean heatmap over the clean one's."""
+    clean_mean = float(maps["clean"].mean()) if "clean" in maps else float("nan")
+    sets = {}
+    for name, values in maps.items():
+        row = {"mean": float(values.mean()), "over_clean": float(values.mean() / clean_mean) if clean_mean > 0 else None}
+        if name.startswith("framing"):
+            row["border_mass"] = float(np.nanmean(border_mass(values, width)))
+        sets[name] = row
+    return {"frame_width": width, "training_loss": [round(v, 5) for v in losses], "sets": sets}
 
 
 def _plain_params(estimator) -> dict:

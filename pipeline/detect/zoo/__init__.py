@@ -13,6 +13,7 @@ name             score (higher = more in-distribution)                          
 ``gradnorm``     ``||d KL(u || softmax(z)) / d W||_1`` (Huang et al. 2021)                  penultimate + logits
 ``feature_norm`` ``||h||`` (Dhamija et al. 2018; what the objectosphere loss trains)       penultimate
 ``gradient``     ``sum_l z(cos(g_l, mean train g_l)) - z(log||g_l||)`` (Kwon et al. 2020)   model + pixels
+``heatmap``      ``-mean`` of a decoder's OOD heatmap from feature maps (Hornauer et al.)    model + pixels
 ===============  ========================================================================  ===================
 
 Example::
@@ -22,8 +23,8 @@ Example::
     vim = ViM(layer="avgpool", head=linear_head(model)).fit(train)
     scores = knn.score(test)                         # (N,) float64
 
-ODIN and ``gradient`` score pixel clips through the model (``needs_clips``); ``gradient`` is also fitted on training
-clips (``needs_training_clips``): ``GradientDetector().fit_clips(model, train_clips, normalize)``.
+ODIN, ``gradient`` and ``heatmap`` score pixel clips through the model (``needs_clips``); the last two are also fitted
+on training clips (``needs_training_clips``): ``GradientDetector().fit_clips(model, train_clips, normalize)``.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ import difflib
 from pipeline.detect.zoo.base import LinearHead, ZooDetector, ZooError, energy, feeding_layer, linear_head
 from pipeline.detect.zoo.feature_space import KNN, Mahalanobis, ViM
 from pipeline.detect.zoo.gradient import GradientDetector, default_gradient_layers
+from pipeline.detect.zoo.heatmap import HeatmapDetector
 from pipeline.detect.zoo.odin import ODIN
 from pipeline.detect.zoo.output import MSP, Energy, FeatureNorm, GradNorm, MaxLogit
 
 DETECTORS: dict[str, type[ZooDetector]] = {
     cls.name: cls
-    for cls in (MSP, MaxLogit, Energy, ODIN, Mahalanobis, KNN, ViM, GradNorm, FeatureNorm, GradientDetector)
+    for cls in (MSP, MaxLogit, Energy, ODIN, Mahalanobis, KNN, ViM, GradNorm, FeatureNorm, GradientDetector,
+                HeatmapDetector)
 }
 """Every detector of the zoo by name, in the order reports list them."""
 
@@ -94,6 +97,7 @@ __all__ = [
     "FeatureNorm",
     "GradNorm",
     "GradientDetector",
+    "HeatmapDetector",
     "LinearHead",
     "Mahalanobis",
     "MaxLogit",

@@ -2,7 +2,10 @@
 
 The clips are preprocessed as the model's manifest says (clips of equal frame size together, since streams differ
 in resolution); the model runs once with a `FeatureTap` on the bundle's layers; each embedding carries the
-prediction, the softmax maximum, each layer's pooled features as float32 and a small JPEG of the middle frame.
+prediction, the softmax maximum, each layer's pooled features as float32 and a small JPEG of the middle frame. When
+the bundle has an OOD heatmap decoder (``clipwatch fit --heatmap``), the same forward pass feeds it and the JPEG shows
+the heatmap over the part of the frame the model sees: nothing on a clip like the training data, a glow where a clip
+differs from it, so that an alert's thumbnail says where to look.
 """
 
 from __future__ import annotations
@@ -17,11 +20,27 @@ from torch import nn
 from pipeline.detect import Detector
 from pipeline.detect.detector import model_id
 from pipeline.detect.features import model_input_problem, model_inputs
+from pipeline.detect.zoo.heatmap import HeatmapDetector
 from pipeline.models import FeatureTap, ModelManifest
 from pipeline.stream.messages import MAX_THUMBNAIL_BYTES, ClipMessage, EmbeddingMessage, frame_shape_problem
 from pipeline.stream.steps import Rejected, screen
 
-__all__ = ["ClassifierStep", "thumbnail_jpeg"]
+__all__ = ["ClassifierStep", "heatmap_overlay", "thumbnail_jpeg"]
+
+
+def heatmap_overlay(frame: np.ndarray, heat: np.ndarray, preprocessing) -> np.ndarray:
+    """An (H, W, 3) RGB frame with an OOD heatmap (``(S, S)`` in [0, 1], over the model's centre crop) blended in:
+    the heatmap's colour at an opacity that grows with its value, so zero leaves the frame as it is."""
+    height, width = frame.shape[:2]
+    side = min(round(preprocessing.crop * min(height, width) / preprocessing.short_side), height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    value = cv2.resize(np.clip(heat, 0.0, 1.0).astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap((value * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1].astype(np.float32)
+    opacity = np.clip(1.5 * value, 0.0, 0.8)[..., None]
+    out = np.array(frame, dtype=np.uint8, copy=True)
+    region = out[top:top + side, left:left + side].astype(np.float32)
+    out[top:top + side, left:left + side] = np.rint(region * (1 - opacity) + colour * opacity).astype(np.uint8)
+    return out
 
 
 def thumbnail_jpeg(frame: np.ndarray, size: int, quality: int = 80) -> bytes | None:
@@ -45,7 +64,8 @@ class ClassifierStep:
     """Clips → embeddings with one forward pass per call; answers `Rejected` for clips the model cannot take."""
 
     def __init__(self, model: nn.Module, manifest: ModelManifest, layers: Sequence[str], *, pool_factor: int = 4,
-                 device: str = "cpu", thumbnail_size: int = 160, thumbnail_quality: int = 80):
+                 device: str = "cpu", thumbnail_size: int = 160, thumbnail_quality: int = 80,
+                 heatmap: HeatmapDetector | None = None):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.manifest = manifest
@@ -55,14 +75,15 @@ class ClassifierStep:
         self.model_id = model_id(manifest)
         self.thumbnail_size = thumbnail_size
         self.thumbnail_quality = thumbnail_quality
+        self.heatmap = heatmap
 
     @classmethod
     def from_detector(cls, detector: Detector, *, device: str = "cpu", thumbnail_size: int = 160,
                       thumbnail_quality: int = 80) -> ClassifierStep:
-        """The detector's model tapped at its bundle's layers."""
+        """The detector's model tapped at its bundle's layers (with its heatmap decoder, if the bundle has one)."""
         return cls(detector.model, detector.manifest, detector.bundle.layers,
                    pool_factor=detector.settings.pool_factor, device=device, thumbnail_size=thumbnail_size,
-                   thumbnail_quality=thumbnail_quality)
+                   thumbnail_quality=thumbnail_quality, heatmap=detector.heatmap)
 
     def problem(self, clip: ClipMessage) -> str | None:
         """Why the model cannot take `clip`, or None; checks the shape only, before anything is resized."""
@@ -79,24 +100,34 @@ class ClassifierStep:
         results, usable = screen(clips, self.problem)
         if usable:
             inputs = model_inputs([clips[i].array for i in usable], self.preprocessing).to(self.device)
-            logits, features = self.tap(inputs)
+            heat = None
+            if self.heatmap is None:
+                logits, features = self.tap(inputs)
+            else:
+                with self.heatmap.capturing(self.model) as captured:
+                    logits, features = self.tap(inputs)
+                heat = self.heatmap.decode(captured, logits, inputs)
             probabilities = torch.softmax(logits.double(), dim=1).cpu().numpy()
             features = {name: values.cpu().numpy() for name, values in features.items()}
             for row, index in enumerate(usable):
                 results[index] = self._embedding(clips[index], probabilities[row],
-                                                 {name: values[row] for name, values in features.items()})
+                                                 {name: values[row] for name, values in features.items()},
+                                                 None if heat is None else heat[row])
         return results
 
-    def _embedding(self, clip: ClipMessage, probabilities: np.ndarray,
-                   features: dict[str, np.ndarray]) -> EmbeddingMessage:
+    def _embedding(self, clip: ClipMessage, probabilities: np.ndarray, features: dict[str, np.ndarray],
+                   heat: np.ndarray | None) -> EmbeddingMessage:
         prediction = int(np.argmax(probabilities))
         frames = clip.array
+        middle = frames[len(frames) // 2]
+        if heat is not None and self.thumbnail_size > 0:
+            middle = heatmap_overlay(middle, heat, self.preprocessing)
         return EmbeddingMessage.from_arrays(
             features, stream_id=clip.stream_id, seq=clip.seq, pts=list(clip.pts), label=clip.label,
             source=clip.source, timestamps=clip.timestamps, model_id=self.model_id, prediction=prediction,
             class_name=self.manifest.class_names[prediction],
             softmax_max=min(1.0, max(0.0, float(probabilities[prediction]))),
-            thumbnail=thumbnail_jpeg(frames[len(frames) // 2], self.thumbnail_size, self.thumbnail_quality),
+            thumbnail=thumbnail_jpeg(middle, self.thumbnail_size, self.thumbnail_quality),
         ).with_timestamp("classifier")
 
     def close(self) -> None:
