@@ -465,8 +465,8 @@ def test_cli_trains_resumes_and_reports_bad_input(colour_data, tmp_path, capsys)
 
 def test_fine_tuning_the_shipped_model_is_what_train_does_by_default(colour_data, tmp_path, capsys):
     config = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "plan")))
-    _, shipped = load_model("default")
-    assert (config.init, config.model, config.model_options) == ("default", shipped.architecture, shipped.options)
+    _, shipped = load_model("base")
+    assert (config.init, config.model, config.model_options) == ("base", shipped.architecture, shipped.options)
     assert (config.crop, config.clip_len, config.symmetries, config.motion_init) == (shipped.preprocessing.crop, 16,
                                                                                      {}, False)
     assert config.val_fraction > 0 and config.patience is not None

@@ -74,3 +74,17 @@ def test_shipped_model_classifies_fresh_synthetic_videos(name, fresh_videos):
     assert clips == 2 * len(fresh_videos)
     floor = ACCURACY_FLOOR[name] - 0.1
     assert clip_hits / clips >= floor and video_hits / len(fresh_videos) >= floor, (clip_hits, video_hits)
+
+
+def test_base_backbone_is_shipped_small_and_starts_fine_tuning():
+    from pipeline.data.pretrain import PRETRAIN_CLASSES
+    from pipeline.training.transfer import read_init
+
+    directory = shipped_model_dir("base")
+    model, manifest = load_model("base")
+    assert manifest.class_names == PRETRAIN_CLASSES  # the 81 motion combinations of the pretraining corpus
+    assert sum(path.stat().st_size for path in directory.iterdir()) <= MAX_BYTES
+    metrics = json.loads((directory / "metrics.json").read_text())
+    assert metrics["config"]["factors"] and metrics["test_clip_accuracy"] > 10 / len(PRETRAIN_CLASSES)
+    init = read_init("base")
+    assert init.manifest.sha256 == manifest.sha256 and "fc.weight" in init.state

@@ -1,5 +1,6 @@
 """``clipwatch train DATA --out DIR``: learn a UCF101-layout dataset's classes, by default by fine-tuning the shipped
-model (``--preset finetune``); ``--init scratch --preset default`` is the from-scratch recipe of the shipped model."""
+``base`` backbone (``--preset finetune``); ``--init scratch --preset default`` is the from-scratch recipe of the
+shipped ``default`` model."""
 
 from __future__ import annotations
 
@@ -23,13 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train or fine-tune a clip classifier and save it with its metrics",
         description="Train on split --split of DATA (UCF101 layout, e.g. from 'clipwatch synth'), evaluate on its "
                     "test list, and write model.safetensors + model.json, metrics.json, training_curve.png and "
-                    "per-epoch checkpoints into --out. By default (preset finetune) the shipped model is fine-tuned "
-                    "with its head re-initialised for DATA's classes, the epoch chosen on a validation split of the "
+                    "per-epoch checkpoints into --out. By default (preset finetune) the shipped base backbone is "
+                    "fine-tuned with its head re-initialised for DATA's classes, the epoch chosen on a validation split of the "
                     "training list. Options left out keep the preset's values.")
     parser.add_argument("data", help="dataset root (UCF101 layout with ucfTrainTestlist/)")
     parser.add_argument("--out", required=True, help="output folder (must not hold a run, unless --resume)")
     parser.add_argument("--preset", default="finetune", choices=sorted(PRESETS), help="recipe (default %(default)s)")
-    parser.add_argument("--init", help="weights to start from: scratch, a shipped model (default), a model folder, a "
+    parser.add_argument("--init", help="weights to start from: scratch, a shipped model (base, the default; default), a "
+                                       "model folder, a "
                                        "checkpoint file (.pth/.pt/.safetensors, e.g. Hara et al.'s 3D-ResNets), or "
                                        "pytorchvideo:NAME[:CHECKPOINT] (x3d_s, slow_r50, r2plus1d_r50, ...; extra "
                                        "clipwatch[pytorchvideo])")

@@ -28,7 +28,7 @@ from pipeline.models.errors import ModelNotFoundError, WeightsError
 from pipeline.models.manifest import MANIFEST_FILE, WEIGHTS_FILE, ModelManifest, build_manifest, read_manifest
 from pipeline.models.registry import build_model
 
-SHIPPED_MODELS = ("default", "default-surrogate")
+SHIPPED_MODELS = ("default", "default-surrogate", "base")
 CHECKPOINT_STATE_KEYS = ("state_dict", "model")
 DATA_PARALLEL_PREFIX = "module."
 

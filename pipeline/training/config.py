@@ -21,20 +21,22 @@ from pipeline.training.symmetry import SYNTH_SYMMETRIES, check_symmetries
 from pipeline.video.preprocess import KINETICS_MEAN, KINETICS_STD
 
 FINETUNE = {
-    "init": "default", "motion_init": False, "symmetries": {}, "paired_symmetries": False, "epochs": 60,
+    "init": "base", "motion_init": False, "symmetries": {}, "paired_symmetries": False, "epochs": 60,
     "lr": 1e-3, "warmup_epochs": 1.0, "backbone_lr_ratio": 0.5, "val_fraction": 0.15, "patience": 5,
     "eval_every": 2,
 }
-"""Fine-tuning a user's classes: start from the shipped model (its architecture and preprocessing), head
-re-initialised, no class-specific tables, the backbone at half the learning rate, a validation split carved from
-the training list that picks the best epoch and stops the run when it no longer improves."""
+"""Fine-tuning a user's classes: start from the shipped ``base`` backbone (its architecture and preprocessing; see
+``pipeline/assets/models/README.md``), head re-initialised, no class-specific tables, the backbone at half the
+learning rate, a validation split carved from the training list that picks the best epoch and stops the run when it
+no longer improves."""
 
-PRETRAIN = {"symmetries": PRETRAIN_SYMMETRIES, "paired_symmetries": False, "factors": PRETRAIN_FACTORS,
-            "epochs": 24, "eval_every": 4}
+PRETRAIN = {"init": "default", "symmetries": PRETRAIN_SYMMETRIES, "paired_symmetries": False,
+            "factors": PRETRAIN_FACTORS, "epochs": 24, "eval_every": 4}
 """Pretraining the ``base`` backbone on the corpus of ``clipwatch synth --world pretrain`` (81 classes of combined
-translation, rotation and scaling): the ``default`` recipe and architecture from scratch, with the corpus's own
-symmetry tables applied unpaired (a batch of distinct videos is worth more than pairs on 3000 videos) and a
-cross-entropy per motion factor beside the 81-way one (without them the network stays at chance)."""
+translation, rotation and scaling): the ``default`` recipe continued from the shipped ``default`` model (from scratch
+the network stayed at chance for the first epochs on two cores), with the corpus's own symmetry tables applied
+unpaired (a batch of distinct videos is worth more than pairs on 2000 videos) and a cross-entropy per motion factor
+beside the 81-way one."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     "finetune": FINETUNE,
