@@ -172,8 +172,11 @@ class HeatmapDetector(ZooDetector):
         """Train the decoder for ``epochs`` passes over in-distribution clips ``(N, 3, T, H, W)`` in ``[0, 1]`` (or a
         callable returning an iterable of such batches, called once per pass); ``model`` in eval mode, unchanged."""
         self._validate()
-        generator = torch.Generator().manual_seed(int(self.seed))
-        torch.manual_seed(int(self.seed))
+        with torch.random.fork_rng(devices=[]):  # the decoder's initialisation is seeded; the caller's RNG is left alone
+            torch.manual_seed(int(self.seed))
+            return self._train(model, clips, normalize, torch.Generator().manual_seed(int(self.seed)))
+
+    def _train(self, model: nn.Module, clips, normalize, generator: torch.Generator) -> HeatmapDetector:
         decoder = optimizer = None
         losses: list[float] = []
         for epoch in range(int(self.epochs)):
