@@ -8,7 +8,7 @@ import torch
 
 from pipeline.cli import main
 from pipeline.data import synthesize
-from pipeline.models import build_model, load_model
+from pipeline.models import build_model, default_layers, load_model
 from pipeline.models.pytorchvideo import HUB
 from pipeline.models.taps import FeatureTap
 
@@ -20,9 +20,9 @@ def test_hub_models_build_and_return_logits(name):
     entry = HUB[name]
     model = build_model(name, 3).eval()
     clips = torch.randn(2, 3, entry.clip_len, entry.crop, entry.crop)
-    with torch.inference_mode():
-        logits = model(clips)
-    assert logits.shape == (2, 3)
+    with FeatureTap(model, default_layers(name)) as tap:
+        logits, features = tap(clips)
+    assert logits.shape == (2, 3) and torch.allclose(features[default_layers(name)[-1]], logits)
     assert not torch.allclose(logits.sum(dim=1), torch.ones(2))  # no softmax in the head: logits, not probabilities
 
 

@@ -11,6 +11,7 @@ those also fitted on training pixels (``needs_training_clips = True``, ``gradien
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import ClassVar
@@ -112,6 +113,18 @@ def check_positive(name: str, parameter: str, value, *, integer: bool = False) -
 def check_layer(name: str, layer) -> None:
     if not isinstance(layer, str) or not layer:
         raise ZooError(f"{name}: layer must be a tapped layer's name, got {layer!r}")
+
+
+def clip_batches(name: str, clips, batch_size: int) -> Iterator[torch.Tensor]:
+    """Batches of at most ``batch_size`` pixel clips from ``clips``: a float ``(N, 3, T, H, W)`` tensor in ``[0, 1]``,
+    or a callable returning an iterable of such tensors (called anew on each use); a one-line ZooError otherwise."""
+    source = clips() if callable(clips) else [clips]
+    for chunk in source:
+        if not isinstance(chunk, torch.Tensor) or chunk.ndim != 5 or not chunk.is_floating_point():
+            raise ZooError(f"{name}: clips must be float (N, 3, T, H, W) tensors in [0, 1], got "
+                           f"{type(chunk).__name__} {tuple(getattr(chunk, 'shape', ()))}")
+        for start in range(0, chunk.shape[0], int(batch_size)):
+            yield chunk[start:start + int(batch_size)]
 
 
 def check_head(name: str, head) -> None:

@@ -56,7 +56,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn.modules.conv import _ConvNd
 
 from pipeline.detect.features import ClipFeatures, model_device
-from pipeline.detect.zoo.base import ZooDetector, ZooError, check_positive
+from pipeline.detect.zoo.base import ZooDetector, ZooError, check_positive, clip_batches
 
 log = logging.getLogger(__name__)
 
@@ -238,13 +238,7 @@ class GradientDetector(ZooDetector):
                                f"another model)")
 
     def _batches(self, clips) -> Iterator[torch.Tensor]:
-        source = clips() if callable(clips) else [clips]
-        for chunk in source:
-            if not isinstance(chunk, torch.Tensor) or chunk.ndim != 5 or not chunk.is_floating_point():
-                raise ZooError(f"{self.name}: clips must be float (N, 3, T, H, W) tensors in [0, 1], got "
-                               f"{type(chunk).__name__} {tuple(getattr(chunk, 'shape', ()))}")
-            for start in range(0, chunk.shape[0], int(self.batch_size)):
-                yield chunk[start:start + int(self.batch_size)]
+        return clip_batches(self.name, clips, self.batch_size)
 
     def _loss(self, logits: torch.Tensor) -> torch.Tensor:
         log_probs = torch.log_softmax(logits.double(), dim=-1)

@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.detect.features import model_device
-from pipeline.detect.zoo.base import ZooDetector, ZooError, check_positive
+from pipeline.detect.zoo.base import ZooDetector, ZooError, check_positive, clip_batches
 
 log = logging.getLogger(__name__)
 
@@ -308,13 +308,7 @@ class HeatmapDetector(ZooDetector):
         return [captured[name].float().clone() for name in self.layers_], logits.argmax(dim=1).clone()
 
     def _batches(self, clips) -> Iterator[torch.Tensor]:
-        source = clips() if callable(clips) else [clips]
-        for chunk in source:
-            if not isinstance(chunk, torch.Tensor) or chunk.ndim != 5 or not chunk.is_floating_point():
-                raise ZooError(f"{self.name}: clips must be float (N, 3, T, H, W) tensors in [0, 1], got "
-                               f"{type(chunk).__name__} {tuple(getattr(chunk, 'shape', ()))}")
-            for start in range(0, chunk.shape[0], int(self.batch_size)):
-                yield chunk[start:start + int(self.batch_size)]
+        return clip_batches(self.name, clips, self.batch_size)
 
 
 def _output_size(model: nn.Module, clip_shape: Sequence[int]) -> int:
