@@ -169,3 +169,7 @@ def test_fit_heatmap_puts_a_sealed_decoder_in_the_bundle_and_the_stream_draws_it
 
     assert main(args) == 0  # refitted without --heatmap: the earlier decoder goes with the bundle it belonged to
     assert not (out / "heatmap").exists() and Detector.load(out).heatmap is None
+    (out / "heatmap").mkdir()
+    (out / "heatmap" / "notes.txt").write_text("mine")
+    assert main(args) == 2  # a file no bundle wrote is never deleted
+    assert (out / "heatmap" / "notes.txt").read_text() == "mine"

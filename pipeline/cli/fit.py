@@ -17,7 +17,7 @@ from pipeline.data.ucf101 import DatasetError
 from pipeline.detect import BundleError, DetectorBundle, extract_video_features
 from pipeline.detect.bundle import HEATMAP_DIR
 from pipeline.detect.features import pixel_batches
-from pipeline.detect.zoo.heatmap import HeatmapDetector
+from pipeline.detect.zoo.heatmap import DECODER_FILES, HeatmapDetector
 from pipeline.fileio import seal_directory
 from pipeline.models import default_layers, file_sha256, load_model, resolve_model_dir
 from pipeline.models.io import SHIPPED_MODELS
@@ -132,9 +132,13 @@ def run(args: argparse.Namespace) -> int:
                     "calibration_data": str(Path(args.calibration_data).resolve()) if args.calibration_data else None},
         progress=not args.no_progress)
     heatmap_dir = Path(args.out) / HEATMAP_DIR
-    if heatmap_dir.exists() and not (Path(args.out) / "bundle.json").is_file():
-        raise BundleError(f"{heatmap_dir}: exists and no bundle wrote it; choose another --out")
-    shutil.rmtree(heatmap_dir, ignore_errors=True)  # an earlier bundle's decoder, fitted to other features
+    if heatmap_dir.exists():  # an earlier bundle's decoder, fitted to other features, goes; nothing else is touched
+        foreign = {p.name for p in heatmap_dir.iterdir()} - set(DECODER_FILES) if heatmap_dir.is_dir() else {"?"}
+        if foreign or not (Path(args.out) / "bundle.json").is_file():
+            raise BundleError(f"{heatmap_dir}: holds files no bundle wrote; choose another --out")
+        for name in DECODER_FILES:
+            (heatmap_dir / name).unlink(missing_ok=True)
+        heatmap_dir.rmdir()
     bundle.save(args.out)
     if args.heatmap:
         started = time.perf_counter()

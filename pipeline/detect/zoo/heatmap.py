@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 DECODER_FORMAT = "clipwatch.heatmap-decoder"
 DECODER_WEIGHTS = "decoder.safetensors"
 DECODER_JSON = "decoder.json"
+DECODER_FILES = (DECODER_WEIGHTS, DECODER_JSON)
 
 
 def default_heatmap_layers(model: nn.Module, clip_shape: Sequence[int]) -> tuple[str, ...]:
