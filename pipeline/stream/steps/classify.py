@@ -35,8 +35,11 @@ def heatmap_overlay(frame: np.ndarray, heat: np.ndarray, preprocessing) -> np.nd
     side = min(round(preprocessing.crop * min(height, width) / preprocessing.short_side), height, width)
     top, left = (height - side) // 2, (width - side) // 2
     value = cv2.resize(np.clip(heat, 0.0, 1.0).astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
-    colour = cv2.applyColorMap((value * 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1].astype(np.float32)
-    opacity = np.clip(1.5 * value, 0.0, 0.8)[..., None]
+    # A bright red-to-yellow tint (never a dark colour that vanishes into a textured frame) whose opacity grows with
+    # the value; the heatmap of a frame an attack painted stays around 0.1-0.3, so both saturate well below 1.
+    colour = cv2.applyColorMap((np.clip(3 * value, 0.0, 1.0) * 255).astype(np.uint8),
+                               cv2.COLORMAP_AUTUMN)[..., ::-1].astype(np.float32)
+    opacity = np.clip(3 * value, 0.0, 0.85)[..., None]
     out = np.array(frame, dtype=np.uint8, copy=True)
     region = out[top:top + side, left:left + side].astype(np.float32)
     out[top:top + side, left:left + side] = np.rint(region * (1 - opacity) + colour * opacity).astype(np.uint8)
