@@ -16,7 +16,8 @@
 Every throughput table is measured for each ``--precisions`` entry (default fp32 and auto: bf16 + channels-last-3d
 on CPUs with AMX or AVX-512-BF16), then the end-to-end ratio of each to fp32; the real-time streams use the last.
 
-    python benchmarks/pipeline.py [--bundle pipeline/assets/bundles/default] [--files 24] [--batch 8] [--rounds 3] [--streams 10 20 40]
+    python benchmarks/pipeline.py [--bundle pipeline/assets/bundles/default] [--files 24] [--batch 8] [--rounds 3]
+        [--streams 40 80 120 150] [--baseline OTHER_CHECKOUT]
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def write_files(folder: Path, count: int, frames: int, seed: int = 0) -> list[Pa
 def forward_inputs(prep, files: list[Path], batch: int, stride: int) -> list[torch.Tensor]:
     """Every clip of ``files`` decoded and preprocessed beforehand, in model batches."""
     splitter = ClipSplitter(prep.clip_len, stride, prep.frame_step)
-    clips = np.stack([clip.frames for path in files for clip in iter_file_clips(path, splitter)])
+    clips = np.stack([clip.frames for path in files
+                      for clip in iter_file_clips(path, splitter, short_side=prep.short_side)])
     return [model_input(clips[i : i + batch], prep) for i in range(0, len(clips), batch)]
 
 
@@ -81,11 +83,12 @@ def bare_forward(model, inputs: list[torch.Tensor]) -> float:
 
 
 def bare_decode(prep, files: list[Path], batch: int, stride: int) -> float:
-    """Clips/s of decoding and preprocessing alone (no model), one thread, as the decoder stage does it."""
+    """Clips/s of decoding and preprocessing alone (no model), one thread, as the decoder and classifier stages do
+    it: frames scaled to the model's short side as they are decoded, then cropped and normalised."""
     splitter = ClipSplitter(prep.clip_len, stride, prep.frame_step)
     start, count = time.perf_counter(), 0
     for path in files:
-        clips = [clip.frames for clip in iter_file_clips(path, splitter)]
+        clips = [clip.frames for clip in iter_file_clips(path, splitter, short_side=prep.short_side)]
         for i in range(0, len(clips), batch):
             model_input(np.stack(clips[i : i + batch]), prep)
         count += len(clips)
@@ -93,11 +96,12 @@ def bare_decode(prep, files: list[Path], batch: int, stride: int) -> float:
 
 
 def run_files(bundle: Path, paths: list[Path], out: Path, batch: int, stride: int, pace: float | None,
-              precision: str = "fp32") -> list[dict]:
+              precision: str = "fp32", checkout: Path = REPOSITORY) -> list[dict]:
     """``clipwatch run --config`` (``python -m workers run``, this checkout) in its own process, as a user runs it,
     with one source per path (a directory's
     files are read one after another, so simulated cameras that run at the same time need a source each); returns
-    the verdicts, whose timestamps time the run (process start-up is not counted)."""
+    the verdicts, whose timestamps time the run (process start-up is not counted). ``checkout``: the source tree
+    whose ``workers`` and ``pipeline`` run (``python -m`` looks in its working directory first)."""
     pacing = {"pace": pace} if pace else {}
     config = {
         "sources": [{"id": path.stem, "path": str(path.absolute()), "stride": stride, **pacing} for path in paths],
@@ -111,7 +115,7 @@ def run_files(bundle: Path, paths: list[Path], out: Path, batch: int, stride: in
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "workers", "run", "--config", str(out / "config.yaml")]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=REPOSITORY)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600, cwd=checkout)
     if done.returncode != 0:
         raise RuntimeError(f"clipwatch run failed ({done.returncode}): {done.stderr[-2000:]}")
     return [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
@@ -155,11 +159,13 @@ def e2e_rates(verdicts: list[dict]) -> tuple[float, float]:
 
 
 def throughput(label: str, bundle_dir: Path, files: list[Path], out: Path, batch: int, rounds: int,
-               precision: str = "fp32") -> float:
+               precision: str = "fp32", baseline: Path | None = None) -> float:
     """Print bare forward, bare decode and end-to-end clips/s of one bundle's model over ``files``.
 
     The bare forward and ``clipwatch run`` alternate for ``rounds`` rounds, so a machine whose speed drifts (a
-    shared host) moves both alike; ratios are per round, and the median is reported with the range.
+    shared host) moves both alike; ratios are per round, and the median is reported with the range. With
+    ``baseline`` (another checkout, e.g. ``git worktree add /tmp/before COMMIT``) its ``clipwatch run`` joins
+    each round, and this checkout's end-to-end rate is given over the baseline's.
     """
     detector = Detector.load(bundle_dir, precision=precision)
     model, manifest = detector.model, detector.manifest
@@ -168,7 +174,7 @@ def throughput(label: str, bundle_dir: Path, files: list[Path], out: Path, batch
     inputs = forward_inputs(prep, files, batch, stride)
     n_clips = sum(len(x) for x in inputs)
     bare_forward(model, inputs[:2])
-    forward, decode, whole, steady = [], [], [], []
+    forward, decode, whole, steady, before = [], [], [], [], []
     for index in range(rounds):
         forward.append(bare_forward(model, inputs))
         decode.append(bare_decode(prep, files, batch, stride))
@@ -177,6 +183,10 @@ def throughput(label: str, bundle_dir: Path, files: list[Path], out: Path, batch
         rates = e2e_rates(verdicts)
         whole.append(rates[0])
         steady.append(rates[1])
+        if baseline is not None:
+            verdicts = run_files(bundle_dir, [files[0].parent], out / f"baseline{index}", batch, stride, pace=None,
+                                 precision=precision, checkout=baseline)
+            before.append(e2e_rates(verdicts)[1])
     forward, decode, whole, steady = np.array(forward), np.array(decode), np.array(whole), np.array(steady)
 
     def summary(rates: np.ndarray) -> str:
@@ -193,6 +203,10 @@ def throughput(label: str, bundle_dir: Path, files: list[Path], out: Path, batch
     print(f"  clipwatch run, steady    {summary(steady)} (target >= 0.9); after the first tenth of the verdicts")
     print(f"  steady / slowest bare stage {np.median(steady / np.minimum(forward, decode)):.2f}   (1.0: the pipeline "
           f"adds nothing to its bottleneck)")
+    if before:
+        before = np.array(before)
+        print(f"  baseline {baseline}, steady {np.median(before):7.1f} clips/s; this checkout over it "
+              f"{np.median(steady / before):.2f}x (rounds {(steady / before).min():.2f}-{(steady / before).max():.2f})")
     return float(np.median(steady))
 
 
@@ -201,7 +215,8 @@ def compare(label: str, bundle_dir: Path, files: list[Path], out: Path, args: ar
     returns the last precision's steady rate."""
     steady = {}
     for precision in args.precisions:
-        steady[precision] = throughput(label, bundle_dir, files, out / precision, args.batch, args.rounds, precision)
+        steady[precision] = throughput(label, bundle_dir, files, out / precision, args.batch, args.rounds, precision,
+                                       args.baseline)
     if "fp32" in steady:
         print("  steady end-to-end over fp32: " + ", ".join(f"{name} {rate / steady['fp32']:.2f}x"
                                                           for name, rate in steady.items() if name != "fp32"))
@@ -227,9 +242,11 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=24, help="files for the throughput run")
     parser.add_argument("--frames", type=int, default=256, help="frames per file (25 fps)")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--streams", type=int, nargs="+", default=[10, 20, 40, 60, 80, 100, 120])
-    parser.add_argument("--max-latency", type=float, default=2.0, help="p95 seconds still counted as real time")
+    parser.add_argument("--streams", type=int, nargs="+", default=[40, 80, 120, 150, 180, 210])
+    parser.add_argument("--max-latency", type=float, default=1.0, help="p95 seconds still counted as real time")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved bare-forward / clipwatch-run rounds")
+    parser.add_argument("--baseline", type=Path, help="another checkout whose clipwatch run is measured in the same "
+                                                       "rounds (git worktree add DIR COMMIT)")
     parser.add_argument("--skip-full-width", action="store_true")
     parser.add_argument("--skip-streams", action="store_true")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=("fp32", "bf16", "auto"),
@@ -266,7 +283,7 @@ def main() -> None:
                 break
             sustained = count
         if not args.skip_streams:
-            print(f"  sustained: {sustained} streams with the bundle's model in {args.precisions[-1]} (target >= 10)")
+            print(f"  sustained: {sustained} streams with the bundle's model in {args.precisions[-1]} (target >= 150)")
         if not args.skip_full_width:
             few = files[: max(len(bundle.class_names), len(files) // 3)]
             full_dir = full_width_bundle(tmp / "full", few, list(bundle.class_names))

@@ -7,7 +7,14 @@ import torch
 from torch import nn
 
 from pipeline.detect.zoo import DETECTORS, ZooError
-from pipeline.detect.zoo.heatmap import HeatmapDetector, border_mass, corrupt, default_heatmap_layers, difference_target
+from pipeline.detect.zoo.heatmap import (
+    HeatmapDetector,
+    border_mass,
+    corrupt,
+    default_heatmap_layers,
+    difference_target,
+    time_moments,
+)
 
 
 class SpatialNet(nn.Module):
@@ -56,6 +63,16 @@ def test_corruptions_change_one_rectangle_and_leave_the_input_alone():
     peaks = target.flatten(1).amax(dim=1)
     assert torch.allclose(peaks[moved.flatten(1).any(dim=1)], torch.ones(()))
     assert difference_target(clips, clips).abs().max() == 0
+
+
+def test_time_moments_are_the_mean_and_unbiased_deviation_over_time():
+    clips = torch.randn(3, 3, 16, 9, 7, generator=torch.Generator().manual_seed(0)) * 2 + 1
+    before = clips.clone()
+    mean, std = time_moments(clips)
+    torch.testing.assert_close(mean, clips.mean(dim=2))
+    torch.testing.assert_close(std, clips.std(dim=2))
+    assert torch.equal(clips, before)  # the input is not modified
+    assert torch.equal(time_moments(clips[:, :, :1])[1], torch.zeros(3, 3, 9, 7))  # one frame: no spread, not NaN
 
 
 def test_border_mass():

@@ -8,6 +8,7 @@ from videos import index_frame, read_indices, write_indexed_video
 
 from pipeline.video import Clip, ClipSplitter, Health, iter_file_clips, open_source, open_video
 from pipeline.video.events import Frame
+from pipeline.video.preprocess import resize_frames
 
 NUM_FRAMES = 70
 
@@ -62,6 +63,20 @@ def test_file_clips_hold_the_planned_frames(video, splitter):
         assert len(clip) == splitter.clip_len
 
 
+@pytest.mark.parametrize("splitter", [ClipSplitter(16, 16, 2), ClipSplitter(16, 5, 2), ClipSplitter(8, 30, 1)])
+def test_file_clips_scaled_at_decoding_equal_full_frames_resized(video, splitter):
+    """Frames scaled down as they are decoded (each once) are the pixels of the full clip resized afterwards."""
+    full = list(iter_file_clips(video, splitter))
+    scaled = list(iter_file_clips(video, splitter, short_side=24))
+    assert len(scaled) == len(full) > 0
+    for small, large in zip(scaled, full, strict=True):
+        assert small.frames.shape == (splitter.clip_len, 24, 32, 3) and small.key == large.key
+        np.testing.assert_array_equal(small.frames, resize_frames(large.frames, 24).numpy())
+    unscaled = list(iter_file_clips(video, splitter, short_side=48))  # never scaled up, never copied for nothing
+    for same, large in zip(unscaled, full, strict=True):
+        np.testing.assert_array_equal(same.frames, large.frames)
+
+
 def test_file_clips_from_an_open_reader_leave_it_open(video):
     with open_video(video) as reader:
         clips = list(iter_file_clips(reader, ClipSplitter(16, 16), stream_id="cam7"))
@@ -109,6 +124,18 @@ def test_live_frame_step_and_sparse_stride():
     assert [read_indices(clip.frames) for clip in clips] == [[0, 2, 4], [10, 12, 14], [20, 22, 24]]
     with pytest.raises(ValueError, match="stream_id"):
         next(ClipSplitter().clips(feed(range(16))))
+
+
+@pytest.mark.parametrize("splitter", [ClipSplitter(16, 16, 2), ClipSplitter(4, 3, 2), ClipSplitter(3, 10, 2)])
+def test_live_clips_scaled_as_taken_equal_full_frames_resized(splitter):
+    frames = feed(range(80), height=24, width=40) + feed(range(80, 130), 1, height=30, width=40)  # a new size
+    full = list(splitter.clips(frames, "cam"))
+    scaled = list(splitter.clips(frames, "cam", short_side=12))
+    assert len(scaled) == len(full) > 2
+    for small, large in zip(scaled, full, strict=True):
+        assert small.key == large.key and min(small.frames.shape[1:3]) == 12
+        np.testing.assert_array_equal(small.frames, resize_frames(large.frames, 12).numpy())
+    assert all(frame.image.shape == (24, 40, 3) for frame in frames[:80])  # the caller's frames are left alone
 
 
 def test_assembler_reset_drops_the_partial_clip():

@@ -375,7 +375,8 @@ class DecoderWorker:
         try:
             if feed.halt.is_set():  # halted while connecting: its readers may have been closed before this one
                 return
-            for clip in self.splitter(source).clips(reader, plan.stream_id, first_seq=live_seq_start()):
+            for clip in self.splitter(source).clips(reader, plan.stream_id, first_seq=live_seq_start(),
+                                                    short_side=self.short_side):
                 if feed.halt.is_set() or not self._publish(clip_message(clip, short_side=self.short_side,
                                                                         source=describe_source(plan.target))):
                     break

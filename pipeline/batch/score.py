@@ -187,7 +187,7 @@ def _clips(todo: Sequence[VideoItem], splitter: ClipSplitter, prep,
                 if problem:
                     errors.append((str(video.path), problem))
                 else:
-                    for clip in iter_file_clips(reader, splitter):
+                    for clip in iter_file_clips(reader, splitter, short_side=prep.short_side):
                         count += 1
                         yield index, clip, count
         except VideoError as exc:

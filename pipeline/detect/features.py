@@ -164,7 +164,7 @@ def load_clips(
     clips, labels, paths, skipped = [], [], [], []
     for path, label in tqdm(videos, desc=description, unit="video", disable=not progress):
         try:
-            for clip in iter_file_clips(path, splitter):
+            for clip in iter_file_clips(path, splitter, short_side=preprocessing.short_side):
                 if max_clips_per_video is not None and clip.seq >= max_clips_per_video:
                     break
                 problem = model_input_problem(clip.frames.shape, preprocessing)
@@ -198,7 +198,7 @@ def extract_video_features(
     def clips() -> Iterator[np.ndarray]:
         for path, label in tqdm(videos, desc=description, unit="video", disable=not progress):
             try:
-                for clip in iter_file_clips(path, splitter):
+                for clip in iter_file_clips(path, splitter, short_side=preprocessing.short_side):
                     if max_clips_per_video is not None and clip.seq >= max_clips_per_video:
                         break
                     meta.append((str(path), int(label), clip.seq))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.video.events import Frame
+from pipeline.video.preprocess import resize_frames, resized_size
 from pipeline.video.reader import VideoReader, open_video
 
 
@@ -71,19 +72,21 @@ class ClipSplitter:
         offsets = np.arange(self.clip_len, dtype=np.int64) * self.frame_step
         return [start + offsets for start in starts]
 
-    def assembler(self, stream_id: str, first_seq: int = 0) -> ClipAssembler:
-        """A push-style builder of clips from a live feed, one frame at a time."""
-        return ClipAssembler(self, stream_id, first_seq)
+    def assembler(self, stream_id: str, first_seq: int = 0, *, short_side: int | None = None) -> ClipAssembler:
+        """A push-style builder of clips from a live feed, one frame at a time (see `ClipAssembler`)."""
+        return ClipAssembler(self, stream_id, first_seq, short_side=short_side)
 
-    def clips(self, frames: Iterable[Frame], stream_id: str | None = None, first_seq: int = 0) -> Iterator[Clip]:
+    def clips(self, frames: Iterable[Frame], stream_id: str | None = None, first_seq: int = 0, *,
+              short_side: int | None = None) -> Iterator[Clip]:
         """Clips of a frame feed (a live stream or `open_source(...)`), as soon as each is complete.
 
-        `stream_id` defaults to the feed's own `stream_id` (sources from `open_source` have one).
+        `stream_id` defaults to the feed's own `stream_id` (sources from `open_source` have one); `short_side` as in
+        `ClipAssembler`.
         """
         stream_id = stream_id if stream_id is not None else getattr(frames, "stream_id", None)
         if stream_id is None:
             raise ValueError("ClipSplitter.clips: give a stream_id for a feed that has none")
-        assembler = self.assembler(stream_id, first_seq)
+        assembler = self.assembler(stream_id, first_seq, short_side=short_side)
         for frame in frames:
             clip = assembler.push(frame)
             if clip is not None:
@@ -96,12 +99,16 @@ class ClipAssembler:
     A discontinuity (a new segment after a reconnect, or dropped frames shown by a gap in `Frame.index`) discards
     the partial clip and restarts the grid at the next frame, so a clip never spans a gap in time. Sequence numbers
     keep counting across discontinuities. Holds at most one span of frames.
+
+    With `short_side`, a frame is scaled down to it (as `iter_file_clips` does) when a clip first takes it, and
+    kept scaled for the next clip that shares it: frames the frame step skips are never scaled.
     """
 
-    def __init__(self, splitter: ClipSplitter, stream_id: str, first_seq: int = 0):
+    def __init__(self, splitter: ClipSplitter, stream_id: str, first_seq: int = 0, *, short_side: int | None = None):
         self.splitter = splitter
         self.stream_id = stream_id
         self.next_seq = first_seq
+        self.short_side = short_side
         self._window: deque[Frame] = deque()
         self._last: Frame | None = None
         self._position = 0
@@ -126,7 +133,7 @@ class ClipAssembler:
         self._window.append(frame)
         if position < self._next_start + self.splitter.span - 1:
             return None
-        chosen = [self._window[offset] for offset in range(0, self.splitter.span, self.splitter.frame_step)]
+        chosen = self._chosen()
         clip = Clip(
             stream_id=self.stream_id,
             seq=self.next_seq,
@@ -141,24 +148,44 @@ class ClipAssembler:
             self._window.popleft()
         return clip
 
+    def _chosen(self) -> list[Frame]:
+        """The frames of the clip the window completes, those larger than `short_side` scaled down in one call."""
+        offsets = range(0, self.splitter.span, self.splitter.frame_step)
+        if self.short_side is not None:
+            large = [offset for offset in offsets if min(self._window[offset].image.shape[:2]) > self.short_side]
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            for offset in large:
+                by_shape.setdefault(self._window[offset].image.shape, []).append(offset)
+            for group in by_shape.values():
+                scaled = resize_frames(np.stack([self._window[offset].image for offset in group]),
+                                       self.short_side).numpy()
+                for offset, image in zip(group, scaled, strict=True):
+                    self._window[offset] = replace(self._window[offset], image=image)
+        return [self._window[offset] for offset in offsets]
+
 
 def iter_file_clips(source: str | os.PathLike | VideoReader, splitter: ClipSplitter | None = None,
-                    stream_id: str | None = None) -> Iterator[Clip]:
+                    stream_id: str | None = None, *, short_side: int | None = None) -> Iterator[Clip]:
     """Clips of a video file in plan order, one `get_frames` call per clip.
 
     Frames shared with the next clip (stride < span) are kept and not decoded again, so the reader only ever moves
     forward and decord never seeks back; they are kept as a view of the clip's array, so treat `clip.frames` as
     read-only until the next clip has been drawn. `source` is a path (opened for sequential access, validated and closed
     here; VideoError if unusable) or an open VideoReader (left open). `stream_id` defaults to the file's stem.
+
+    With `short_side`, frames whose shorter side is longer are scaled down to it as soon as they are decoded, by
+    `pipeline.video.preprocess.resize_frames` (the pixels `preprocess` would compute from the full frames): each
+    frame is resized once, however many clips share it, and only small frames are kept and copied.
     """
     splitter = splitter or ClipSplitter()
     reader = source if isinstance(source, VideoReader) else open_video(source, access="sequential")
     stream_id = stream_id if stream_id is not None else Path(reader.path).stem
     try:
+        read, frame_shape = _scaled_reader(reader, short_side)
         plan = splitter.plan(reader.num_frames)
         kept_indices, kept = np.zeros(0, dtype=np.int64), None
         for seq, indices in enumerate(plan):
-            frames = _frames_for(reader, indices, kept_indices, kept)
+            frames = _frames_for(read, frame_shape, indices, kept_indices, kept)
             if seq + 1 < len(plan):
                 kept_indices = np.intersect1d(indices, plan[seq + 1])
                 kept = _rows(frames, np.searchsorted(indices, kept_indices)) if kept_indices.size else None
@@ -175,19 +202,32 @@ def _rows(frames: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return frames[positions]
 
 
-def _frames_for(reader: VideoReader, indices: np.ndarray, kept_indices: np.ndarray,
-                kept: np.ndarray | None) -> np.ndarray:
+def _scaled_reader(reader: VideoReader, short_side: int | None
+                   ) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, int]]:
+    """``(read, (height, width))``: a `get_frames` whose frames are scaled down to `short_side` (never up), and
+    the frame size it returns."""
+    if short_side is None or min(reader.height, reader.width) <= short_side:
+        return reader.get_frames, (reader.height, reader.width)
+
+    def read(indices: np.ndarray) -> np.ndarray:
+        return resize_frames(reader.get_frames(indices), short_side).numpy()
+
+    return read, resized_size(reader.height, reader.width, short_side)
+
+
+def _frames_for(read: Callable[[np.ndarray], np.ndarray], frame_shape: tuple[int, int], indices: np.ndarray,
+                kept_indices: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
     """The frames at `indices`, taking those in `kept_indices` from `kept` and reading only the others."""
     if kept is None:
-        return reader.get_frames(indices)
+        return read(indices)
     known = np.isin(indices, kept_indices)
     shared = int(known.sum())
     if known[:shared].all() and shared < indices.size:
         # The usual forward sweep: the kept frames open the clip; one copy joins them to the new ones.
         return np.concatenate((_rows(kept, np.searchsorted(kept_indices, indices[:shared])),
-                               reader.get_frames(indices[shared:])))
-    frames = np.empty((indices.size, reader.height, reader.width, 3), dtype=np.uint8)
+                               read(indices[shared:])))
+    frames = np.empty((indices.size, *frame_shape, 3), dtype=np.uint8)
     frames[known] = kept[np.searchsorted(kept_indices, indices[known])]
     if not known.all():
-        frames[~known] = reader.get_frames(indices[~known])
+        frames[~known] = read(indices[~known])
     return frames

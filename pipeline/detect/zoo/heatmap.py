@@ -91,9 +91,19 @@ class HeatmapDecoder(nn.Module):
                 for p, f in zip(self.project, flat, strict=True))
         x = self.body(x + self.classes(classes)[:, :, None, None])
         x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
-        inputs = inputs.float()
-        pixels = self.pixels(torch.cat([inputs.mean(dim=2), inputs.std(dim=2)], dim=1))
+        pixels = self.pixels(torch.cat(time_moments(inputs.float()), dim=1))
         return torch.sigmoid(self.out(torch.cat([x, pixels], dim=1)))[:, 0]
+
+
+def time_moments(clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) standard deviation over time of ``(B, C, T, H, W)`` clips, each ``(B, C, H, W)``.
+
+    ``Tensor.std(dim=2)`` reduces along a strided axis several times slower than this two-pass form.
+    """
+    mean = clips.mean(dim=2, keepdim=True)
+    deviation = clips - mean
+    variance = deviation.mul_(deviation).sum(dim=2).div_(max(clips.shape[2] - 1, 1))
+    return mean[:, :, 0], variance.sqrt_()
 
 
 def corrupt(clips: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -104,7 +104,7 @@ class ClassifierStep:
         if usable:
             inputs = model_inputs([clips[i].array for i in usable], self.preprocessing).to(self.device)
             heat = None
-            if self.heatmap is None:
+            if self.heatmap is None or self.thumbnail_size == 0:  # the heatmap only ever colours the thumbnail
                 logits, features = self.tap(inputs)
             else:
                 with self.heatmap.capturing(self.model) as captured:

@@ -4,6 +4,8 @@ Clip geometry comes from the model's preprocessing (clip length, frame step; str
 `short_side` (``decoder.resize: model``, the default) frames are resized so their shorter side is the model's
 before publishing, with the very operation `pipeline.video.preprocess` applies: the classifier then skips its own
 resize and sees bit-identical pixels, while a 1080p clip shrinks ~70× on the bus. Smaller frames travel as they are.
+Frames are scaled as they are decoded (`iter_file_clips`, `ClipSplitter.clips`), once each, however many
+overlapping clips take them.
 
 Clip keys: files start at seq 0, so decoding a file again yields the same keys and everything downstream
 recognises them as already done. Live sources and looped files start at the current time in milliseconds
@@ -61,7 +63,7 @@ def file_clip_messages(path: str | Path | VideoReader, splitter: ClipSplitter, s
     """
     started = time.monotonic()
     name = str(path.path if isinstance(path, VideoReader) else path)
-    for clip in iter_file_clips(path, splitter, stream_id):
+    for clip in iter_file_clips(path, splitter, stream_id, short_side=short_side):
         if stop is not None and stop.is_set():
             return
         if pace is not None and np.isfinite(clip.pts[-1]):
