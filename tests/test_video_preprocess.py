@@ -150,3 +150,17 @@ def test_resize_frames_matches_preprocess_and_keeps_frames_already_at_size():
     assert resize_frames(clip, 90).data_ptr() == torch.as_tensor(clip).data_ptr()
     with pytest.raises(ValueError, match="exceed the limit of 16777216 pixels per clip"):
         resize_target(16, 64, 64, 128, size=(2048, 2048))
+
+
+def test_model_inputs_of_mixed_frame_sizes_keep_their_order():
+    from pipeline.detect.features import model_input, model_inputs
+    from pipeline.models import Preprocessing
+
+    prep = Preprocessing(clip_len=3, frame_step=1, short_side=32, crop=32, mean=(0.45,) * 3, std=(0.225,) * 3)
+    clips = [random_frames(3, 48, 64, seed=1), random_frames(3, 40, 40, seed=2), random_frames(3, 48, 64, seed=3)]
+    mixed = model_inputs(clips, prep)
+    assert mixed.shape == (3, 3, 3, 32, 32)
+    for row, clip in zip(mixed, clips, strict=True):
+        torch.testing.assert_close(row, model_input(clip[None], prep)[0], rtol=0, atol=0)
+    same = model_inputs([clips[0], clips[2]], prep)
+    torch.testing.assert_close(same, model_input(np.stack([clips[0], clips[2]]), prep), rtol=0, atol=0)

@@ -81,6 +81,8 @@ def model_inputs(clips: Sequence[np.ndarray], preprocessing) -> torch.Tensor:
     by_shape: dict[tuple, list[int]] = {}
     for index, clip in enumerate(clips):
         by_shape.setdefault(tuple(clip.shape), []).append(index)
+    if len(by_shape) == 1:  # the usual batch: no second copy of the whole input
+        return model_input(np.stack(clips), preprocessing)
     parts: list[torch.Tensor | None] = [None] * len(clips)
     for indices in by_shape.values():
         batch = model_input(np.stack([clips[i] for i in indices]), preprocessing)
