@@ -1,6 +1,8 @@
 """The OOD heatmap decoder (seed 002): corruptions, targets, border mass, and a decoder that learns to stay at zero
 on in-distribution clips and to light up where a clip was changed."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -115,6 +117,18 @@ def test_decoder_stays_near_zero_on_training_clips_and_lights_up_where_a_clip_wa
     scores_in, scores_out = detector.score_clips(model, inside, normalize), detector.score_clips(model, framed, normalize)
     assert scores_in.dtype == np.float64 and (scores_in.mean() > scores_out.mean())
 
+    # The floor: the 0.99 quantile of the training clips' raw pixels; above it the change remains, below it nothing.
+    raw_train = detector.heatmaps(model, train, normalize, raw=True)
+    assert 0 < detector.floor_ == pytest.approx(np.quantile(raw_train.reshape(len(train), -1)[:, ::1], 0.99), rel=1e-6)
+    assert (detector.heatmaps(model, train, normalize) == 0).mean() >= 0.98
+    raw_framed = detector.heatmaps(model, framed, normalize, raw=True)
+    np.testing.assert_allclose(heat_framed, np.clip((raw_framed - detector.floor_) / (1 - detector.floor_), 0, 1),
+                               atol=1e-6)
+    assert heat_framed.mean() / max(heat_inside.mean(), 1e-9) > raw_framed.mean() / raw_train.mean()
+    assert torch.equal(detector.floored(torch.from_numpy(raw_framed)), torch.from_numpy(detector.floored(raw_framed)))
+    with pytest.raises(ZooError, match=r"floor_quantile must be in \[0, 1\)"):
+        HeatmapDetector(floor_quantile=1.0).fit_clips(model, train, normalize)
+
 
 def test_heatmap_detector_is_in_the_zoo_and_refuses_bad_use():
     assert DETECTORS["heatmap"] is HeatmapDetector
@@ -134,7 +148,14 @@ def test_saved_decoder_loads_and_gives_the_same_heatmaps(tmp_path):
     loaded = HeatmapDetector.load(tmp_path / "heatmap")
     clips = smooth_clips(8, 3)
     assert loaded.layers_ == detector.layers_ and loaded.losses_ == pytest.approx(detector.losses_)
+    assert loaded.floor_ == detector.floor_ > 0
     assert np.array_equal(loaded.heatmaps(model, clips, normalize), detector.heatmaps(model, clips, normalize))
+    description = json.loads((tmp_path / "heatmap" / "decoder.json").read_text())
+    del description["floor"]  # a decoder saved before floors existed reports its raw maps
+    (tmp_path / "heatmap" / "decoder.json").write_text(json.dumps(description))
+    old = HeatmapDetector.load(tmp_path / "heatmap")
+    assert old.floor_ == 0.0
+    assert np.array_equal(old.heatmaps(model, clips, normalize), detector.heatmaps(model, clips, normalize, raw=True))
     (tmp_path / "heatmap" / "decoder.json").write_text("{}")
     with pytest.raises(ZooError, match="not a usable heatmap decoder") as info:
         HeatmapDetector.load(tmp_path / "heatmap")

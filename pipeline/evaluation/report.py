@@ -177,13 +177,20 @@ def _heatmap_table(results: dict) -> list[str]:
     block = (results.get("zoo") or {}).get("heatmap")
     if not block:
         return []
+    raw = block.get("raw", {})
     lines = ["", "## OOD heatmaps (decoder over the classifier's feature maps)", "",
-             f"Border: the outer {block['frame_width']} px. Figure: `{block.get('figure', '-')}`.", "",
-             "| set | mean heatmap | / clean | mass inside the border |", "|---|---|---|---|"]
-    for name, row in block["sets"].items():
-        ratio = "-" if row["over_clean"] is None else f"{row['over_clean']:.2f}"
+             f"Border: the outer {block['frame_width']} px. Floor {block.get('floor', 0.0):.4f} (heatmaps above it, "
+             f"rescaled; raw: the decoder's output). Figure: `{block.get('figure', '-')}`.", "",
+             "| set | mean heatmap | / clean | mass inside the border | raw: mean | / clean | border mass |",
+             "|---|---|---|---|---|---|---|"]
+
+    def cells(row: dict) -> str:
+        ratio = "-" if row.get("over_clean") is None else f"{row['over_clean']:.2f}"
         mass = f"{row['border_mass']:.3f}" if "border_mass" in row else "-"
-        lines.append(f"| {name} | {row['mean']:.4f} | {ratio} | {mass} |")
+        return f"{row['mean']:.4f} | {ratio} | {mass}"
+
+    for name, row in block["sets"].items():
+        lines.append(f"| {name} | {cells(row)} | {cells(raw[name]) if name in raw else '- | - | -'} |")
     return lines
 
 

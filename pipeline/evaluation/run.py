@@ -283,16 +283,23 @@ def _zoo(settings: EvaluationSettings, detector: Detector, sets: dict[str, ClipF
     scores: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     heatmap_info = None
     for name, zoo_detector in detectors.items():
-        zoo_detector.fit(train)
-        if zoo_detector.needs_training_clips:  # the training clips' pixels, decoded again for each of its passes
-            zoo_detector.fit_clips(detector.model, lambda: _training_pixels(settings, prep), normalize)
+        if isinstance(zoo_detector, HeatmapDetector) and detector.heatmap is not None:
+            zoo_detector = detectors[name] = detector.heatmap  # the bundle's own decoder: what its alerts show
+            log.info("zoo: heatmap rows from the bundle's decoder (floor %.4f)", getattr(zoo_detector, "floor_", 0.0))
+        else:
+            zoo_detector.fit(train)
+            if zoo_detector.needs_training_clips:  # the training clips' pixels, decoded again for each of its passes
+                zoo_detector.fit_clips(detector.model, lambda: _training_pixels(settings, prep), normalize)
         if isinstance(zoo_detector, HeatmapDetector):
-            maps = {set_name: _heatmaps(zoo_detector, detector.model, f, settings.batch_size, prep, normalize)
-                    for set_name, f in frames.items()}
+            raw = {set_name: _heatmaps(zoo_detector, detector.model, f, settings.batch_size, prep, normalize)
+                   for set_name, f in frames.items()}
+            maps = {set_name: zoo_detector.floored(m) for set_name, m in raw.items()}
             scores[(name, zoo_detector.layer_used)] = {set_name: -m.mean(axis=(1, 2)).astype(np.float64)
                                                        for set_name, m in maps.items()}
             width = settings.frame_width or scaled_frame_width(prep.crop)
             heatmap_info = heatmap_block(maps, width, zoo_detector.losses_)
+            heatmap_info["floor"] = getattr(zoo_detector, "floor_", 0.0)
+            heatmap_info["raw"] = heatmap_block(raw, width, [])["sets"]
             settings.out.mkdir(parents=True, exist_ok=True)
             heatmap_info["figure"] = plots.heatmap_examples(frames, maps, width, settings.out / "heatmaps.png").name
             continue
@@ -318,8 +325,8 @@ def _zoo(settings: EvaluationSettings, detector: Detector, sets: dict[str, ClipF
 
 
 def _heatmaps(heatmap: HeatmapDetector, model, frames: np.ndarray, size: int, prep, normalize) -> np.ndarray:
-    """Heatmaps ``(N, H, W)`` of uint8 clips, a batch at a time."""
-    return np.concatenate([heatmap.heatmaps(model, pixel_input(frames[i:i + size], prep), normalize)
+    """Raw heatmaps ``(N, H, W)`` (below the floor too) of uint8 clips, a batch at a time."""
+    return np.concatenate([heatmap.heatmaps(model, pixel_input(frames[i:i + size], prep), normalize, raw=True)
                            for i in range(0, len(frames), size)])
 
 

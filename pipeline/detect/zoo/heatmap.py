@@ -15,6 +15,11 @@ size and position (uniform over the frame, or, one time in three, flush with one
 banners and letterboxing sit) whose pixels are replaced by noise, a solid colour or another clip's content, or
 shifted by low-amplitude noise, static or changing per frame.
 
+A trained decoder still glows faintly all over in-distribution clips (actors' edges, textured scenes). After
+training, the ``floor_quantile`` quantile of its per-pixel values over the training clips becomes the **floor**
+``f``: heatmaps are reported as ``clip((h - f) / (1 - f), 0, 1)``, so a clip like the training data maps to (almost)
+zero and what remains is the change. The raw maps stay available (``raw=True``).
+
 The detector's score is ``-mean(heatmap)`` (higher = more in-distribution); :meth:`HeatmapDetector.heatmaps`
 returns the maps themselves, ``(N, H, W)`` float32, for localisation and alert overlays.
 """
@@ -42,6 +47,8 @@ DECODER_FORMAT = "clipwatch.heatmap-decoder"
 DECODER_WEIGHTS = "decoder.safetensors"
 DECODER_JSON = "decoder.json"
 DECODER_FILES = (DECODER_WEIGHTS, DECODER_JSON)
+FLOOR_PIXELS_PER_CLIP = 1024
+"""Most pixels of one clip's heatmap that count towards the floor's quantile."""
 
 
 def default_heatmap_layers(model: nn.Module, clip_shape: Sequence[int]) -> tuple[str, ...]:
@@ -159,13 +166,14 @@ class HeatmapDetector(ZooDetector):
     needs_training_clips = True
 
     def __init__(self, layers: tuple[str, ...] | None = None, epochs: int = 10, lr: float = 3e-3, hidden: int = 16,
-                 batch_size: int = 16, seed: int = 0) -> None:
+                 batch_size: int = 16, seed: int = 0, floor_quantile: float = 0.99) -> None:
         self.layers = layers
         self.epochs = epochs
         self.lr = lr
         self.hidden = hidden
         self.batch_size = batch_size
         self.seed = seed
+        self.floor_quantile = floor_quantile
 
     @property
     def layer_used(self) -> str:
@@ -175,6 +183,8 @@ class HeatmapDetector(ZooDetector):
         for parameter in ("epochs", "hidden", "batch_size"):
             check_positive(self.name, parameter, getattr(self, parameter), integer=True)
         check_positive(self.name, "lr", self.lr)
+        if not 0 <= self.floor_quantile < 1:
+            raise ZooError(f"{self.name}: floor_quantile must be in [0, 1), got {self.floor_quantile!r}")
         if self.layers is not None and (isinstance(self.layers, str) or not self.layers):
             raise ZooError(f"{self.name}: layers must be a non-empty sequence of layer names or None")
 
@@ -185,7 +195,26 @@ class HeatmapDetector(ZooDetector):
         self._validate()
         with torch.random.fork_rng(devices=[]):  # the decoder's initialisation is seeded; the caller's RNG is left alone
             torch.manual_seed(int(self.seed))
-            return self._train(model, clips, normalize, torch.Generator().manual_seed(int(self.seed)))
+            self._train(model, clips, normalize, torch.Generator().manual_seed(int(self.seed)))
+        return self.fit_floor(model, clips, normalize)
+
+    def fit_floor(self, model: nn.Module, clips: torch.Tensor | Callable[[], Iterable[torch.Tensor]],
+                  normalize: Callable[[torch.Tensor], torch.Tensor]) -> HeatmapDetector:
+        """Set ``floor_`` to the ``floor_quantile`` quantile of the raw heatmap values of in-distribution clips (the
+        training clips, in ``fit_clips``); at most ``FLOOR_PIXELS_PER_CLIP`` evenly spaced pixels of each clip count,
+        so memory stays bounded."""
+        self._check_fitted()
+        values = []
+        for batch in self._batches(clips):
+            raw = self.heatmaps(model, batch, normalize, raw=True).reshape(len(batch), -1)
+            step = max(1, raw.shape[1] // FLOOR_PIXELS_PER_CLIP)
+            values.append(raw[:, ::step].ravel())
+        if not values:
+            raise ZooError(f"{self.name}: no clips to set the floor on")
+        self.floor_ = float(np.quantile(np.concatenate(values), float(self.floor_quantile)))
+        log.info("heatmap floor: %.4f (quantile %.3f of the training clips' pixels)", self.floor_,
+                 self.floor_quantile)
+        return self
 
     def _train(self, model: nn.Module, clips, normalize, generator: torch.Generator) -> HeatmapDetector:
         decoder = optimizer = None
@@ -215,16 +244,17 @@ class HeatmapDetector(ZooDetector):
         self.n_classes_ = decoder.classes.num_embeddings
         return self
 
-    def heatmaps(self, model: nn.Module, clips: torch.Tensor,
-                 normalize: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
-        """``(N, H, W)`` float32 heatmaps in ``[0, 1]`` of pixel clips ``(N, 3, T, H, W)`` in ``[0, 1]``."""
+    def heatmaps(self, model: nn.Module, clips: torch.Tensor, normalize: Callable[[torch.Tensor], torch.Tensor], *,
+                 raw: bool = False) -> np.ndarray:
+        """``(N, H, W)`` float32 heatmaps in ``[0, 1]`` of pixel clips ``(N, 3, T, H, W)`` in ``[0, 1]`` (``raw``:
+        without the floor)."""
         self._check_fitted()
         parts = []
         for batch in self._batches(clips):
             inputs = normalize(batch).to(model_device(model))
             with self.capturing(model) as captured, torch.inference_mode():
                 logits = model(inputs)
-            parts.append(self.decode(captured, logits, inputs))
+            parts.append(self.decode(captured, logits, inputs, raw=raw))
         return np.concatenate(parts) if parts else np.zeros((0, *self.decoder_.size), dtype=np.float32)
 
     @contextlib.contextmanager
@@ -244,13 +274,21 @@ class HeatmapDetector(ZooDetector):
             for hook in hooks:
                 hook.remove()
 
-    def decode(self, captured: dict[str, torch.Tensor], logits: torch.Tensor, inputs: torch.Tensor) -> np.ndarray:
-        """Heatmaps ``(B, H, W)`` float32 from a forward pass's captured maps, its logits and its (normalised) input."""
+    def decode(self, captured: dict[str, torch.Tensor], logits: torch.Tensor, inputs: torch.Tensor, *,
+               raw: bool = False) -> np.ndarray:
+        """Heatmaps ``(B, H, W)`` float32 from a forward pass's captured maps, its logits and its (normalised) input,
+        above the floor (``raw``: as the decoder gives them)."""
         self._check_fitted()
         with torch.inference_mode():
             heat = self.decoder_([captured[name].float() for name in self.layers_], logits.argmax(dim=1),
                                  inputs.float())
+            heat = heat if raw else self.floored(heat)
         return heat.cpu().numpy()
+
+    def floored(self, heat):
+        """Raw heatmaps (NumPy or torch) above the floor, rescaled to ``[0, 1]``: ``clip((h - f) / (1 - f), 0, 1)``."""
+        floor = getattr(self, "floor_", 0.0)
+        return heat if floor <= 0 else ((heat - floor) / (1.0 - floor)).clip(0.0, 1.0)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "decoder_"):
@@ -275,7 +313,8 @@ class HeatmapDetector(ZooDetector):
                   str(directory / DECODER_WEIGHTS))
         description = {"format": DECODER_FORMAT, "layers": list(self.layers_), "size": list(decoder.size),
                        "channels": [p.in_channels // 2 for p in decoder.project], "n_classes": self.n_classes_,
-                       "params": self.get_params(), "training_loss": self.losses_}
+                       "params": self.get_params(), "training_loss": self.losses_,
+                       "floor": getattr(self, "floor_", 0.0)}
         description["params"]["layers"] = list(self.layers_)
         (directory / DECODER_JSON).write_text(json.dumps(description, indent=2))
         return directory
@@ -300,6 +339,7 @@ class HeatmapDetector(ZooDetector):
         detector.decoder_ = decoder.to(device).eval()
         detector.n_classes_ = int(description["n_classes"])
         detector.losses_ = list(description.get("training_loss", []))
+        detector.floor_ = float(description.get("floor", 0.0))  # decoders saved before the floor existed: none
         return detector
 
     def _build(self, model: nn.Module, clip_shape: Sequence[int]) -> HeatmapDecoder:
