@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.attacks import load_attacked_clips
 from pipeline.cli import main
+from pipeline.data.tamper import TAMPERING
 from pipeline.detect.zoo import DETECTORS
 from pipeline.models import load_model
 
@@ -37,12 +38,13 @@ def test_synth_train_fit_attack_evaluate(tmp_path):
 
     report = json.loads((results / "results.json").read_text())
     accuracy = report["accuracy"]
-    assert set(accuracy) == {"clean", "framing_whitebox", "framing_blackbox", "fgsm", "user_fgsm"}
+    tampered = {f"tamper_{kind}" for kind in TAMPERING}  # made from the test clips by default
+    assert set(accuracy) == {"clean", "framing_whitebox", "framing_blackbox", "fgsm", "user_fgsm"} | tampered
     assert accuracy["clean"] >= 0.6
     assert accuracy["framing_whitebox"] < accuracy["clean"]
     assert accuracy["fgsm"] < accuracy["clean"] - 0.2
     rows = report["detection"]
-    assert {r["ood_set"] for r in rows} == {"novel", "framing_whitebox", "framing_blackbox", "fgsm", "user_fgsm"}
+    assert {r["ood_set"] for r in rows} == {"novel", "framing_whitebox", "framing_blackbox", "fgsm", "user_fgsm"} | tampered
     assert {r["density"] for r in rows} == DENSITIES
     for row in rows:
         assert 0.0 <= row["auroc"] <= 1.0 and 0.0 <= row["fpr95"] <= 1.0
@@ -53,7 +55,7 @@ def test_synth_train_fit_attack_evaluate(tmp_path):
     assert {r["layer"] for r in report["likelihood_accuracy"]} == {"layer3", "avgpool", "fc", "output"}
     assert 0.0 <= report["false_alarm"]["measured"] <= 1.0
     verdicts = {r["set"]: r for r in report["verdicts"]}
-    assert set(verdicts) == {"clean", "novel", "framing_whitebox", "framing_blackbox", "fgsm", "user_fgsm"}
+    assert set(verdicts) == {"clean", "novel", "framing_whitebox", "framing_blackbox", "fgsm", "user_fgsm"} | tampered
     for row in verdicts.values():
         assert row["normal"] + row["novel"] + row["adversarial"] == pytest.approx(1.0)
         assert row["flagged"] == pytest.approx(1.0 - row["normal"])

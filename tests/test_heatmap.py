@@ -75,6 +75,12 @@ def test_time_moments_are_the_mean_and_unbiased_deviation_over_time():
     torch.testing.assert_close(std, clips.std(dim=2))
     assert torch.equal(clips, before)  # the input is not modified
     assert torch.equal(time_moments(clips[:, :, :1])[1], torch.zeros(3, 3, 9, 7))  # one frame: no spread, not NaN
+    leaf = clips.clone().requires_grad_(True)  # differentiable, for an attacker who descends through the decoder
+    mean, std = time_moments(leaf)
+    (mean.sum() + std.sum()).backward()
+    reference = clips.clone().requires_grad_(True)
+    (reference.mean(dim=2).sum() + reference.std(dim=2).sum()).backward()
+    torch.testing.assert_close(leaf.grad, reference.grad)
 
 
 def test_border_mass():
@@ -124,6 +130,7 @@ def test_decoder_stays_near_zero_on_training_clips_and_lights_up_where_a_clip_wa
     raw_framed = detector.heatmaps(model, framed, normalize, raw=True)
     np.testing.assert_allclose(heat_framed, np.clip((raw_framed - detector.floor_) / (1 - detector.floor_), 0, 1),
                                atol=1e-6)
+    assert heat_framed.mean() > 0  # the frame survives the floor
     assert heat_framed.mean() / max(heat_inside.mean(), 1e-9) > raw_framed.mean() / raw_train.mean()
     assert torch.equal(detector.floored(torch.from_numpy(raw_framed)), torch.from_numpy(detector.floored(raw_framed)))
     with pytest.raises(ZooError, match=r"floor_quantile must be in \[0, 1\)"):
@@ -156,6 +163,10 @@ def test_saved_decoder_loads_and_gives_the_same_heatmaps(tmp_path):
     old = HeatmapDetector.load(tmp_path / "heatmap")
     assert old.floor_ == 0.0
     assert np.array_equal(old.heatmaps(model, clips, normalize), detector.heatmaps(model, clips, normalize, raw=True))
+    for bad in (1.0, -0.1, float("nan")):
+        (tmp_path / "heatmap" / "decoder.json").write_text(json.dumps({**description, "floor": bad}))
+        with pytest.raises(ZooError, match=r"not a usable heatmap decoder \(floor .* is not in \[0, 1\)\)"):
+            HeatmapDetector.load(tmp_path / "heatmap")
     (tmp_path / "heatmap" / "decoder.json").write_text("{}")
     with pytest.raises(ZooError, match="not a usable heatmap decoder") as info:
         HeatmapDetector.load(tmp_path / "heatmap")
@@ -204,6 +215,18 @@ def test_fit_heatmap_puts_a_sealed_decoder_in_the_bundle_and_the_stream_draws_it
     without = plain([message])[0]
     assert with_heat.thumbnail.startswith(b"\xff\xd8\xff") and with_heat.prediction == without.prediction
     assert with_heat.feature_arrays().keys() == without.feature_arrays().keys()
+    no_thumbnails = ClassifierStep.from_detector(Detector.load(out), thumbnail_size=0)
+    no_thumbnails.heatmap.decode = None  # calling the decoder would fail: with no thumbnail it must not run
+    assert no_thumbnails([message])[0].thumbnail is None
+
+    results = tmp_path / "evaluation"  # evaluate reads the bundle's own decoder rather than training another
+    assert main(["evaluate", "--bundle", str(out), "--data", str(tiny_dataset), "--out", str(results), "--attacks",
+                 "--tamper", "covered", "--surrogate", "none", "--detectors", "heatmap", "--no-progress"]) == 0
+    block = json.loads((results / "results.json").read_text())["zoo"]["heatmap"]
+    assert block["decoder"] == "bundle" and block["floor"] == detector.heatmap.floor_ > 0
+    assert set(block["raw"]) == set(block["sets"]) >= {"clean", "tamper_covered"}
+    assert all(block["sets"][name]["mean"] <= block["raw"][name]["mean"] for name in block["sets"])
+    assert "Decoder: the bundle's own." in (results / "results.md").read_text()
 
     assert main(args) == 0  # refitted without --heatmap: the earlier decoder goes with the bundle it belonged to
     assert not (out / "heatmap").exists() and Detector.load(out).heatmap is None

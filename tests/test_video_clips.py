@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from videos import index_frame, read_indices, write_indexed_video
 
-from pipeline.video import Clip, ClipSplitter, Health, iter_file_clips, open_source, open_video
+from pipeline.video import Clip, ClipSplitter, Health, VideoError, iter_file_clips, open_source, open_video
 from pipeline.video.events import Frame
 from pipeline.video.preprocess import resize_frames
 
@@ -136,6 +136,17 @@ def test_live_clips_scaled_as_taken_equal_full_frames_resized(splitter):
         assert small.key == large.key and min(small.frames.shape[1:3]) == 12
         np.testing.assert_array_equal(small.frames, resize_frames(large.frames, 12).numpy())
     assert all(frame.image.shape == (24, 40, 3) for frame in frames[:80])  # the caller's frames are left alone
+
+
+def test_frames_too_large_to_scale_are_refused_in_one_line_naming_the_input(video, monkeypatch):
+    import importlib
+
+    preprocess_module = importlib.import_module("pipeline.video.preprocess")  # the module, not its function
+    monkeypatch.setattr(preprocess_module, "MAX_RESIZED_PIXELS", 100)  # stands in for an absurd frame shape
+    with pytest.raises(VideoError, match=r"street\.mp4: 48x64 frames would be resized to 24x32: 16 such frames"):
+        next(iter_file_clips(video, ClipSplitter(16, 16, 2), short_side=24))
+    with pytest.raises(VideoError, match=r"^cam: 24x40 frames would be resized to 12x20: .* exceed the limit"):
+        list(ClipSplitter(4, 4).clips(feed(range(8), height=24, width=40), "cam", short_side=12))
 
 
 def test_assembler_reset_drops_the_partial_clip():

@@ -380,7 +380,7 @@ class DecoderWorker:
                 if feed.halt.is_set() or not self._publish(clip_message(clip, short_side=self.short_side,
                                                                         source=describe_source(plan.target))):
                     break
-        except MessageError as error:
+        except (MessageError, VideoError) as error:
             self._skip(str(error))
         finally:
             reader.close()

@@ -9,6 +9,7 @@ import torch
 
 from pipeline.cli import add_device_argument, command_device, in_range
 from pipeline.cli.attack import non_negative_float
+from pipeline.data.tamper import TAMPERING
 from pipeline.detect.zoo import ZooError, parse_detectors
 from pipeline.evaluation.adaptive import ADAPTIVE_ATTACKS, DEFAULT_LAMBDAS
 from pipeline.evaluation.report import best_rows
@@ -61,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "margin (default %(default)s)")
     parser.add_argument("--kappa", type=non_negative_float, default=0.0,
                         help="margin loss: logits of misclassification beyond which only the detector term pushes")
+    parser.add_argument("--tamper", nargs="*", default=list(TAMPERING), choices=TAMPERING,
+                        help="camera-tampering sets made from the test clips, reported as tamper_NAME (default: "
+                             "%(default)s; none when given without names)")
     parser.add_argument("--ood", action="append", type=_named_path, default=[], metavar="NAME=FILE.npz",
                         help="extra OOD set: attacked clips written by `clipwatch attack` (repeatable)")
     parser.add_argument("--frame-width", type=int, help="adversarial frame width in px (default: 4 at 112 px, scaled)")
@@ -88,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         frame_width=args.frame_width, framing_epochs=args.framing_epochs, fgsm_eps=args.fgsm_eps,
         lambdas=tuple(dict.fromkeys(args.lambdas)), pgd_eps=args.pgd_eps, pgd_step_size=args.pgd_step_size,
         pgd_steps=args.pgd_steps, framing_steps=args.framing_steps, attack_loss=args.attack_loss, kappa=args.kappa,
-        extra_ood=dict(args.ood), max_clips_per_video=args.max_clips_per_video, batch_size=args.batch_size,
+        tamper=tuple(dict.fromkeys(args.tamper)), extra_ood=dict(args.ood), max_clips_per_video=args.max_clips_per_video, batch_size=args.batch_size,
         seed=args.seed, progress=not args.no_progress, device=str(device), detectors=args.detectors,
         precision=args.precision)
     results = evaluate(settings)

@@ -178,7 +178,9 @@ def _heatmap_table(results: dict) -> list[str]:
     if not block:
         return []
     raw = block.get("raw", {})
+    source = "the bundle's own" if block.get("decoder") == "bundle" else "trained for this evaluation"
     lines = ["", "## OOD heatmaps (decoder over the classifier's feature maps)", "",
+             f"Decoder: {source}. "
              f"Border: the outer {block['frame_width']} px. Floor {block.get('floor', 0.0):.4f} (heatmaps above it, "
              f"rescaled; raw: the decoder's output). Figure: `{block.get('figure', '-')}`.", "",
              "| set | mean heatmap | / clean | mass inside the border | raw: mean | / clean | border mass |",

@@ -2,8 +2,9 @@
 
 In-distribution test clips are compared with every OOD set: novel classes, white-box adversarial framing
 (a universal frame learned on the target model over training clips), black-box framing (the same attack
-learned on a surrogate model), FGSM, and any folder of the user's own attacked clips (``.npz`` written by
-``clipwatch attack``). Adaptive attacks that know the detector (``pgd_adaptive``, ``framing_adaptive``,
+learned on a surrogate model), FGSM, camera tampering made from the test clips (covered lens, defocus, shake,
+redirect, lighting: :mod:`pipeline.data.tamper`, far-OOD), and any folder of the user's own attacked clips (``.npz``
+written by ``clipwatch attack``). Adaptive attacks that know the detector (``pgd_adaptive``, ``framing_adaptive``,
 ``framing_adaptive_universal``; :mod:`pipeline.evaluation.adaptive`) run only when asked, once per λ of
 ``lambdas``, and add an ``adaptive`` block, a table and ``adaptive.png``. All clips are rounded to 8 bits at
 the model's resolution, clean ones included, so the detector is never handed quantisation as a clue.
@@ -35,6 +36,7 @@ from pipeline.attacks import (
     to_uint8,
 )
 from pipeline.data import UCF101
+from pipeline.data.tamper import TAMPERING, tamper
 from pipeline.detect import BundleScores, ClipFeatures, Detector, DetectorBundle, load_clips
 from pipeline.detect.features import pixel_batches, pixel_input
 from pipeline.detect.zoo import DETECTORS, HeatmapDetector, Mahalanobis, build_zoo, feeding_layer, linear_head
@@ -86,6 +88,8 @@ class EvaluationSettings:
     attack_loss: str = "ce"
     """The adaptive attacks' misclassification term: ``ce`` or Carlini & Wagner's ``margin`` (with ``kappa``)."""
     kappa: float = 0.0
+    tamper: tuple[str, ...] = tuple(TAMPERING)
+    """Camera-tampering sets made from the test clips (:data:`pipeline.data.tamper.TAMPERING`), as ``tamper_<kind>``."""
     extra_ood: dict[str, Path] = field(default_factory=dict)
     max_clips_per_video: int | None = None
     batch_size: int = 16
@@ -191,6 +195,10 @@ def evaluate(settings: EvaluationSettings) -> dict:
     for name, attacked_set in adaptive.items():
         ood[name] = detector.features(attacked_set.frames, labels, batch_size=settings.batch_size)
         frames[name] = attacked_set.frames
+    for kind in settings.tamper:
+        tampered = tamper(clips, kind, seed=settings.seed)
+        ood[f"tamper_{kind}"] = detector.features(tampered, labels, batch_size=settings.batch_size)
+        frames[f"tamper_{kind}"] = tampered
     for name, path in settings.extra_ood.items():
         user = load_attacked_clips(path)
         ood[name] = detector.features(user.frames, user.labels, batch_size=settings.batch_size)
@@ -283,7 +291,8 @@ def _zoo(settings: EvaluationSettings, detector: Detector, sets: dict[str, ClipF
     scores: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     heatmap_info = None
     for name, zoo_detector in detectors.items():
-        if isinstance(zoo_detector, HeatmapDetector) and detector.heatmap is not None:
+        from_bundle = isinstance(zoo_detector, HeatmapDetector) and detector.heatmap is not None
+        if from_bundle:
             zoo_detector = detectors[name] = detector.heatmap  # the bundle's own decoder: what its alerts show
             log.info("zoo: heatmap rows from the bundle's decoder (floor %.4f)", getattr(zoo_detector, "floor_", 0.0))
         else:
@@ -299,6 +308,7 @@ def _zoo(settings: EvaluationSettings, detector: Detector, sets: dict[str, ClipF
             width = settings.frame_width or scaled_frame_width(prep.crop)
             heatmap_info = heatmap_block(maps, width, zoo_detector.losses_)
             heatmap_info["floor"] = getattr(zoo_detector, "floor_", 0.0)
+            heatmap_info["decoder"] = "bundle" if from_bundle else "fitted"
             heatmap_info["raw"] = heatmap_block(raw, width, [])["sets"]
             settings.out.mkdir(parents=True, exist_ok=True)
             heatmap_info["figure"] = plots.heatmap_examples(frames, maps, width, settings.out / "heatmaps.png").name

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.video.errors import VideoError
 from pipeline.video.events import Frame
-from pipeline.video.preprocess import resize_frames, resized_size
+from pipeline.video.preprocess import resize_target, resized_size, scale_down
 from pipeline.video.reader import VideoReader, open_video
 
 
@@ -101,7 +102,8 @@ class ClipAssembler:
     keep counting across discontinuities. Holds at most one span of frames.
 
     With `short_side`, a frame is scaled down to it (as `iter_file_clips` does) when a clip first takes it, and
-    kept scaled for the next clip that shares it: frames the frame step skips are never scaled.
+    kept scaled for the next clip that shares it: frames the frame step skips are never scaled. Frames too large to
+    scale within the resize limit raise VideoError (one line, naming the stream).
     """
 
     def __init__(self, splitter: ClipSplitter, stream_id: str, first_seq: int = 0, *, short_side: int | None = None):
@@ -156,9 +158,12 @@ class ClipAssembler:
             by_shape: dict[tuple[int, ...], list[int]] = {}
             for offset in large:
                 by_shape.setdefault(self._window[offset].image.shape, []).append(offset)
-            for group in by_shape.values():
-                scaled = resize_frames(np.stack([self._window[offset].image for offset in group]),
-                                       self.short_side).numpy()
+            for shape, group in by_shape.items():
+                try:
+                    resize_target(len(group), *shape[:2], self.short_side)
+                except ValueError as error:
+                    raise VideoError(self.stream_id, str(error)) from None
+                scaled = scale_down(np.stack([self._window[offset].image for offset in group]), self.short_side)
                 for offset, image in zip(group, scaled, strict=True):
                     self._window[offset] = replace(self._window[offset], image=image)
         return [self._window[offset] for offset in offsets]
@@ -181,7 +186,7 @@ def iter_file_clips(source: str | os.PathLike | VideoReader, splitter: ClipSplit
     reader = source if isinstance(source, VideoReader) else open_video(source, access="sequential")
     stream_id = stream_id if stream_id is not None else Path(reader.path).stem
     try:
-        read, frame_shape = _scaled_reader(reader, short_side)
+        read, frame_shape = _scaled_reader(reader, short_side, splitter.clip_len)
         plan = splitter.plan(reader.num_frames)
         kept_indices, kept = np.zeros(0, dtype=np.int64), None
         for seq, indices in enumerate(plan):
@@ -202,15 +207,19 @@ def _rows(frames: np.ndarray, positions: np.ndarray) -> np.ndarray:
     return frames[positions]
 
 
-def _scaled_reader(reader: VideoReader, short_side: int | None
+def _scaled_reader(reader: VideoReader, short_side: int | None, clip_len: int
                    ) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, int]]:
     """``(read, (height, width))``: a `get_frames` whose frames are scaled down to `short_side` (never up), and
-    the frame size it returns."""
+    the frame size it returns; VideoError (one line) if a clip of such frames would exceed the resize limit."""
     if short_side is None or min(reader.height, reader.width) <= short_side:
         return reader.get_frames, (reader.height, reader.width)
+    try:
+        resize_target(clip_len, reader.height, reader.width, short_side)
+    except ValueError as error:
+        raise VideoError(reader.path, str(error)) from None
 
     def read(indices: np.ndarray) -> np.ndarray:
-        return resize_frames(reader.get_frames(indices), short_side).numpy()
+        return scale_down(reader.get_frames(indices), short_side)
 
     return read, resized_size(reader.height, reader.width, short_side)
 

@@ -70,6 +70,14 @@ def resize_frames(frames: np.ndarray | torch.Tensor, short_side: int, *, size: t
     return images.permute(0, 2, 3, 1).contiguous().reshape(*leading, out_height, out_width, channels)
 
 
+def scale_down(frames: np.ndarray, short_side: int) -> np.ndarray:
+    """uint8 frames ``(..., H, W, 3)`` whose shorter side is longer than `short_side` scaled down to it by
+    `resize_frames` (a new array); smaller frames are returned as they are, never scaled up."""
+    if min(frames.shape[-3:-1]) <= short_side:
+        return frames
+    return resize_frames(frames, short_side).numpy()
+
+
 def resize_crop(frames: np.ndarray | torch.Tensor, short_side: int, crop: int, *,
                 size: tuple[int, int] | None = None, antialias: bool = False) -> torch.Tensor:
     """The centred ``crop`` x ``crop`` window of `resize_frames`: ``(..., T, crop, crop, 3)`` uint8, a view of the

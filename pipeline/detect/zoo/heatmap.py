@@ -108,9 +108,8 @@ def time_moments(clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ``Tensor.std(dim=2)`` reduces along a strided axis several times slower than this two-pass form.
     """
     mean = clips.mean(dim=2, keepdim=True)
-    deviation = clips - mean
-    variance = deviation.mul_(deviation).sum(dim=2).div_(max(clips.shape[2] - 1, 1))
-    return mean[:, :, 0], variance.sqrt_()
+    variance = (clips - mean).square().sum(dim=2) / max(clips.shape[2] - 1, 1)
+    return mean[:, :, 0], variance.sqrt()
 
 
 def corrupt(clips: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -201,9 +200,10 @@ class HeatmapDetector(ZooDetector):
     def fit_floor(self, model: nn.Module, clips: torch.Tensor | Callable[[], Iterable[torch.Tensor]],
                   normalize: Callable[[torch.Tensor], torch.Tensor]) -> HeatmapDetector:
         """Set ``floor_`` to the ``floor_quantile`` quantile of the raw heatmap values of in-distribution clips (the
-        training clips, in ``fit_clips``); at most ``FLOOR_PIXELS_PER_CLIP`` evenly spaced pixels of each clip count,
-        so memory stays bounded."""
+        training clips, in ``fit_clips``, so it runs a little low for new clips); at most ``FLOOR_PIXELS_PER_CLIP``
+        evenly spaced pixels of each clip count, so memory stays bounded."""
         self._check_fitted()
+        self._validate()
         values = []
         for batch in self._batches(clips):
             raw = self.heatmaps(model, batch, normalize, raw=True).reshape(len(batch), -1)
@@ -332,6 +332,9 @@ class HeatmapDetector(ZooDetector):
             decoder = HeatmapDecoder(description["channels"], int(description["n_classes"]),
                                      tuple(description["size"]), int(params["hidden"]))
             decoder.load_state_dict(load_file(str(directory / DECODER_WEIGHTS)))
+            floor = float(description.get("floor", 0.0))  # decoders saved before the floor existed: none
+            if not 0 <= floor < 1:
+                raise ValueError(f"floor {floor!r} is not in [0, 1)")
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ZooError(f"{directory}: not a usable heatmap decoder ({reason})") from None
@@ -339,7 +342,7 @@ class HeatmapDetector(ZooDetector):
         detector.decoder_ = decoder.to(device).eval()
         detector.n_classes_ = int(description["n_classes"])
         detector.losses_ = list(description.get("training_loss", []))
-        detector.floor_ = float(description.get("floor", 0.0))  # decoders saved before the floor existed: none
+        detector.floor_ = floor
         return detector
 
     def _build(self, model: nn.Module, clip_shape: Sequence[int]) -> HeatmapDecoder:

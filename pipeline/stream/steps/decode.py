@@ -27,7 +27,7 @@ from pipeline.config import SourceConfig
 from pipeline.models import Preprocessing
 from pipeline.stream.messages import ClipMessage, MessageError
 from pipeline.video import Clip, ClipSplitter, VideoReader, iter_file_clips
-from pipeline.video.preprocess import resize_frames
+from pipeline.video.preprocess import scale_down
 from pipeline.video.scan import BadVideo, find_video_files
 
 __all__ = ["StreamPlan", "clip_message", "file_clip_messages", "live_seq_start", "plan_streams", "splitter_for"]
@@ -44,8 +44,8 @@ def clip_message(clip: Clip, *, short_side: int | None = None, source: str | Non
     sequence number moved by `seq_offset`; MessageError (one line) if the clip cannot travel."""
     frames = clip.frames
     try:
-        if short_side is not None and min(frames.shape[1:3]) > short_side:
-            frames = resize_frames(frames, short_side).numpy()
+        if short_side is not None:
+            frames = scale_down(frames, short_side)
     except ValueError as error:
         raise MessageError(f"clip {clip.stream_id}:{clip.seq + seq_offset}: {error}") from None
     return ClipMessage.from_array(frames, stream_id=clip.stream_id, seq=clip.seq + seq_offset,
