@@ -18,6 +18,10 @@ Rounds are interleaved in shuffled order. Rates: wall-clock, best round. Ratios:
 contender's CPU time / the clip reader's (paired and in CPU time, so load from other processes on a shared machine
 disturbs them least; >= 1 means the clip reader costs no more). Target: clip reader / decord >= 0.9.
 A second table times `preprocess` (uint8 batched resize in torch) against OpenCV frame by frame and torch float32.
+A third gives, per file, decode + preprocess to the shipped default's input (16 frames every 2nd, short side 80,
+80x80 crop; clips every 16 frames, so they share frames) with frames scaled as they are decoded
+(`iter_file_clips(..., short_side=80)`, what the decoder stage and `fit` do) against full frames resized per clip,
+checked to be the same model input.
 
     .venv/bin/python benchmarks/decode.py [--repeats 7] [--loops 2] [--threads 1]
 """
@@ -128,6 +132,33 @@ def measure(contenders: dict, path: Path, splitter: ClipSplitter, threads: int,
     return rates, ratios
 
 
+MODEL_SPLITTER = ClipSplitter(clip_len=16, stride=16, frame_step=2)
+"""The shipped default's clips (16 frames, every 2nd) one after another every 16 frames, as `clipwatch fit` reads."""
+
+
+def model_inputs_of(path: Path, short_side: int | None) -> list[torch.Tensor]:
+    """The shipped default's input of every clip of `path`: frames scaled at decoding (`short_side`) or not."""
+    return [preprocess(clip.frames, 80, 80) for clip in iter_file_clips(path, MODEL_SPLITTER, short_side=short_side)]
+
+
+def time_scaled_decoding(path: Path, repeats: int) -> tuple[float, float, float]:
+    """(clips/s scaled at decoding, clips/s full frames, median CPU-time ratio full / scaled), best rounds; raises if
+    the two give different model input."""
+    scaled, full = model_inputs_of(path, 80), model_inputs_of(path, None)
+    if len(scaled) != len(full) or any(not torch.equal(a, b) for a, b in zip(scaled, full, strict=True)):
+        raise RuntimeError(f"{path.name}: scaling at decoding changed the model input")
+    walls = {80: [], None: []}
+    cpus = {80: [], None: []}
+    for _ in range(repeats):
+        for short_side in (80, None):
+            wall_start, cpu_start = time.perf_counter(), time.process_time()
+            model_inputs_of(path, short_side)
+            cpus[short_side].append(time.process_time() - cpu_start)
+            walls[short_side].append(time.perf_counter() - wall_start)
+    ratio = float(np.median(np.array(cpus[None]) / np.array(cpus[80])))
+    return len(scaled) / min(walls[80]), len(full) / min(walls[None]), ratio
+
+
 def preprocess_cv2(clips: np.ndarray) -> torch.Tensor:
     """Reference path: cv2.resize frame by frame, centre crop, normalise in numpy."""
     batch, length = clips.shape[:2]
@@ -199,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
                       f" {ratios['decord']:>13.2f}{mark} {ratios['opencv']:>14.2f}")
             if reason:
                 print(f"  * the clip reader does not use decord here ({reason}): raw decord's frames are wrong")
+        torch.set_num_threads(1)
+        print("\ndecode + preprocess to the shipped default's input (16x80x80, every 2nd frame), one thread: clips/s, "
+              "best round; full / scaled: median CPU-time ratio (> 1: scaling at decoding is cheaper); same input")
+        for name, path in inputs.items():
+            scaled, full, ratio = time_scaled_decoding(path, args.repeats)
+            print(f"  {name:<10} scaled at decoding {scaled:7.0f}   full frames {full:7.0f}   full / scaled {ratio:5.2f}")
     print("\npreprocess, 8 clips of 16x240x320 -> (8, 3, 16, 112, 112), one thread: CPU ms per clip (median)")
     timings = time_preprocess(args.repeats)
     ours = timings["preprocess (torch uint8, batched)"]

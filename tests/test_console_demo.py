@@ -112,7 +112,7 @@ def test_the_console_page_in_a_real_browser(demo, tmp_path):
             sync_api.expect(page.locator("#live")).to_have_text("live")
             rows.first.click()
             sync_api.expect(page.locator("#detail-body")).to_be_visible()
-            page.wait_for_function("document.getElementById('d-thumb').naturalWidth > 0")
+            page_wait(page, "document.getElementById('d-thumb').naturalWidth > 0")
             screenshot = tmp_path / "console.png"
             page.screenshot(path=screenshot, full_page=True)
             if os.environ.get("CLIPWATCH_CONSOLE_SCREENSHOT"):
@@ -240,7 +240,7 @@ def test_the_console_of_a_live_run_in_a_real_browser(demo, tmp_path):
             sync_api.expect(gate_rows.first).to_be_visible(timeout=30_000)
             sync_api.expect(page.locator('.tile[data-camera="gate"]')).to_be_visible()
             assert page.evaluate("window.notReloaded") is True
-            page.wait_for_function("window.announced.includes('New adversarial alert on gate.')", timeout=10_000)
+            page_wait(page, "window.announced.includes('New adversarial alert on gate.')")
             key = gate_rows.last.get_attribute("data-key")  # the oldest on the page (newest first)
             assert key in gate_keys, (key, sorted(gate_keys))  # the demo's feed and bundle: the demo's alerts
 
@@ -248,7 +248,7 @@ def test_the_console_of_a_live_run_in_a_real_browser(demo, tmp_path):
             row.click()
             sync_api.expect(page.locator("#detail-title")).to_have_text(f"Alert {key}")
             sync_api.expect(page.locator("#d-kind")).to_have_text("adversarial")
-            page.wait_for_function("document.getElementById('d-thumb').naturalWidth > 0")  # from thumbnails_dir
+            page_wait(page, "document.getElementById('d-thumb').naturalWidth > 0")  # from thumbnails_dir
             page.get_by_role("button", name="Acknowledge").click()
             sync_api.expect(row.locator(".review-state")).to_have_text("acknowledged")
             assert run.call(f"/api/alerts/{urllib.parse.quote(key, safe='')}")[1]["review"]["state"] == "acknowledged"
@@ -268,6 +268,13 @@ def test_the_console_of_a_live_run_in_a_real_browser(demo, tmp_path):
     logged = {record["idempotency_key"] for record in read_jsonl(out / "alerts.jsonl")}
     assert key in logged and {k for k in logged if k.startswith("gate/")} <= gate_keys
     assert console_alert(out, key)["review"]["state"] == "acknowledged"  # in the run's SQLite store
+
+
+def page_wait(page, expression: str, timeout: float = 10.0) -> None:
+    """Poll a JavaScript expression until it is true. ``page.wait_for_function`` polls by ``eval`` inside the page,
+    which the console's Content-Security-Policy (``script-src 'self'``) refuses whenever the first check is false;
+    ``page.evaluate`` runs outside the page's policy."""
+    wait_for(lambda: page.evaluate(expression), timeout, interval=0.05, what=expression)
 
 
 def console_alert(run: Path, key: str) -> dict:

@@ -379,7 +379,7 @@ def test_evaluate_adds_a_row_per_zoo_detector(tiny_bundle, tiny_dataset, tmp_pat
     out = tmp_path / "results"
     started = time.perf_counter()
     assert main(["evaluate", "--bundle", str(tiny_bundle), "--data", str(tiny_dataset), "--out", str(out),
-                 "--surrogate", "none", "--attacks", "fgsm", "--no-progress"]) == 0
+                 "--surrogate", "none", "--attacks", "fgsm", "--tamper", "--no-progress"]) == 0  # no tampering
     report = json.loads((out / "results.json").read_text())
     zoo = report["zoo"]
     print(f"evaluate {time.perf_counter() - started:.1f} s, zoo step {zoo['seconds']} s")
