@@ -191,6 +191,7 @@ def test_overlay_leaves_a_cold_frame_alone_and_tints_only_the_model_crop():
 def test_fit_heatmap_puts_a_sealed_decoder_in_the_bundle_and_the_stream_draws_it(tiny_model, tiny_dataset, tmp_path):
     from pipeline.cli import main
     from pipeline.detect import Detector, load_clips
+    from pipeline.detect.evidence import Evidence
     from pipeline.fileio import verify_directory
     from pipeline.stream.messages import ClipMessage
     from pipeline.stream.steps.classify import ClassifierStep
@@ -211,12 +212,12 @@ def test_fit_heatmap_puts_a_sealed_decoder_in_the_bundle_and_the_stream_draws_it
                                      pts=[float(i) for i in range(len(clips[0]))])
     with_heat = ClassifierStep.from_detector(detector)([message])[0]
     plain = ClassifierStep.from_detector(Detector.load(out), thumbnail_size=160)
-    plain.heatmap = None
+    plain.evidence = Evidence()
     without = plain([message])[0]
     assert with_heat.thumbnail.startswith(b"\xff\xd8\xff") and with_heat.prediction == without.prediction
     assert with_heat.feature_arrays().keys() == without.feature_arrays().keys()
     no_thumbnails = ClassifierStep.from_detector(Detector.load(out), thumbnail_size=0)
-    no_thumbnails.heatmap.decode = None  # calling the decoder would fail: with no thumbnail it must not run
+    no_thumbnails.evidence.heatmap.decode_tensor = None  # calling the decoder would fail: with no thumbnail it must not run
     assert no_thumbnails([message])[0].thumbnail is None
 
     results = tmp_path / "evaluation"  # evaluate reads the bundle's own decoder rather than training another

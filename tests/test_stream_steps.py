@@ -156,7 +156,7 @@ def test_classifier_step_matches_offline_features_across_streams_and_sizes(tiny_
         assert embedding.key == clip.key and embedding.pts == clip.pts
         assert embedding.model_id == f"r3d-10@{manifest.sha256[:12]}"
         assert set(embedding.timestamps) == {"classifier"}
-        features, logits = extract_from_tensors(model, [model_input(np.array(clip.array[None]), manifest.preprocessing)],
+        features, logits, _ = extract_from_tensors(model, [model_input(np.array(clip.array[None]), manifest.preprocessing)],
                                                 bundle.layers, pool_factor=bundle.settings["pool_factor"])
         for layer in bundle.layers:
             np.testing.assert_allclose(embedding.feature(layer), features[layer][0], rtol=1e-4, atol=1e-5)

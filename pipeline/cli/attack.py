@@ -144,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
 def _adaptive(args: argparse.Namespace, detector: Detector, clips01: torch.Tensor, targets: torch.Tensor,
               normalize: Normalize, width: int, params: dict, device: torch.device) -> torch.Tensor:
     """The adaptive attacks: optimised in float against the classifier and the bundle's fused score, then rounded."""
-    with TorchBundleScorer(detector.bundle, detector.model, normalize,
-                           keys=detector.bundle.calibration.fused_keys) as scorer:
+    with TorchBundleScorer(detector.bundle, detector.model, normalize, keys=detector.bundle.calibration.fused_keys,
+                           heatmap=detector.heatmap) as scorer:
         if args.attack == "pgd-adaptive":
             params.update(eps=args.eps, steps=args.steps, step_size=args.step_size)
             return _batched(lambda x, y: pgd_adaptive(scorer, x, y, lam=args.lam, eps=args.eps, steps=args.steps,

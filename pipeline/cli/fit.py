@@ -16,12 +16,16 @@ from pipeline.data import UCF101
 from pipeline.data.ucf101 import DatasetError
 from pipeline.detect import BundleError, DetectorBundle, extract_video_features
 from pipeline.detect.bundle import HEATMAP_DIR
+from pipeline.detect.evidence import BORDER_KEY, HEATMAP_KEY, Evidence, default_border
 from pipeline.detect.features import pixel_batches
 from pipeline.detect.zoo.heatmap import DECODER_FILES, HeatmapDetector
 from pipeline.fileio import seal_directory
 from pipeline.models import default_layers, file_sha256, load_model, resolve_model_dir
 from pipeline.models.io import SHIPPED_MODELS
 from pipeline.models.precision import model_precision, prepare_for_inference
+
+EVIDENCE_NAMES = {"heatmap": HEATMAP_KEY, "border": BORDER_KEY}
+"""``--evidence`` names and the keys they fuse."""
 
 MODEL_DIR = "model"
 """Where a bundle keeps a copy of a model that is not shipped, so the bundle moves as one folder."""
@@ -93,6 +97,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also train an OOD heatmap decoder on the training clips (pipeline.detect.zoo.heatmap): "
                              "alert thumbnails then show where a clip differs from the training data")
     parser.add_argument("--heatmap-epochs", type=int, default=10, help="passes of the decoder over the training clips")
+    parser.add_argument("--evidence", nargs="*", default=[], choices=EVIDENCE_NAMES,
+                        help="evidence fused besides the densities, one group each (pipeline.detect.evidence): "
+                             "'heatmap' (the decoder's mean heatmap; implies --heatmap), 'border' (does the "
+                             "prediction survive masking the frame's border band; a second forward pass per clip)")
+    parser.add_argument("--border", type=int,
+                        help="width in model-input pixels of the band 'border' masks (default: 5%% of the crop)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -113,14 +123,26 @@ def run(args: argparse.Namespace) -> int:
     if list(dataset.classes) != list(manifest.class_names):
         raise DatasetError(f"{args.data}: classes {dataset.classes} differ from the model's {list(manifest.class_names)}")
     low_level = layers[:-2] if args.low_level_layers is None else args.low_level_layers
+    prep = manifest.preprocessing
+    border = args.border if args.border is not None else default_border(prep.crop)
+    if not 1 <= border < prep.crop // 2:
+        raise BundleError(f"--border {border}: must be at least 1 and below half the model's {prep.crop}-pixel input")
     train_videos, calibration_videos = calibration_videos_for(args, dataset)
     common = dict(batch_size=args.batch_size, pool_factor=args.pool_factor, stride=args.stride,
                   progress=not args.no_progress)
-    prep = manifest.preprocessing
+    heatmap = None
+    if args.heatmap or "heatmap" in args.evidence:  # first: the calibration clips' evidence may need it
+        started = time.perf_counter()
+        videos = [(s.path, s.label) for s in train_videos]
+        heatmap = HeatmapDetector(epochs=args.heatmap_epochs, batch_size=args.batch_size, seed=args.seed).fit_clips(
+            model, lambda: pixel_batches(videos, prep, args.batch_size), Normalize.from_preprocessing(prep))
+        print(f"heatmap decoder trained in {time.perf_counter() - started:.0f} s, loss "
+              f"{heatmap.losses_[0]:.4f} -> {heatmap.losses_[-1]:.4f}")
+    evidence = Evidence(tuple(EVIDENCE_NAMES[name] for name in dict.fromkeys(args.evidence)), heatmap, border)
     train = extract_video_features(model, prep, [(s.path, s.label) for s in train_videos], layers,
                                    description="train clips", **common)
     calibration = extract_video_features(model, prep, [(s.path, s.label) for s in calibration_videos], layers,
-                                         description="calibration clips", **common)
+                                         description="calibration clips", evidence=evidence, **common)
     for path, reason in train.skipped + calibration.skipped:
         print(f"skipped {path}: {reason}")
     bundle = DetectorBundle.fit(
@@ -130,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         output_score=None if args.output_score == "none" else args.output_score,
         provenance={"dataset": str(Path(args.data).resolve()), "split": args.split, "precision": model_precision(model),
                     "calibration_data": str(Path(args.calibration_data).resolve()) if args.calibration_data else None},
-        progress=not args.no_progress)
+        border=border, progress=not args.no_progress)
     heatmap_dir = Path(args.out) / HEATMAP_DIR
     if heatmap_dir.exists():  # an earlier bundle's decoder, fitted to other features, goes; nothing else is touched
         foreign = {p.name for p in heatmap_dir.iterdir()} - set(DECODER_FILES) if heatmap_dir.is_dir() else {"?"}
@@ -140,17 +162,14 @@ def run(args: argparse.Namespace) -> int:
             (heatmap_dir / name).unlink(missing_ok=True)
         heatmap_dir.rmdir()
     bundle.save(args.out)
-    if args.heatmap:
-        started = time.perf_counter()
-        videos = [(s.path, s.label) for s in train_videos]
-        heatmap = HeatmapDetector(epochs=args.heatmap_epochs, batch_size=args.batch_size, seed=args.seed).fit_clips(
-            model, lambda: pixel_batches(videos, prep, args.batch_size), Normalize.from_preprocessing(prep))
+    if heatmap is not None:
         heatmap.save(heatmap_dir)
         seal_directory(args.out)
-        print(f"heatmap decoder trained in {time.perf_counter() - started:.0f} s, loss "
-              f"{heatmap.losses_[0]:.4f} -> {heatmap.losses_[-1]:.4f}")
     print(f"bundle written to {args.out}: {len(train)} train clips, {len(calibration)} calibration clips, "
           f"layers {layers}, {time.perf_counter() - start:.0f} s")
+    if evidence.keys:
+        print(f"  evidence fused: {', '.join(evidence.keys)}"
+              + (f" (border band {border} px)" if BORDER_KEY in evidence.keys else ""))
     for layer in layers:
         print(f"  {layer}: {bundle.reducers[layer].n_features_in_} -> {bundle.reducers[layer].n_components_} dims")
     summary = _regularisation_summary(bundle.densities)

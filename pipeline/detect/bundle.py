@@ -5,7 +5,8 @@ Layout::
     bundle.json              format + version, model reference (path + SHA-256), layers, class names, settings
     densities/               per-layer PCA reducers and Tied / Separate / GMM densities (pipeline.density.save)
     calibration.safetensors  sorted calibration scores, means and deviations
-    heatmap/                 optional OOD heatmap decoder (``clipwatch fit --heatmap``; pipeline.detect.zoo.heatmap)
+    heatmap/                 optional OOD heatmap decoder (``clipwatch fit --heatmap``; pipeline.detect.zoo.heatmap),
+                             needed when ``settings["evidence"]`` fuses its score
     digests.json             SHA-256 of every other file (pipeline.fileio.seal_directory), checked on every load
 
 Any edit, addition or removal after fitting (a calibration ``alpha`` set to 1e-12 lets every attack through) makes
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 
 from pipeline import density as dens
 from pipeline.detect.calibration import Calibration
+from pipeline.detect.evidence import BORDER_KEY, EVIDENCE_KEYS
 from pipeline.detect.features import ClipFeatures
 from pipeline.errors import ClipwatchError
 from pipeline.fileio import IntegrityError, seal_directory, verify_directory
@@ -100,8 +102,12 @@ class DetectorBundle:
             densities=DENSITY_NAMES, fused_density: str = "sep", variance: float = 0.995, pool_factor: int = 4,
             gmm_max_components: int = 4, false_alarm: float = 0.01, seed: int = 0, low_level_layers=(),
             output_score: str | None = OUTPUT_SCORE, provenance: Mapping[str, Any] | None = None,
-            progress: bool = True) -> DetectorBundle:
+            border: int = 0, progress: bool = True) -> DetectorBundle:
         """Fit reducers and densities on ``train`` clips, calibrate on held-out in-distribution ``calibration`` clips.
+
+        Evidence in ``calibration.evidence`` (:mod:`pipeline.detect.evidence`, computed in the same pass) is fused,
+        one group per key, and scoring then needs it for every clip; ``border`` is the masked band the
+        ``border/consistency`` evidence was computed with (see :meth:`calibrate`).
 
         ``low_level_layers`` (early convolutions) are fused apart from the others (see ``detect.calibration``).
         ``output_score`` ``"energy"`` adds the logits' ``logsumexp`` as a third group, read from the tapped layer
@@ -118,12 +124,7 @@ class DetectorBundle:
         layers = list(train.layers)
         if [layer for layer in low_level_layers if layer not in layers]:
             raise BundleError(f"low-level layers {list(low_level_layers)} must be among the tapped layers {layers}")
-        if not 0.0 < false_alarm < 1.0:
-            raise BundleError(f"false-alarm rate must be in (0, 1), got {false_alarm:g}")
-        if 1 / (len(calibration) + 1) > false_alarm:  # conformal p-values are at least 1/(n+1)
-            raise BundleError(f"{len(calibration)} calibration clips cannot flag anything at a false-alarm rate of "
-                              f"{false_alarm:g}: the smallest p-value is 1/(n+1) = {1 / (len(calibration) + 1):.3g}; "
-                              f"give at least {math.ceil(1 / false_alarm) - 1} calibration clips or a higher rate")
+        _check_rate(false_alarm, len(calibration))
         provenance = dict(provenance or {})
         if set(provenance) - set(PROVENANCE_KEYS):
             raise BundleError(f"provenance keys must be among {list(PROVENANCE_KEYS)}, got {sorted(provenance)}")
@@ -147,13 +148,32 @@ class DetectorBundle:
         if output_score and settings["output_layer"] is None:
             log.warning("no tapped layer holds the logits (tap the head, e.g. fc): the bundle has no output group")
         bundle = cls(model_ref, layers, list(class_names), reducers, models, None, settings)
-        scores = bundle.loglik(calibration.layers)
-        fused_keys = [f"{layer}/{fused_density}" for layer in layers]
-        low_level_keys = [f"{layer}/{fused_density}" for layer in low_level_layers]
-        output_keys = [bundle.output_key] if bundle.output_key else []
-        bundle.calibration = Calibration.fit(scores, calibration.softmax.max(axis=1), fused_keys + output_keys,
-                                             false_alarm, low_level_keys, output_keys)
-        return bundle
+        return bundle.calibrate(calibration, border=border)
+
+    def calibrate(self, calibration: ClipFeatures, false_alarm: float | None = None, *,
+                  border: int = 0) -> DetectorBundle:
+        """(Re)calibrate on held-out in-distribution clips at ``false_alarm`` (default: the bundle's), keeping the
+        densities; the evidence in ``calibration.evidence`` is fused (``settings["evidence"]``), and ``border`` (px)
+        is recorded with ``border/consistency``, since scoring must mask the same band. Returns self."""
+        false_alarm = float(self.settings["false_alarm"] if false_alarm is None else false_alarm)
+        _check_rate(false_alarm, len(calibration))
+        evidence = [key for key in EVIDENCE_KEYS if key in calibration.evidence]
+        stray = sorted(set(calibration.evidence) - set(EVIDENCE_KEYS))
+        if stray:
+            raise BundleError(f"unknown evidence {stray}; known: {list(EVIDENCE_KEYS)}")
+        if BORDER_KEY in evidence and int(border) < 1:
+            raise BundleError(f"{BORDER_KEY} evidence needs the masked border it was computed with (>= 1 px)")
+        self.settings.update(false_alarm=false_alarm, calibration_clips=len(calibration), evidence=evidence,
+                             border=int(border) if BORDER_KEY in evidence else 0)
+        scores = self.loglik(calibration.layers, evidence=calibration.evidence)
+        fused_density = self.settings["fused_density"]
+        fused_keys = [f"{layer}/{fused_density}" for layer in self.layers]
+        low_level_keys = [f"{layer}/{fused_density}" for layer in self.settings.get("low_level_layers") or ()]
+        output_keys = [self.output_key] if self.output_key else []
+        self.calibration = Calibration.fit(scores, calibration.softmax.max(axis=1),
+                                           fused_keys + output_keys + evidence, false_alarm, low_level_keys,
+                                           output_keys, evidence)
+        return self
 
     @property
     def output_key(self) -> str | None:
@@ -161,8 +181,25 @@ class DetectorBundle:
         layer = self.settings.get("output_layer")
         return f"{layer}/logsumexp" if layer else None
 
-    def loglik(self, layer_features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``score_samples`` of every (layer, density) for a batch of tapped features, and the output score."""
+    @property
+    def evidence_keys(self) -> list[str]:
+        """The evidence the bundle fuses (:mod:`pipeline.detect.evidence`; bundles before it: none)."""
+        return list(self.settings.get("evidence") or ())
+
+    @property
+    def border(self) -> int:
+        """The masked band (px of model input) of the ``border/consistency`` evidence; 0 if not fused."""
+        return int(self.settings.get("border") or 0)
+
+    def loglik(self, layer_features: dict[str, np.ndarray], *,
+               evidence: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """``score_samples`` of every (layer, density) for a batch of tapped features, the output score, and the
+        clips' ``evidence`` scores (every key the bundle fuses is required)."""
+        evidence = dict(evidence or {})
+        missing = [key for key in self.evidence_keys if key not in evidence]
+        if missing:
+            raise BundleError(f"this bundle fuses {', '.join(missing)}: score clips through its Detector (which "
+                              "computes it in the model's forward pass), or pass each clip's evidence")
         out = {}
         for layer in self.layers:
             reduced = self.reducers[layer].transform(layer_features[layer])
@@ -171,13 +208,14 @@ class DetectorBundle:
         if self.output_key:
             out[self.output_key] = logsumexp(np.asarray(layer_features[self.settings["output_layer"]],
                                                         dtype=np.float64), axis=1)
+        out.update({key: np.asarray(values, dtype=np.float64).reshape(-1) for key, values in evidence.items()})
         return out
 
     def score(self, layer_features: dict[str, np.ndarray], softmax_max: np.ndarray, *,
-              alpha: float | None = None) -> BundleScores:
-        """Scores and verdicts of a batch of clips; ``alpha`` flags at that false-alarm rate instead of the
-        calibration's (the bundle is not changed)."""
-        loglik = self.loglik(layer_features)
+              alpha: float | None = None, evidence: Mapping[str, np.ndarray] | None = None) -> BundleScores:
+        """Scores and verdicts of a batch of clips (with their ``evidence``, see :meth:`loglik`); ``alpha`` flags at
+        that false-alarm rate instead of the calibration's (the bundle is not changed)."""
+        loglik = self.loglik(layer_features, evidence=evidence)
         calibration = self.calibration if alpha is None else self.calibration.with_alpha(alpha)
         fused, p, results = calibration.verdicts(loglik, np.asarray(softmax_max))
         return BundleScores(loglik, fused, p, [r[0] for r in results], [r[1] for r in results])
@@ -259,6 +297,16 @@ class DetectorBundle:
     def resolve_model(self, bundle_dir: str | Path) -> Path:
         """Path of the bundle's model directory, after checking its weights' (and ``model.json``'s) SHA-256."""
         return resolve_model_ref(self.model_ref, bundle_dir)
+
+
+def _check_rate(false_alarm: float, clips: int) -> None:
+    """Refuse a false-alarm rate outside (0, 1), or one too few calibration clips can reach."""
+    if not 0.0 < false_alarm < 1.0:
+        raise BundleError(f"false-alarm rate must be in (0, 1), got {false_alarm:g}")
+    if 1 / (clips + 1) > false_alarm:  # conformal p-values are at least 1/(n+1)
+        raise BundleError(f"{clips} calibration clips cannot flag anything at a false-alarm rate of "
+                          f"{false_alarm:g}: the smallest p-value is 1/(n+1) = {1 / (clips + 1):.3g}; "
+                          f"give at least {math.ceil(1 / false_alarm) - 1} calibration clips or a higher rate")
 
 
 def resolve_model_ref(ref: dict, bundle_dir: str | Path) -> Path:

@@ -1,9 +1,11 @@
 """Calibration of detector scores on held-out in-distribution clips: standardisation, fusion, p-values, verdicts.
 
-Each (layer, density) score is standardised by its calibration mean and deviation. The fused keys form up to three
+Each (layer, density) score is standardised by its calibration mean and deviation. The fused keys form up to four
 **groups**: *low-level* layers (early convolutions: texture, edges, local motion), *semantic* ones (the
-embedding and the logits' likelihood) and the *output* score (the logits' energy, ``logsumexp``: how strongly the
-classifier answers any known class, Liu et al. 2020). A group's score is the mean of its standardised scores, standardised again on the
+embedding and the logits' likelihood), the *output* score (the logits' energy, ``logsumexp``: how strongly the
+classifier answers any known class, Liu et al. 2020), and each piece of *evidence* the bundle fuses besides its
+densities (:mod:`pipeline.detect.evidence`: the OOD heatmap, the prediction's consistency when the border is masked),
+one group each, named by its key's prefix. A group's score is the mean of its standardised scores, standardised again on the
 calibration set; the **fused** score is the lower of the group scores, so a clip is as unusual as its most unusual
 view (on the synthetic benchmark, novel activities look ordinary to early layers and a painted frame looks glaring
 to them, so averaging all layers into one score would bury one or the other). A score's conformal **p-value** is
@@ -15,7 +17,8 @@ group is ``adversarial`` (the pixels themselves are improbable: a painted frame,
 one flagged by its semantic group is ``adversarial`` when its softmax confidence is at least that of a typical
 in-distribution clip (the calibration median: a confident prediction on improbable features, the signature of an
 attack that fools softmax), and ``novel`` otherwise; one flagged by its output score (no known class fits) is
-``novel``. This split is a heuristic: the likelihood says *that* a
+``novel``; one flagged by its heatmap (part of the frame differs from anything seen in training) or by its border
+consistency (the prediction rests on the frame's outer band) is ``adversarial``. This split is a heuristic: the likelihood says *that* a
 clip is unusual, which layers and the softmax only suggest *why*.
 """
 
@@ -29,6 +32,10 @@ from pipeline.errors import ClipwatchError
 
 NORMAL, NOVEL, ADVERSARIAL = "normal", "novel", "adversarial"
 LOW_LEVEL, SEMANTIC, OUTPUT = "low-level", "semantic", "output"
+EVIDENCE_REASONS = {
+    "heatmap": "the OOD heatmap is high: part of the frame differs from the training data (the thumbnail shows where)",
+    "border": "the prediction changes when the frame's border is masked: it rests on the border (e.g. a painted frame)",
+}
 
 
 class CalibrationError(ClipwatchError, ValueError):
@@ -57,22 +64,25 @@ class Calibration:
     output_keys: list[str] = field(default_factory=list)
     group_means: np.ndarray = field(default_factory=lambda: np.zeros(1))
     group_stds: np.ndarray = field(default_factory=lambda: np.ones(1))
+    evidence_keys: list[str] = field(default_factory=list)
 
     @classmethod
     def fit(cls, scores: dict[str, np.ndarray], softmax_max: np.ndarray, fused_keys: list[str], alpha: float = 0.01,
-            low_level_keys: list[str] = (), output_keys: list[str] = ()):
-        """Calibrate on in-distribution ``scores``; ``low_level_keys`` and ``output_keys`` (subsets of
-        ``fused_keys``) form groups of their own."""
+            low_level_keys: list[str] = (), output_keys: list[str] = (), evidence_keys: list[str] = ()):
+        """Calibrate on in-distribution ``scores``; ``low_level_keys`` and ``output_keys`` form groups of their own,
+        and so does each of ``evidence_keys`` (all disjoint subsets of ``fused_keys``)."""
         if not 0.0 < alpha < 1.0:
             raise CalibrationError(f"false-alarm rate must be in (0, 1), got {alpha}")
         keys = list(scores)
         missing = [k for k in fused_keys if k not in scores]
         if missing:
             raise CalibrationError(f"fused scores {missing} were not calibrated")
-        stray = [k for k in (*low_level_keys, *output_keys) if k not in fused_keys]
-        if stray or set(low_level_keys) & set(output_keys):
-            raise CalibrationError(f"low-level {list(low_level_keys)} and output {list(output_keys)} scores must be "
-                                   f"distinct fused scores (fused: {list(fused_keys)})")
+        apart = (*low_level_keys, *output_keys, *evidence_keys)
+        stray = [k for k in apart if k not in fused_keys]
+        if stray or len(set(apart)) < len(apart):
+            raise CalibrationError(f"low-level {list(low_level_keys)}, output {list(output_keys)} and evidence "
+                                   f"{list(evidence_keys)} scores must be distinct fused scores "
+                                   f"(fused: {list(fused_keys)})")
         n = len(next(iter(scores.values())))
         if n < 2:
             raise CalibrationError(f"calibration needs at least 2 clips, got {n}")
@@ -81,7 +91,7 @@ class Calibration:
         stds = np.where(stds > 0, stds, 1.0)
         calibration = cls(keys, means, stds, {k: np.sort(scores[k]) for k in keys}, list(fused_keys),
                           np.empty(0), np.sort(np.asarray(softmax_max, dtype=np.float64)), float(alpha),
-                          list(low_level_keys), list(output_keys))
+                          list(low_level_keys), list(output_keys), evidence_keys=list(evidence_keys))
         groups = calibration._group_means(scores)
         calibration.group_means = np.array([np.mean(g) for g in groups.values()])
         calibration.group_stds = np.array([np.std(g) if np.std(g) > 0 else 1.0 for g in groups.values()])
@@ -101,11 +111,14 @@ class Calibration:
 
     @property
     def groups(self) -> dict[str, list[str]]:
-        """Fused keys by group: ``low-level``, ``semantic`` and ``output``, empty groups left out."""
-        low = [k for k in self.fused_keys if k in self.low_level_keys]
-        output = [k for k in self.fused_keys if k in self.output_keys]
-        high = [k for k in self.fused_keys if k not in self.low_level_keys and k not in self.output_keys]
-        return {name: keys for name, keys in ((LOW_LEVEL, low), (SEMANTIC, high), (OUTPUT, output)) if keys}
+        """Fused keys by group: ``low-level``, ``semantic``, ``output``, then one group per evidence key (named by
+        its prefix, e.g. ``heatmap``); empty groups left out."""
+        apart = [*self.low_level_keys, *self.output_keys, *self.evidence_keys]
+        grouped = {LOW_LEVEL: [k for k in self.fused_keys if k in self.low_level_keys],
+                   SEMANTIC: [k for k in self.fused_keys if k not in apart],
+                   OUTPUT: [k for k in self.fused_keys if k in self.output_keys]}
+        grouped.update({key.split("/")[0]: [key] for key in self.fused_keys if key in self.evidence_keys})
+        return {name: keys for name, keys in grouped.items() if keys}
 
     def _group_means(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: np.mean([self.standardise(k, scores[k]) for k in keys], axis=0)
@@ -161,6 +174,9 @@ class Calibration:
             if culprit == LOW_LEVEL:
                 reasons.append("low-level features improbable: the pixels were tampered with (e.g. a painted frame)")
                 results.append((ADVERSARIAL, reasons))
+            elif culprit in EVIDENCE_REASONS:
+                reasons.append(EVIDENCE_REASONS[culprit])
+                results.append((ADVERSARIAL, reasons))
             elif culprit == OUTPUT:
                 reasons.append(f"no known class fits: the logits' energy is low (softmax {softmax_max[i]:.3f})")
                 results.append((NOVEL, reasons))
@@ -180,7 +196,8 @@ class Calibration:
 
     def settings(self) -> dict:
         return {"keys": self.keys, "fused_keys": self.fused_keys, "low_level_keys": self.low_level_keys,
-                "output_keys": self.output_keys, "groups": list(self.groups), "alpha": self.alpha}
+                "output_keys": self.output_keys, "evidence_keys": self.evidence_keys, "groups": list(self.groups),
+                "alpha": self.alpha}
 
     @classmethod
     def from_saved(cls, settings: dict, arrays: dict[str, np.ndarray]) -> Calibration:
@@ -188,7 +205,7 @@ class Calibration:
         calibration = cls(keys, arrays["means"], arrays["stds"], {k: arrays[f"scores/{k}"] for k in keys},
                    list(settings["fused_keys"]), arrays["fused"], arrays["softmax"], float(settings["alpha"]),
                    list(settings["low_level_keys"]), list(settings.get("output_keys") or ()),
-                   arrays["group_means"], arrays["group_stds"])
+                   arrays["group_means"], arrays["group_stds"], list(settings.get("evidence_keys") or ()))
         if not len(calibration.groups) == calibration.group_means.size == calibration.group_stds.size:
             raise CalibrationError(f"calibration has statistics for {calibration.group_means.size} groups, its settings "
                              f"name {len(calibration.groups)} ({', '.join(calibration.groups)})")

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from pipeline.detect.bundle import HEATMAP_DIR, BundleError, BundleScores, DetectorBundle, resolve_model_ref
+from pipeline.detect.evidence import HEATMAP_KEY, Evidence
 from pipeline.detect.features import ClipFeatures, extract_from_tensors, model_inputs
 from pipeline.detect.zoo.heatmap import HeatmapDetector
 from pipeline.errors import ClipwatchError
@@ -112,18 +113,20 @@ class BundleScoring:
                  batch_size: int | None = None) -> ClipFeatures:
         raise NotImplementedError
 
-    def score_features(self, features: Mapping[str, np.ndarray], softmax: np.ndarray) -> BundleScores:
+    def score_features(self, features: Mapping[str, np.ndarray], softmax: np.ndarray, *,
+                       evidence: Mapping[str, np.ndarray] | None = None) -> BundleScores:
         """Scores and verdicts of tapped features (``{layer: (N, D)}``); ``softmax`` is each clip's largest
-        softmax probability ``(N,)``, or the probabilities ``(N, C)``."""
+        softmax probability ``(N,)``, or the probabilities ``(N, C)``; ``evidence`` (``ClipFeatures.evidence``)
+        is needed by a bundle that fuses some."""
         softmax = np.asarray(softmax)
         softmax_max = softmax.max(axis=1) if softmax.ndim == 2 else softmax
-        return self.bundle.score(dict(features), softmax_max, alpha=self.alpha_override)
+        return self.bundle.score(dict(features), softmax_max, alpha=self.alpha_override, evidence=evidence)
 
     def score_clips(self, clips: Sequence[np.ndarray], *,
                     batch_size: int | None = None) -> tuple[ClipFeatures, BundleScores]:
         """Features (with logits; ``.softmax`` gives probabilities) and scores of uint8 clips of any frame sizes."""
         features = self.features(clips, batch_size=batch_size)
-        return features, self.score_features(features.layers, features.softmax)
+        return features, self.score_features(features.layers, features.softmax, evidence=features.evidence)
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,6 +174,8 @@ class Detector(BundleScoring):
         model, _ = prepare_for_inference(model, concrete, device=device)
         heatmap_dir = Path(bundle_dir) / HEATMAP_DIR
         heatmap = HeatmapDetector.load(heatmap_dir, device=device) if heatmap_dir.is_dir() else None
+        if heatmap is None and HEATMAP_KEY in bundle.evidence_keys:
+            raise BundleError(f"{bundle_dir}: fuses its OOD heatmap score but has no {HEATMAP_DIR}/ decoder")
         return cls(model, manifest, bundle, settings, alpha, device, heatmap)
 
     @staticmethod
@@ -190,18 +195,24 @@ class Detector(BundleScoring):
     def model_id(self) -> str:
         return model_id(self.manifest)
 
+    @property
+    def evidence(self) -> Evidence:
+        """What the bundle fuses besides its densities, to compute in each forward pass (with the heatmap decoder,
+        whose maps also colour thumbnails)."""
+        return Evidence(tuple(self.bundle.evidence_keys), self.heatmap, self.bundle.border)
+
     def features(self, clips: Sequence[np.ndarray], labels: Sequence[int] | None = None, *,
                  batch_size: int | None = None) -> ClipFeatures:
         """Tapped features and logits of ``(T, H, W, 3)`` uint8 clips of any frame sizes, in order (one forward
-        pass per ``batch_size`` clips, all at once by default), pooled by the bundle's ``pool_factor``;
-        ``labels`` default to -1 (unknown)."""
+        pass per ``batch_size`` clips, all at once by default), pooled by the bundle's ``pool_factor``, and the
+        evidence the bundle fuses; ``labels`` default to -1 (unknown)."""
         if not len(clips):
             raise ClipwatchError("no clips to extract features from")
         size = batch_size or len(clips)
         inputs = (model_inputs(clips[i:i + size], self.manifest.preprocessing).to(self.device)
                   for i in range(0, len(clips), size))
-        layers, logits = extract_from_tensors(self.model, inputs, self.bundle.layers,
-                                              pool_factor=self.settings.pool_factor)
+        layers, logits, evidence = extract_from_tensors(self.model, inputs, self.bundle.layers,
+                                                        pool_factor=self.settings.pool_factor, evidence=self.evidence)
         labels = np.full(len(clips), -1) if labels is None else np.asarray(labels)
-        return ClipFeatures(layers, logits, labels, seqs=np.arange(len(clips)))
+        return ClipFeatures(layers, logits, labels, seqs=np.arange(len(clips)), evidence=evidence)
 

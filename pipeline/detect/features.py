@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pipeline.detect.evidence import Evidence
 from pipeline.errors import ClipwatchError
 from pipeline.models import FeatureTap
 from pipeline.video import ClipSplitter, VideoError, iter_file_clips, preprocess
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ClipFeatures:
-    """Per-clip outputs of a tapped model: ``layers[name]`` is ``(N, D)`` float32, ``logits`` is ``(N, C)``."""
+    """Per-clip outputs of a tapped model: ``layers[name]`` is ``(N, D)`` float32, ``logits`` is ``(N, C)``;
+    ``evidence[key]`` ``(N,)`` float64 holds what :mod:`pipeline.detect.evidence` computed in the same pass."""
 
     layers: dict[str, np.ndarray]
     logits: np.ndarray
@@ -30,6 +32,7 @@ class ClipFeatures:
     videos: list[str] = field(default_factory=list)
     seqs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    evidence: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.logits.shape[0])
@@ -47,6 +50,7 @@ class ClipFeatures:
             self.labels[index],
             [self.videos[i] for i in index] if self.videos else [],
             self.seqs[index] if self.seqs.size else self.seqs,
+            evidence={key: values[index] for key, values in self.evidence.items()},
         )
 
 
@@ -121,25 +125,32 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def extract_from_tensors(
-    model: nn.Module, inputs: Iterable[torch.Tensor], layers: Sequence[str], *, pool_factor: int = 4
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Run normalised input batches through ``model`` with a tap; returns ``(layers, logits)`` as float32 arrays.
+    model: nn.Module, inputs: Iterable[torch.Tensor], layers: Sequence[str], *, pool_factor: int = 4,
+    evidence: Evidence | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+    """Run normalised input batches through ``model`` with a tap; returns ``(layers, logits, evidence)``: float32
+    features and logits, and the ``(N,)`` float64 scores of ``evidence`` (empty without it).
 
     Batches are moved to the model's device (:func:`model_device`); the outputs come back to the CPU.
     """
     model.eval()
     device = model_device(model)
+    evidence = evidence or Evidence()
     per_layer: dict[str, list[np.ndarray]] = {name: [] for name in layers}
+    per_key: dict[str, list[np.ndarray]] = {key: [] for key in evidence.keys}
     logits_parts = []
     with FeatureTap(model, list(layers), pool_factor=pool_factor) as tap:
         for batch in inputs:
-            logits, features = tap(batch.to(device))
+            logits, features, scores, _ = evidence.forward(model, tap, batch.to(device))
             logits_parts.append(logits.float().cpu().numpy())
             for name in layers:
                 per_layer[name].append(features[name].float().cpu().numpy())
+            for key in evidence.keys:
+                per_key[key].append(scores[key].cpu().numpy())
     if not logits_parts:
         raise ClipwatchError("no clips to extract features from")
-    return {name: np.concatenate(parts) for name, parts in per_layer.items()}, np.concatenate(logits_parts)
+    return ({name: np.concatenate(parts) for name, parts in per_layer.items()}, np.concatenate(logits_parts),
+            {key: np.concatenate(parts) for key, parts in per_key.items()})
 
 
 def extract_clip_features(
@@ -148,7 +159,7 @@ def extract_clip_features(
 ) -> ClipFeatures:
     """Features of in-memory uint8 clips ``(N, T, H, W, 3)`` (e.g. attacked clips read back from disk)."""
     inputs = (model_input(clips[i : i + batch_size], preprocessing) for i in range(0, len(clips), batch_size))
-    feats, logits = extract_from_tensors(model, inputs, layers, pool_factor=pool_factor)
+    feats, logits, _ = extract_from_tensors(model, inputs, layers, pool_factor=pool_factor)
     labels = np.full(len(clips), -1) if labels is None else np.asarray(labels)
     return ClipFeatures(feats, logits, labels, seqs=np.arange(len(clips)))
 
@@ -190,9 +201,10 @@ def load_clips(
 def extract_video_features(
     model: nn.Module, preprocessing, videos: Sequence[tuple[str | Path, int]], layers: Sequence[str], *,
     batch_size: int = 16, pool_factor: int = 4, stride: int | None = None, max_clips_per_video: int | None = None,
-    progress: bool = True, description: str = "features",
+    progress: bool = True, description: str = "features", evidence: Evidence | None = None,
 ) -> ClipFeatures:
-    """Features of every clip of every ``(path, label)`` video; unreadable videos are skipped and reported."""
+    """Features of every clip of every ``(path, label)`` video (and the scores of ``evidence``); unreadable videos
+    are skipped and reported."""
     splitter = ClipSplitter(preprocessing.clip_len, stride or preprocessing.clip_len, preprocessing.frame_step)
     meta: list[tuple[str, int, int]] = []
     skipped: list[tuple[str, str]] = []
@@ -210,7 +222,7 @@ def extract_video_features(
                 log.warning("skipping %s", exc)
 
     inputs = (model_input(np.stack(batch), preprocessing) for batch in _batched(clips(), batch_size))
-    feats, logits = extract_from_tensors(model, inputs, layers, pool_factor=pool_factor)
+    feats, logits, scores = extract_from_tensors(model, inputs, layers, pool_factor=pool_factor, evidence=evidence)
     return ClipFeatures(
         feats,
         logits,
@@ -218,6 +230,7 @@ def extract_video_features(
         [m[0] for m in meta],
         np.array([m[2] for m in meta]),
         skipped,
+        scores,
     )
 
 

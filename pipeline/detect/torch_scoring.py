@@ -5,7 +5,9 @@ gradients reach the pixels: normalisation, the model with a grad-enabled :class:
 (features pooled by the bundle's ``pool_factor``), each layer's PCA projection, every fitted density's
 log-likelihood (the largest class log-likelihood, GMM components log-sum-exped per class), the output score of
 bundles that fuse one (``logsumexp`` of the logits layer's features), the per-key standardisation and the fused
-score of :meth:`Calibration.fuse` (group means, standardised again, lowest group).
+score of :meth:`Calibration.fuse` (group means, standardised again, lowest group). The evidence a bundle fuses
+besides its densities (:mod:`pipeline.detect.evidence`: the heatmap through its decoder, the masked-border
+consistency through a second forward pass) is computed the same way, so an attacker descends through it too.
 
 Exactness: from the tapped features on, the formulas are those of the numpy bundle in float64, from the fitted
 attributes (nothing is refitted); the features come from the same float32 forward pass as
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.detect.evidence import Evidence
 from pipeline.errors import ClipwatchError
 from pipeline.models import FeatureTap
 
@@ -92,6 +95,8 @@ class TorchBundleScorer:
     which lacks float64). The tap's hooks stay on the model until :meth:`close` (or the ``with`` block ends);
     they capture nothing outside a call. Put the model in eval mode (attacks do, through ``frozen``).
 
+    ``heatmap`` is the bundle's heatmap decoder (``Detector.heatmap``), required when the bundle fuses its score.
+
     ``scorer(clips).fused`` equals ``bundle.score(...).fused``: **the minimum over the groups**, so its gradient
     flows through the lowest group only (the one that sets the fused score), and within a density through the
     most likely class only.
@@ -99,11 +104,17 @@ class TorchBundleScorer:
 
     def __init__(self, bundle: DetectorBundle, model: nn.Module,
                  normalize: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
-                 keys: Sequence[str] | None = None) -> None:
+                 keys: Sequence[str] | None = None, heatmap=None) -> None:
         calibration = bundle.calibration
         self._output_key = getattr(bundle, "output_key", None)  # "<logits layer>/logsumexp" in bundles that fuse it
+        evidence_keys = tuple(getattr(bundle, "evidence_keys", ()))
+        try:
+            self._evidence = Evidence(evidence_keys, heatmap, getattr(bundle, "border", 0))
+        except ValueError as error:
+            raise ClipwatchError(f"the bundle fuses {', '.join(evidence_keys)}: {error}") from None
         wanted = list(calibration.keys if keys is None else keys)
-        unknown = [k for k in wanted if k not in bundle.densities and k != self._output_key]
+        unknown = [k for k in wanted if k not in bundle.densities and k != self._output_key
+                   and k not in evidence_keys]
         if unknown:
             raise ClipwatchError(f"keys {unknown} are not scores of the bundle ({', '.join(calibration.keys)})")
         self.keys = list(dict.fromkeys([*wanted, *calibration.fused_keys]))
@@ -117,7 +128,7 @@ class TorchBundleScorer:
         self._reducers = {layer: (_float64(r.mean_, self.device), _float64(r.components_.T, self.device))
                           for layer, r in reducers.items()}
         self._tables = {key: _DensityTable(bundle.densities[key], self.device) for key in self.keys
-                        if key != self._output_key}
+                        if key in bundle.densities}
         index = {key: i for i, key in enumerate(calibration.keys)}
         self._standard = {key: (float(calibration.means[index[key]]), float(calibration.stds[index[key]]))
                           for key in calibration.fused_keys}
@@ -132,13 +143,18 @@ class TorchBundleScorer:
             shape = tuple(clips.shape) if isinstance(clips, torch.Tensor) else type(clips).__name__
             raise ClipwatchError(f"expected a non-empty (B, C, T, H, W) tensor of clips, got {shape}")
         self._tap.enable_grad = torch.is_grad_enabled()  # under torch.no_grad(): no graph, inference mode
-        logits, features = self._tap(self.normalize(clips))
+        logits, features, evidence, _ = self._evidence.forward(self.model, self._tap, self.normalize(clips))
         reduced = {}
         for layer, (mean, components) in self._reducers.items():
             reduced[layer] = (features[layer].to(self.device, torch.float64) - mean) @ components
-        loglik = {key: self._tables[key].score(reduced[key.split("/")[0]]) if key in self._tables
-                  else torch.logsumexp(features[key.split("/")[0]].to(self.device, torch.float64), dim=1)
-                  for key in self.keys}
+        loglik = {}
+        for key in self.keys:
+            if key in self._tables:
+                loglik[key] = self._tables[key].score(reduced[key.split("/")[0]])
+            elif key in evidence:
+                loglik[key] = evidence[key].to(self.device)
+            else:  # the output score
+                loglik[key] = torch.logsumexp(features[key.split("/")[0]].to(self.device, torch.float64), dim=1)
         groups = {}
         for i, (name, keys) in enumerate(self._groups.items()):
             standardised = [(loglik[k] - self._standard[k][0]) / self._standard[k][1] for k in keys]

@@ -74,7 +74,8 @@ def adaptive_sets(settings, detector: Detector, clips01: torch.Tensor, labels: t
     fused_keys = detector.bundle.calibration.fused_keys
     out: dict[str, AdaptiveSet] = {}
     train = None
-    with TorchBundleScorer(detector.bundle, detector.model, normalize, keys=fused_keys) as scorer:
+    with TorchBundleScorer(detector.bundle, detector.model, normalize, keys=fused_keys,
+                           heatmap=detector.heatmap) as scorer:
         for name in names:
             for lam in settings.lambdas:
                 started = time.perf_counter()

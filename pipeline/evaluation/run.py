@@ -207,7 +207,7 @@ def evaluate(settings: EvaluationSettings) -> dict:
     accuracy = {"clean": accuracy_of(clean)}
     accuracy.update({name: accuracy_of(ood[name]) for name in ood if name != "novel"})
     sets = {"clean": clean, **ood}
-    set_scores = {name: detector.score_features(f.layers, f.softmax) for name, f in sets.items()}
+    set_scores = {name: detector.score_features(f.layers, f.softmax, evidence=f.evidence) for name, f in sets.items()}
     zoo_scores, zoo_info = _zoo(settings, detector, sets, frames) if settings.detectors else ({}, None)
     verdicts = verdict_rows(set_scores)
     results = {

@@ -62,6 +62,9 @@ def export_bundle(bundle_dir: str | Path, out: str | Path, *, overwrite: bool = 
     if check_clips < 1:
         raise ExportError(f"check_clips must be >= 1, got {check_clips}")
     detector = Detector.load(bundle_dir, precision="fp32")
+    if detector.bundle.evidence_keys:
+        raise ExportError(f"{bundle_dir}: fuses {', '.join(detector.bundle.evidence_keys)}, which the ONNX export "
+                          "does not compute yet; export a bundle fitted without --evidence")
     digest = bundle_digest(bundle_dir)
     prep = detector.manifest.preprocessing
     input_shape = tuple(model_inputs([np.zeros((prep.clip_len, prep.crop, prep.crop, 3), np.uint8)], prep).shape[1:])

@@ -73,6 +73,9 @@ class Message(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     TYPE: ClassVar[str] = ""
+    OMIT_WHEN_EMPTY: ClassVar[tuple[str, ...]] = ()
+    """Optional fields added after version 1: left out of the payload when empty, so that readers of the same
+    schema version that predate them still accept what needs none of them."""
 
 
 class ClipRef(Message):
@@ -211,6 +214,10 @@ class EmbeddingMessage(ClipRef):
     softmax_max: Probability
     features: dict[Name, LayerFeatures] = Field(min_length=1)
     thumbnail: StrictBytes | None = Field(None, description="small JPEG of the clip, for the sink")
+    evidence: dict[Name, StrictFloat] = Field(
+        default_factory=dict, description="scores besides the features that the bundle fuses "
+        "(pipeline.detect.evidence), computed in the classifier's forward pass")
+    OMIT_WHEN_EMPTY: ClassVar[tuple[str, ...]] = ("evidence",)
 
     @model_validator(mode="after")
     def _consistent(self) -> EmbeddingMessage:
@@ -293,7 +300,8 @@ def encode(message: Message, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
     """The msgpack payload of `message`; MessageError if it is larger than `max_bytes`."""
     if not isinstance(message, Message) or message.TYPE not in MESSAGE_TYPES:
         raise MessageError(f"cannot encode {type(message).__name__}: not a clipwatch message")
-    body = {"v": SCHEMA_VERSION, "type": message.TYPE, **message.model_dump()}
+    omit = {name for name in message.OMIT_WHEN_EMPTY if not getattr(message, name)}
+    body = {"v": SCHEMA_VERSION, "type": message.TYPE, **message.model_dump(exclude=omit)}
     payload = msgpack.packb(body, use_bin_type=True)
     if len(payload) > max_bytes:
         raise MessageError(f"{_describe(message)}: encoded size {len(payload)} bytes exceeds the limit of "

@@ -278,12 +278,20 @@ class HeatmapDetector(ZooDetector):
                raw: bool = False) -> np.ndarray:
         """Heatmaps ``(B, H, W)`` float32 from a forward pass's captured maps, its logits and its (normalised) input,
         above the floor (``raw``: as the decoder gives them)."""
-        self._check_fitted()
         with torch.inference_mode():
-            heat = self.decoder_([captured[name].float() for name in self.layers_], logits.argmax(dim=1),
-                                 inputs.float())
-            heat = heat if raw else self.floored(heat)
-        return heat.cpu().numpy()
+            return self.decode_tensor(captured, logits, inputs, raw=raw).cpu().numpy()
+
+    def decode_tensor(self, captured: dict[str, torch.Tensor], logits: torch.Tensor, inputs: torch.Tensor, *,
+                      raw: bool = False) -> torch.Tensor:
+        """:meth:`decode` as a tensor in the autograd graph of the maps and inputs (for attacks that descend
+        through the decoder); the decoder's own weights take no gradient. The predicted class is an embedding
+        lookup: no gradient flows through it."""
+        self._check_fitted()
+        weights = {name: value.detach() for name, value in self.decoder_.named_parameters()}
+        heat = torch.func.functional_call(
+            self.decoder_, weights, ([captured[name].float() for name in self.layers_], logits.argmax(dim=1),
+                                     inputs.float()))
+        return heat if raw else self.floored(heat)
 
     def floored(self, heat):
         """Raw heatmaps (NumPy or torch) above the floor, rescaled to ``[0, 1]``: ``clip((h - f) / (1 - f), 0, 1)``."""

@@ -5,7 +5,8 @@ in resolution); the model runs once with a `FeatureTap` on the bundle's layers; 
 prediction, the softmax maximum, each layer's pooled features as float32 and a small JPEG of the middle frame. When
 the bundle has an OOD heatmap decoder (``clipwatch fit --heatmap``), the same forward pass feeds it and the JPEG shows
 the heatmap over the part of the frame the model sees: nothing on a clip like the training data, a glow where a clip
-differs from it, so that an alert's thumbnail says where to look.
+differs from it, so that an alert's thumbnail says where to look. Evidence the bundle fuses besides its densities
+(:mod:`pipeline.detect.evidence`) is computed in the same step and travels in the embedding.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from torch import nn
 
 from pipeline.detect import Detector
 from pipeline.detect.detector import model_id
+from pipeline.detect.evidence import Evidence
 from pipeline.detect.features import model_input_problem, model_inputs
-from pipeline.detect.zoo.heatmap import HeatmapDetector
 from pipeline.models import FeatureTap, ModelManifest
 from pipeline.stream.messages import MAX_THUMBNAIL_BYTES, ClipMessage, EmbeddingMessage, frame_shape_problem
 from pipeline.stream.steps import Rejected, screen
@@ -68,7 +69,7 @@ class ClassifierStep:
 
     def __init__(self, model: nn.Module, manifest: ModelManifest, layers: Sequence[str], *, pool_factor: int = 4,
                  device: str = "cpu", thumbnail_size: int = 160, thumbnail_quality: int = 80,
-                 heatmap: HeatmapDetector | None = None):
+                 evidence: Evidence | None = None):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.manifest = manifest
@@ -78,15 +79,16 @@ class ClassifierStep:
         self.model_id = model_id(manifest)
         self.thumbnail_size = thumbnail_size
         self.thumbnail_quality = thumbnail_quality
-        self.heatmap = heatmap
+        self.evidence = evidence or Evidence()
 
     @classmethod
     def from_detector(cls, detector: Detector, *, device: str = "cpu", thumbnail_size: int = 160,
                       thumbnail_quality: int = 80) -> ClassifierStep:
-        """The detector's model tapped at its bundle's layers (with its heatmap decoder, if the bundle has one)."""
+        """The detector's model tapped at its bundle's layers, computing the evidence its bundle fuses (with its
+        heatmap decoder, if the bundle has one)."""
         return cls(detector.model, detector.manifest, detector.bundle.layers,
                    pool_factor=detector.settings.pool_factor, device=device, thumbnail_size=thumbnail_size,
-                   thumbnail_quality=thumbnail_quality, heatmap=detector.heatmap)
+                   thumbnail_quality=thumbnail_quality, evidence=detector.evidence)
 
     def problem(self, clip: ClipMessage) -> str | None:
         """Why the model cannot take `clip`, or None; checks the shape only, before anything is resized."""
@@ -103,23 +105,21 @@ class ClassifierStep:
         results, usable = screen(clips, self.problem)
         if usable:
             inputs = model_inputs([clips[i].array for i in usable], self.preprocessing).to(self.device)
-            heat = None
-            if self.heatmap is None or self.thumbnail_size == 0:  # the heatmap only ever colours the thumbnail
-                logits, features = self.tap(inputs)
-            else:
-                with self.heatmap.capturing(self.model) as captured:
-                    logits, features = self.tap(inputs)
-                heat = self.heatmap.decode(captured, logits, inputs)
+            logits, features, evidence, heat = self.evidence.forward(self.model, self.tap, inputs,
+                                                                     maps=self.thumbnail_size > 0)
+            heat = None if heat is None else heat.cpu().numpy()
             probabilities = torch.softmax(logits.double(), dim=1).cpu().numpy()
             features = {name: values.cpu().numpy() for name, values in features.items()}
+            evidence = {key: values.cpu().numpy() for key, values in evidence.items()}
             for row, index in enumerate(usable):
                 results[index] = self._embedding(clips[index], probabilities[row],
                                                  {name: values[row] for name, values in features.items()},
-                                                 None if heat is None else heat[row])
+                                                 None if heat is None else heat[row],
+                                                 {key: float(values[row]) for key, values in evidence.items()})
         return results
 
     def _embedding(self, clip: ClipMessage, probabilities: np.ndarray, features: dict[str, np.ndarray],
-                   heat: np.ndarray | None) -> EmbeddingMessage:
+                   heat: np.ndarray | None, evidence: dict[str, float]) -> EmbeddingMessage:
         prediction = int(np.argmax(probabilities))
         frames = clip.array
         middle = frames[len(frames) // 2]
@@ -130,7 +130,7 @@ class ClassifierStep:
             source=clip.source, timestamps=clip.timestamps, model_id=self.model_id, prediction=prediction,
             class_name=self.manifest.class_names[prediction],
             softmax_max=min(1.0, max(0.0, float(probabilities[prediction]))),
-            thumbnail=thumbnail_jpeg(middle, self.thumbnail_size, self.thumbnail_quality),
+            thumbnail=thumbnail_jpeg(middle, self.thumbnail_size, self.thumbnail_quality), evidence=evidence,
         ).with_timestamp("classifier")
 
     def close(self) -> None:

@@ -35,6 +35,10 @@ class DensityStep:
         if not embedding.model_id.endswith("@" + self.model_sha[:12]):
             return (f"embedding {embedding.key} comes from model {embedding.model_id}, the bundle was fitted on "
                     f"weights {self.model_sha[:12]}")
+        missing = [key for key in self.bundle.evidence_keys if key not in embedding.evidence]
+        if missing:
+            return (f"embedding {embedding.key} lacks {', '.join(missing)}, which the bundle fuses (a classifier "
+                    "stage loaded from another bundle?)")
         for layer, dim in self.dims.items():
             if layer not in embedding.features:
                 return f"embedding {embedding.key} has no features for layer {layer!r}"
@@ -50,14 +54,15 @@ class DensityStep:
         chosen = [embeddings[i] for i in usable]
         features = {layer: np.stack([e.feature(layer) for e in chosen]) for layer in self.bundle.layers}
         softmax = np.array([e.softmax_max for e in chosen], dtype=np.float64)
-        scores = self.bundle.score(features, softmax, alpha=self.alpha)
+        evidence = {key: np.array([e.evidence[key] for e in chosen]) for key in self.bundle.evidence_keys}
+        scores = self.bundle.score(features, softmax, alpha=self.alpha, evidence=evidence)
         for row, (index, embedding) in enumerate(zip(usable, chosen, strict=True)):
             nested: dict[str, dict[str, float]] = {}
             for name, values in scores.loglik.items():
                 layer, density = name.rsplit("/", 1)
                 nested.setdefault(layer, {})[density] = float(values[row])
             results[index] = VerdictMessage(
-                **embedding.model_dump(exclude={"features"}), log_likelihoods=nested,
+                **embedding.model_dump(exclude={"features", "evidence"}), log_likelihoods=nested,
                 fused_score=float(scores.fused[row]), p_value=min(1.0, max(0.0, float(scores.p_value[row]))),
                 verdict=scores.verdicts[row], reasons=list(scores.reasons[row]),
             ).with_timestamp("density")
