@@ -181,3 +181,18 @@ def test_evaluate_reports_the_evidence_rows_and_attacks_through_them(evidence_bu
     (row,) = report["adaptive"]["rows"]
     assert {"border/consistency", "heatmap/mean", "all/fused"} <= set(row["auroc"])
     assert "border" in (out / "results.md").read_text()
+
+
+def test_an_export_of_a_border_bundle_scores_the_masked_view_like_torch(tiny_dataset, tiny_model, test_clips, tmp_path):
+    from pipeline.export import OnnxDetector
+
+    out = tmp_path / "bundle"
+    assert main(["fit", "--model", str(tiny_model), "--data", str(tiny_dataset), "--out", str(out), "--layers", "layer4",
+                 "fc", "--false-alarm", "0.1", "--evidence", "border", "--no-progress"]) == 0
+    export_bundle(out, tmp_path / "export")
+    clips, _ = test_clips
+    onnx_features, onnx_scores = OnnxDetector.load(tmp_path / "export").score_clips(clips)
+    features, scores = Detector.load(out).score_clips(clips)
+    assert set(onnx_features.evidence) == set(features.evidence) == {BORDER_KEY}
+    np.testing.assert_allclose(onnx_features.evidence[BORDER_KEY], features.evidence[BORDER_KEY], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(onnx_scores.fused, scores.fused, rtol=1e-3, atol=1e-3)

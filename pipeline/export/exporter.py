@@ -20,6 +20,7 @@ import torch
 import pipeline
 from pipeline.detect.bundle import bundle_digest
 from pipeline.detect.detector import Detector
+from pipeline.detect.evidence import HEATMAP_KEY
 from pipeline.detect.features import model_inputs
 from pipeline.export.graph import INPUT_NAME, TappedGraph
 from pipeline.export.runtime import (
@@ -62,9 +63,9 @@ def export_bundle(bundle_dir: str | Path, out: str | Path, *, overwrite: bool = 
     if check_clips < 1:
         raise ExportError(f"check_clips must be >= 1, got {check_clips}")
     detector = Detector.load(bundle_dir, precision="fp32")
-    if detector.bundle.evidence_keys:
-        raise ExportError(f"{bundle_dir}: fuses {', '.join(detector.bundle.evidence_keys)}, which the ONNX export "
-                          "does not compute yet; export a bundle fitted without --evidence")
+    if HEATMAP_KEY in detector.bundle.evidence_keys:
+        raise ExportError(f"{bundle_dir}: fuses its heatmap score, whose decoder the ONNX export does not carry yet; "
+                          "export a bundle fitted without --evidence heatmap")
     digest = bundle_digest(bundle_dir)
     prep = detector.manifest.preprocessing
     input_shape = tuple(model_inputs([np.zeros((prep.clip_len, prep.crop, prep.crop, 3), np.uint8)], prep).shape[1:])

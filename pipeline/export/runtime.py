@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from pipeline.detect.bundle import DetectorBundle, bundle_digest
 from pipeline.detect.detector import BundleScoring, DetectorSettings
+from pipeline.detect.evidence import BORDER_KEY, border_consistency
 from pipeline.detect.features import ClipFeatures, model_inputs
 from pipeline.errors import ClipwatchError
 from pipeline.fileio import IntegrityError, file_sha256, verify_directory
@@ -118,6 +120,10 @@ class OnnxDetector(BundleScoring):
             alpha = float(alpha)
         return cls(open_session(directory / MODEL_FILE, threads=threads), manifest, bundle, alpha=alpha)
 
+    def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The exported model's logits of a normalised batch (a callable like the torch model, for the evidence)."""
+        return torch.from_numpy(run_session(self.session, self.manifest["outputs"], inputs.numpy())[0])
+
     def features(self, clips: Sequence[np.ndarray], labels: Sequence[int] | None = None, *,
                  batch_size: int | None = None) -> ClipFeatures:
         """Tapped, pooled features and logits of ``(T, H, W, 3)`` uint8 clips of any frame sizes, in order (one run
@@ -126,6 +132,8 @@ class OnnxDetector(BundleScoring):
             raise ClipwatchError("no clips to extract features from")
         size = batch_size or len(clips)
         logits, layers = [], {name: [] for name in self.layers}
+        border = self.bundle.border if BORDER_KEY in self.bundle.evidence_keys else 0
+        consistency = []
         for start in range(0, len(clips), size):
             inputs = model_inputs(clips[start:start + size], self.preprocessing).numpy()
             expected = tuple(self.manifest["input"]["shape"][1:])
@@ -134,9 +142,13 @@ class OnnxDetector(BundleScoring):
                                   f"{expected} ({self.preprocessing.clip_len} frames)")
             batch_logits, batch_layers = run_session(self.session, self.manifest["outputs"], inputs)
             logits.append(batch_logits)
+            if border:  # the masked view through the same graph
+                consistency.append(border_consistency(self._logits, torch.from_numpy(inputs),
+                                                      torch.from_numpy(batch_logits), border).numpy())
             for name in self.layers:
                 layers[name].append(batch_layers[name])
         labels = np.full(len(clips), -1) if labels is None else np.asarray(labels)
         return ClipFeatures({name: np.concatenate(parts) for name, parts in layers.items()}, np.concatenate(logits),
-                            labels, seqs=np.arange(len(clips)))
+                            labels, seqs=np.arange(len(clips)),
+                            evidence={BORDER_KEY: np.concatenate(consistency)} if border else {})
 
