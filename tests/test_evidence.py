@@ -11,7 +11,7 @@ from pipeline.attacks import FramingAttack, Normalize, from_uint8
 from pipeline.cli import main
 from pipeline.data import UCF101
 from pipeline.detect import BundleError, Calibration, Detector, load_clips
-from pipeline.detect.calibration import ADVERSARIAL, NORMAL, CalibrationError
+from pipeline.detect.calibration import ADVERSARIAL, NORMAL, NOVEL, CalibrationError
 from pipeline.detect.evidence import (
     BORDER_KEY,
     HEATMAP_KEY,
@@ -82,7 +82,7 @@ def test_border_consistency_is_p_log_q_and_a_frame_inside_the_band_cannot_move_q
         torch.testing.assert_close(model(mask_border(normalize(framed), 2)), model(mask_border(inputs, 2)))
 
 
-def test_calibration_gives_each_evidence_key_a_group_and_an_adversarial_reason():
+def test_calibration_gives_each_evidence_key_a_group_and_a_reason():
     rng = np.random.default_rng(0)
     n = 200
     scores = {"a/sep": rng.normal(size=n), "b/sep": rng.normal(size=n), BORDER_KEY: rng.normal(size=n),
@@ -91,11 +91,13 @@ def test_calibration_gives_each_evidence_key_a_group_and_an_adversarial_reason()
                                   [BORDER_KEY, HEATMAP_KEY])
     assert calibration.groups == {"low-level": ["a/sep"], "semantic": ["b/sep"], "border": [BORDER_KEY],
                                   "heatmap": [HEATMAP_KEY]}
-    clip = {key: np.zeros(2) for key in scores}
-    clip[BORDER_KEY] = np.array([0.0, -40.0])
-    _, p, results = calibration.verdicts(clip, np.array([0.9, 0.9]))
-    assert results[0][0] == NORMAL and results[1][0] == ADVERSARIAL and p[1] < 0.05
+    clip = {key: np.zeros(4) for key in scores}
+    clip[BORDER_KEY] = np.array([0.0, -40.0, -40.0, 0.0])
+    clip[HEATMAP_KEY] = np.array([0.0, 0.0, 0.0, -40.0])
+    _, p, results = calibration.verdicts(clip, np.array([0.9, 0.9, 0.1, 0.1]))  # the median softmax is about 0.5
+    assert [r[0] for r in results] == [NORMAL, ADVERSARIAL, NOVEL, ADVERSARIAL] and max(p[1:]) < 0.05
     assert "border" in results[1][1][0] and any("masked" in reason for reason in results[1][1])
+    assert "heatmap" in results[3][1][0] and any("thumbnail" in reason for reason in results[3][1])
     with pytest.raises(CalibrationError, match="distinct"):
         Calibration.fit(scores, rng.uniform(size=n), list(scores), 0.05, [BORDER_KEY], [], [BORDER_KEY])
 

@@ -1,12 +1,12 @@
 """Calibration of detector scores on held-out in-distribution clips: standardisation, fusion, p-values, verdicts.
 
-Each (layer, density) score is standardised by its calibration mean and deviation. The fused keys form up to four
+Each (layer, density) score is standardised by its calibration mean and deviation. The fused keys form
 **groups**: *low-level* layers (early convolutions: texture, edges, local motion), *semantic* ones (the
 embedding and the logits' likelihood), the *output* score (the logits' energy, ``logsumexp``: how strongly the
-classifier answers any known class, Liu et al. 2020), and each piece of *evidence* the bundle fuses besides its
-densities (:mod:`pipeline.detect.evidence`: the OOD heatmap, the prediction's consistency when the border is masked),
-one group each, named by its key's prefix. A group's score is the mean of its standardised scores, standardised again on the
-calibration set; the **fused** score is the lower of the group scores, so a clip is as unusual as its most unusual
+classifier answers any known class, Liu et al. 2020), and one group for each piece of *evidence* the bundle fuses
+besides its densities (:mod:`pipeline.detect.evidence`: the OOD heatmap, the prediction's consistency when the
+border is masked), named by its key's prefix. A group's score is the mean of its standardised scores, standardised
+again on the calibration set; the **fused** score is the lower of the group scores, so a clip is as unusual as its most unusual
 view (on the synthetic benchmark, novel activities look ordinary to early layers and a painted frame looks glaring
 to them, so averaging all layers into one score would bury one or the other). A score's conformal **p-value** is
 ``(1 + #{calibration scores <= s}) / (n + 1)``: under exchangeability, flagging ``p <= alpha`` raises false
@@ -17,9 +17,11 @@ group is ``adversarial`` (the pixels themselves are improbable: a painted frame,
 one flagged by its semantic group is ``adversarial`` when its softmax confidence is at least that of a typical
 in-distribution clip (the calibration median: a confident prediction on improbable features, the signature of an
 attack that fools softmax), and ``novel`` otherwise; one flagged by its output score (no known class fits) is
-``novel``; one flagged by its heatmap (part of the frame differs from anything seen in training) or by its border
-consistency (the prediction rests on the frame's outer band) is ``adversarial``. This split is a heuristic: the likelihood says *that* a
-clip is unusual, which layers and the softmax only suggest *why*.
+``novel``; one flagged by its heatmap (part of the frame differs from anything seen in training) is ``adversarial``,
+and one flagged by its border consistency (the prediction does not survive masking the frame's outer band) is
+``adversarial`` when the softmax is confident as above, ``novel`` otherwise (an unsure prediction on an unfamiliar
+activity moves too). This split is a heuristic: the likelihood says *that* a clip is unusual, which layers and the
+softmax only suggest *why*.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ NORMAL, NOVEL, ADVERSARIAL = "normal", "novel", "adversarial"
 LOW_LEVEL, SEMANTIC, OUTPUT = "low-level", "semantic", "output"
 EVIDENCE_REASONS = {
     "heatmap": "the OOD heatmap is high: part of the frame differs from the training data (the thumbnail shows where)",
-    "border": "the prediction changes when the frame's border is masked: it rests on the border (e.g. a painted frame)",
+    "border": "the prediction changes when the frame's border is masked (a painted frame, or an unstable guess)",
 }
 
 
@@ -176,7 +178,8 @@ class Calibration:
                 results.append((ADVERSARIAL, reasons))
             elif culprit in EVIDENCE_REASONS:
                 reasons.append(EVIDENCE_REASONS[culprit])
-                results.append((ADVERSARIAL, reasons))
+                unsure = culprit == "border" and softmax_max[i] < self.confident_softmax
+                results.append((NOVEL if unsure else ADVERSARIAL, reasons))
             elif culprit == OUTPUT:
                 reasons.append(f"no known class fits: the logits' energy is low (softmax {softmax_max[i]:.3f})")
                 results.append((NOVEL, reasons))
