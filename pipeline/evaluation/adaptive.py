@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline import metrics
 from pipeline.attacks import (
     FramingAttack,
     Normalize,
@@ -129,6 +130,7 @@ def adaptive_block(attacked: dict[str, AdaptiveSet], clean: ClipFeatures, sets: 
         fooled = predicted != clean.labels
         flagged = np.array(set_scores[name].verdicts) != NORMAL
         auroc = {f"{r['layer']}/{r['density']}": r["auroc"] for r in detection if r["ood_set"] == name}
+        succeeded = fooled & correct
         rows.append({
             "attack": attacked_set.attack, "lambda": attacked_set.lam, "set": name, "clips": len(features),
             "accuracy": float(np.mean(predicted == clean.labels)),
@@ -136,6 +138,8 @@ def adaptive_block(attacked: dict[str, AdaptiveSet], clean: ClipFeatures, sets: 
             "flagged": float(np.mean(flagged)),
             "evaded": float(np.mean(fooled[correct] & ~flagged[correct])) if correct.any() else None,
             "fused_auroc": auroc.get("all/fused"),
+            "fused_auroc_succeeded": metrics.auroc(set_scores["clean"].fused, set_scores[name].fused[succeeded])
+            if succeeded.any() else None,
             "fused_median": float(np.median(set_scores[name].fused)),
             "fused_median_float": float(np.median(attacked_set.fused_float)),
             "accuracy_float": float(np.mean(attacked_set.predicted_float == clean.labels)),

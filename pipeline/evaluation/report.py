@@ -206,17 +206,19 @@ def _adaptive_table(results: dict) -> list[str]:
              f"Objective: {block['objective']}. Success: share of the {block['clean_correct']} correctly classified "
              f"clean clips the attack misclassifies; flagged: share of all attacked clips with fused p-value <= "
              f"{block['alpha']:g}; evaded: share of those {block['clean_correct']} clips misclassified and not flagged; "
-             f"fused median of clean clips {block['clean_fused_median']:.2f}. Note: {block['rounding']}.", "",
-             "| attack | λ | accuracy | success | flagged | evaded | fused AUROC | best density row | best zoo row | "
-             "softmax | fused median (float → uint8) |", "|---" * 11 + "|"]
+             f"fused AUROC over all attacked clips, and over the misclassified ones only (clips the attack failed on "
+             f"are no threat); fused median of clean clips {block['clean_fused_median']:.2f}. Note: {block['rounding']}.", "",
+             "| attack | λ | accuracy | success | flagged | evaded | fused AUROC | fused AUROC, misclassified | "
+             "best density row | best zoo row | softmax | fused median (float → uint8) |", "|---" * 12 + "|"]
     for row in block["rows"]:
         auroc = row["auroc"]
         split = {key: key.split("/") for key in auroc}  # layer, density (or zoo detector)
         densities = {k: v for k, v in auroc.items() if split[k][1] in ("gmm", "sep", "tied")}
         baselines = {k: v for k, v in auroc.items() if zoo.get(split[k][1], {}).get("layer") == split[k][0]}
-        success, evaded = ("-" if row[k] is None else f"{row[k]:.3f}" for k in ("attack_success", "evaded"))
+        success, evaded, fooled = ("-" if row.get(k) is None else f"{row[k]:.3f}"
+                                   for k in ("attack_success", "evaded", "fused_auroc_succeeded"))
         lines.append(f"| {row['attack']} | {row['lambda']:g} | {row['accuracy']:.3f} | {success} | "
-                     f"{row['flagged']:.3f} | {evaded} | {row['fused_auroc']:.3f} | {_best(densities)} | "
+                     f"{row['flagged']:.3f} | {evaded} | {row['fused_auroc']:.3f} | {fooled} | {_best(densities)} | "
                      f"{_best(baselines)} | {auroc.get('output/softmax', float('nan')):.3f} | "
                      f"{row['fused_median_float']:.2f} → {row['fused_median']:.2f} |")
     return lines
