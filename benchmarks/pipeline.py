@@ -17,7 +17,7 @@ Every throughput table is measured for each ``--precisions`` entry (default fp32
 on CPUs with AMX or AVX-512-BF16), then the end-to-end ratio of each to fp32; the real-time streams use the last.
 
     python benchmarks/pipeline.py [--bundle pipeline/assets/bundles/default] [--files 24] [--batch 8] [--rounds 3]
-        [--streams 40 80 120 150] [--baseline OTHER_CHECKOUT]
+        [--streams 40 80 120 150] [--baseline OTHER_CHECKOUT] [--baseline-bundle BUNDLE]
 """
 
 from __future__ import annotations
@@ -159,13 +159,14 @@ def e2e_rates(verdicts: list[dict]) -> tuple[float, float]:
 
 
 def throughput(label: str, bundle_dir: Path, files: list[Path], out: Path, batch: int, rounds: int,
-               precision: str = "fp32", baseline: Path | None = None) -> float:
+               precision: str = "fp32", baseline: Path | None = None, baseline_bundle: Path | None = None) -> float:
     """Print bare forward, bare decode and end-to-end clips/s of one bundle's model over ``files``.
 
     The bare forward and ``clipwatch run`` alternate for ``rounds`` rounds, so a machine whose speed drifts (a
     shared host) moves both alike; ratios are per round, and the median is reported with the range. With
     ``baseline`` (another checkout, e.g. ``git worktree add /tmp/before COMMIT``) its ``clipwatch run`` joins
-    each round, and this checkout's end-to-end rate is given over the baseline's.
+    each round, and this checkout's end-to-end rate is given over the baseline's; ``baseline_bundle`` is the bundle
+    it runs (default: the same; e.g. this checkout with a bundle that fuses no evidence, to price the evidence).
     """
     detector = Detector.load(bundle_dir, precision=precision)
     model, manifest = detector.model, detector.manifest
@@ -184,8 +185,8 @@ def throughput(label: str, bundle_dir: Path, files: list[Path], out: Path, batch
         whole.append(rates[0])
         steady.append(rates[1])
         if baseline is not None:
-            verdicts = run_files(bundle_dir, [files[0].parent], out / f"baseline{index}", batch, stride, pace=None,
-                                 precision=precision, checkout=baseline)
+            verdicts = run_files(baseline_bundle or bundle_dir, [files[0].parent], out / f"baseline{index}", batch,
+                                 stride, pace=None, precision=precision, checkout=baseline)
             before.append(e2e_rates(verdicts)[1])
     forward, decode, whole, steady = np.array(forward), np.array(decode), np.array(whole), np.array(steady)
 
@@ -205,7 +206,7 @@ def throughput(label: str, bundle_dir: Path, files: list[Path], out: Path, batch
           f"adds nothing to its bottleneck)")
     if before:
         before = np.array(before)
-        print(f"  baseline {baseline}, steady {np.median(before):7.1f} clips/s; this checkout over it "
+        print(f"  baseline {baseline} ({baseline_bundle or 'same bundle'}), steady {np.median(before):7.1f} clips/s; this checkout over it "
               f"{np.median(steady / before):.2f}x (rounds {(steady / before).min():.2f}-{(steady / before).max():.2f})")
     return float(np.median(steady))
 
@@ -216,7 +217,7 @@ def compare(label: str, bundle_dir: Path, files: list[Path], out: Path, args: ar
     steady = {}
     for precision in args.precisions:
         steady[precision] = throughput(label, bundle_dir, files, out / precision, args.batch, args.rounds, precision,
-                                       args.baseline)
+                                       args.baseline, args.baseline_bundle)
     if "fp32" in steady:
         print("  steady end-to-end over fp32: " + ", ".join(f"{name} {rate / steady['fp32']:.2f}x"
                                                           for name, rate in steady.items() if name != "fp32"))
@@ -247,6 +248,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved bare-forward / clipwatch-run rounds")
     parser.add_argument("--baseline", type=Path, help="another checkout whose clipwatch run is measured in the same "
                                                        "rounds (git worktree add DIR COMMIT)")
+    parser.add_argument("--baseline-bundle", type=Path, help="the bundle the baseline runs (default: --bundle)")
     parser.add_argument("--skip-full-width", action="store_true")
     parser.add_argument("--skip-streams", action="store_true")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "auto"], choices=("fp32", "bf16", "auto"),

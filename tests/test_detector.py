@@ -35,7 +35,7 @@ def test_score_clips_matches_scoring_the_features(detector):
     features, scores = detector.score_clips(batch)
     assert set(features.layers) == set(detector.layers) and features.logits.shape == (3, len(detector.class_names))
     assert len(scores.verdicts) == 3 and np.all((scores.p_value > 0) & (scores.p_value <= 1))
-    again = detector.bundle.score(features.layers, features.softmax.max(axis=1))
+    again = detector.bundle.score(features.layers, features.softmax.max(axis=1), evidence=features.evidence)
     np.testing.assert_array_equal(scores.fused, again.fused)
     assert scores.verdicts == again.verdicts
     one_by_one = detector.features(batch, batch_size=1)
@@ -47,8 +47,8 @@ def test_alpha_override_leaves_the_bundle_as_loaded(detector):
     assert lenient.alpha == 0.9 and lenient.bundle.calibration.alpha == 0.01
     assert DetectorBundle.load(DEFAULT_BUNDLE).calibration.alpha == 0.01
     features = detector.features(clips(detector.manifest.preprocessing, seed=1))
-    strict = detector.score_features(features.layers, features.softmax)
-    loose = lenient.score_features(features.layers, features.softmax)
+    strict = detector.score_features(features.layers, features.softmax, evidence=features.evidence)
+    loose = lenient.score_features(features.layers, features.softmax, evidence=features.evidence)
     np.testing.assert_array_equal(strict.p_value, loose.p_value)
     assert np.sum(np.array(loose.verdicts) != "normal") >= np.sum(np.array(strict.verdicts) != "normal")
     assert all((p > 0.9) == (v == "normal") for p, v in zip(loose.p_value, loose.verdicts, strict=True))

@@ -46,8 +46,9 @@ def offline_verdicts(bundle_dir, videos: dict[str, Path], alpha: float) -> dict[
     detector = Detector.load(bundle_dir, alpha=alpha)
     names = list(videos)
     features = extract_video_features(detector.model, detector.manifest.preprocessing, [(videos[n], 0) for n in names],
-                                      detector.layers, pool_factor=detector.settings.pool_factor, progress=False)
-    scores = detector.score_features(features.layers, features.softmax)
+                                      detector.layers, pool_factor=detector.settings.pool_factor, progress=False,
+                                      evidence=detector.evidence)
+    scores = detector.score_features(features.layers, features.softmax, evidence=features.evidence)
     name_of = {str(path): name for name, path in videos.items()}
     keys = [f"{name_of[path]}:{seq}" for path, seq in zip(features.videos, features.seqs, strict=True)]
     return {key: (float(scores.fused[i]), scores.verdicts[i]) for i, key in enumerate(keys)}

@@ -13,7 +13,8 @@ def test_default_bundle_matches_the_default_model():
     assert bundle.class_names == list(manifest.class_names)
     assert bundle.calibration.alpha == 0.01
     assert bundle.calibration.groups == {"low-level": ["layer2/sep", "layer3/sep"], "semantic": ["avgpool/sep", "fc/sep"],
-                                         "output": ["fc/logsumexp"]}
+                                         "output": ["fc/logsumexp"], "border": ["border/consistency"]}
+    assert bundle.border == 4  # 5 % of the 80-pixel input, wider than the 3-pixel frame of the demo's attacker
     # Two low-level layers of ~140 PCA dimensions: one precision factor per class and density (covariances are
     # recomputed on load).
     assert sum(p.stat().st_size for p in DEFAULT_BUNDLE.rglob("*") if p.is_file()) <= 10 * 2**20
