@@ -101,3 +101,14 @@ class WorkerProcess:
 
     def healthz(self) -> dict:
         return json.loads(self.ops("/healthz")[1])
+
+
+def first_test_clips(dataset, preprocessing, count: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``count`` real uint8 clips ``(N, T, S, S, 3)`` of a dataset's split-1 test videos (one per video), and
+    their labels."""
+    from pipeline.data import UCF101
+    from pipeline.detect import load_clips
+
+    videos = [(s.path, s.label) for s in UCF101(dataset, split=1, subset="test").samples]
+    clips, labels, _, _ = load_clips(videos, preprocessing, max_clips_per_video=1, progress=False)
+    return clips[:count], labels[:count]

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from pipeline_helpers import first_test_clips
 
 from pipeline.attacks import (
     AttackError,
@@ -23,8 +24,7 @@ from pipeline.attacks import (
 )
 from pipeline.attacks.frame import border_mask
 from pipeline.cli import main
-from pipeline.data import UCF101
-from pipeline.detect import Detector, load_clips
+from pipeline.detect import Detector
 from pipeline.detect.features import model_inputs
 from pipeline.detect.torch_scoring import TorchBundleScorer
 
@@ -39,9 +39,7 @@ def detector(tiny_bundle):
 @pytest.fixture(scope="module")
 def test_clips(detector, tiny_dataset):
     """Up to 8 real uint8 test clips ``(N, T, S, S, 3)`` of the tiny dataset, and their labels."""
-    videos = [(s.path, s.label) for s in UCF101(tiny_dataset, split=1, subset="test").samples]
-    clips, labels, _, _ = load_clips(videos, detector.manifest.preprocessing, max_clips_per_video=1, progress=False)
-    return clips[:8], labels[:8]
+    return first_test_clips(tiny_dataset, detector.manifest.preprocessing)
 
 
 @pytest.fixture

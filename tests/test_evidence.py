@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pipeline_helpers import first_test_clips
 
 from pipeline.attacks import FramingAttack, Normalize, from_uint8
 from pipeline.cli import main
-from pipeline.data import UCF101
-from pipeline.detect import BundleError, Calibration, Detector, load_clips
+from pipeline.detect import BundleError, Calibration, Detector
 from pipeline.detect.calibration import ADVERSARIAL, NORMAL, NOVEL, CalibrationError
 from pipeline.detect.evidence import (
     BORDER_KEY,
@@ -47,9 +47,7 @@ def detector(evidence_bundle):
 
 @pytest.fixture(scope="module")
 def test_clips(detector, tiny_dataset):
-    videos = [(s.path, s.label) for s in UCF101(tiny_dataset, split=1, subset="test").samples]
-    clips, labels, _, _ = load_clips(videos, detector.manifest.preprocessing, max_clips_per_video=1, progress=False)
-    return clips[:8], labels[:8]
+    return first_test_clips(tiny_dataset, detector.manifest.preprocessing)
 
 
 def test_mask_border_zeroes_the_band_only_and_leaves_the_input():
