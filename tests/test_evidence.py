@@ -10,7 +10,7 @@ from pipeline_helpers import first_test_clips
 
 from pipeline.attacks import FramingAttack, Normalize, from_uint8
 from pipeline.cli import main
-from pipeline.detect import BundleError, Calibration, Detector
+from pipeline.detect import BundleError, Calibration, Detector, DetectorBundle
 from pipeline.detect.calibration import ADVERSARIAL, NORMAL, NOVEL, CalibrationError
 from pipeline.detect.evidence import (
     BORDER_KEY,
@@ -20,7 +20,7 @@ from pipeline.detect.evidence import (
     default_border,
     mask_border,
 )
-from pipeline.detect.features import model_inputs
+from pipeline.detect.features import model_inputs, pixel_input
 from pipeline.detect.torch_scoring import TorchBundleScorer
 from pipeline.errors import ClipwatchError
 from pipeline.export import ExportError, export_bundle
@@ -59,6 +59,9 @@ def test_mask_border_zeroes_the_band_only_and_leaves_the_input():
     assert masked[..., :2].abs().sum() == masked[..., -2:].abs().sum() == 0
     assert torch.equal(masked[..., 2:-2, 2:-2], inputs[..., 2:-2, 2:-2])
     assert default_border(80) == 4 and default_border(112) == 6 and default_border(8) == 1
+    for width in (0, 5):  # nothing masked, or nothing left inside a 10-pixel side
+        with pytest.raises(ValueError, match="border band"):
+            mask_border(inputs, width)
 
 
 def test_border_consistency_is_p_log_q_and_a_frame_inside_the_band_cannot_move_q(tiny_model, test_clips, detector):
@@ -107,7 +110,9 @@ def test_fit_fuses_the_evidence_and_every_path_scores_it_alike(detector, test_cl
     clips, _ = test_clips
     features, scores = detector.score_clips(clips)
     assert set(features.evidence) == {HEATMAP_KEY, BORDER_KEY}
-    assert np.all(features.evidence[HEATMAP_KEY] <= 0) and np.all(features.evidence[BORDER_KEY] <= 0)
+    prep = detector.manifest.preprocessing
+    heat = detector.heatmap.heatmaps(detector.model, pixel_input(clips, prep), Normalize.from_preprocessing(prep))
+    np.testing.assert_allclose(features.evidence[HEATMAP_KEY], -heat.mean(axis=(1, 2)), rtol=1e-5, atol=1e-7)
     with pytest.raises(BundleError, match="fuses"):
         bundle.score(features.layers, features.softmax.max(axis=1))
 
@@ -166,6 +171,29 @@ def test_fit_refuses_a_border_as_wide_as_half_the_input_and_export_refuses_evide
         export_bundle(evidence_bundle, tmp_path / "export")
     with pytest.raises(ValueError, match="decoder"):
         Evidence((HEATMAP_KEY,))
+    assert main(["fit", "--model", str(tiny_model), "--data", str(tiny_dataset), "--out", str(tmp_path / "c"),
+                 "--layers", "fc", "--border", "3", "--no-progress"]) == 2  # a band for evidence not asked for
+    assert "not asked for" in capsys.readouterr().err
+
+
+def test_calibrate_keeps_the_densities_and_leaves_the_bundle_as_it_was_when_it_fails(evidence_bundle, detector,
+                                                                                       test_clips):
+    clips, _ = test_clips
+    bundle = DetectorBundle.load(evidence_bundle)
+    densities = bundle.densities
+    before = dict(bundle.settings), bundle.calibration
+    with pytest.raises(BundleError, match="calibration clips"):
+        bundle.calibrate(detector.features(clips), 0.01)  # a handful of clips cannot reach a 1 % rate
+    assert bundle.settings == before[0] and bundle.calibration is before[1]
+    bundle.calibrate(detector.features(clips), 0.2)
+    assert bundle.evidence_keys == [HEATMAP_KEY, BORDER_KEY] and bundle.border == before[0]["border"]
+    assert bundle.settings["calibration_clips"] == len(clips) and bundle.calibration.alpha == 0.2
+    bundle.calibrate(detector.features(clips, evidence=False))
+    assert bundle.evidence_keys == [] and bundle.border == 0 and bundle.densities is densities
+    assert not {"heatmap", "border"} & set(bundle.calibration.groups)
+    with pytest.raises(CalibrationError, match="distinct prefixes"):
+        Calibration.fit({"a/sep": np.arange(5.0), "b/x": np.arange(5.0), "b/y": np.arange(5.0)}, np.ones(5),
+                        ["a/sep", "b/x", "b/y"], 0.2, evidence_keys=["b/x", "b/y"])
 
 
 def test_evaluate_reports_the_evidence_rows_and_attacks_through_them(evidence_bundle, tiny_dataset, tmp_path):

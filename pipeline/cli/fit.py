@@ -125,8 +125,15 @@ def run(args: argparse.Namespace) -> int:
     low_level = layers[:-2] if args.low_level_layers is None else args.low_level_layers
     prep = manifest.preprocessing
     border = args.border if args.border is not None else default_border(prep.crop)
-    if not 1 <= border < prep.crop // 2:
+    if "border" not in args.evidence and args.border is not None:
+        raise BundleError("--border sets the band of --evidence border, which was not asked for")
+    if not 1 <= border or 2 * border >= prep.crop:
         raise BundleError(f"--border {border}: must be at least 1 and below half the model's {prep.crop}-pixel input")
+    heatmap_dir = Path(args.out) / HEATMAP_DIR
+    if heatmap_dir.exists():  # checked now, before minutes of training; removed once the new bundle is written
+        foreign = {p.name for p in heatmap_dir.iterdir()} - set(DECODER_FILES) if heatmap_dir.is_dir() else {"?"}
+        if foreign or not (Path(args.out) / "bundle.json").is_file():
+            raise BundleError(f"{heatmap_dir}: holds files no bundle wrote; choose another --out")
     train_videos, calibration_videos = calibration_videos_for(args, dataset)
     common = dict(batch_size=args.batch_size, pool_factor=args.pool_factor, stride=args.stride,
                   progress=not args.no_progress)
@@ -153,11 +160,7 @@ def run(args: argparse.Namespace) -> int:
         provenance={"dataset": str(Path(args.data).resolve()), "split": args.split, "precision": model_precision(model),
                     "calibration_data": str(Path(args.calibration_data).resolve()) if args.calibration_data else None},
         border=border, progress=not args.no_progress)
-    heatmap_dir = Path(args.out) / HEATMAP_DIR
     if heatmap_dir.exists():  # an earlier bundle's decoder, fitted to other features, goes; nothing else is touched
-        foreign = {p.name for p in heatmap_dir.iterdir()} - set(DECODER_FILES) if heatmap_dir.is_dir() else {"?"}
-        if foreign or not (Path(args.out) / "bundle.json").is_file():
-            raise BundleError(f"{heatmap_dir}: holds files no bundle wrote; choose another --out")
         for name in DECODER_FILES:
             (heatmap_dir / name).unlink(missing_ok=True)
         heatmap_dir.rmdir()

@@ -151,11 +151,13 @@ class DetectorBundle:
         return bundle.calibrate(calibration, border=border)
 
     def calibrate(self, calibration: ClipFeatures, false_alarm: float | None = None, *,
-                  border: int = 0) -> DetectorBundle:
+                  border: int | None = None) -> DetectorBundle:
         """(Re)calibrate on held-out in-distribution clips at ``false_alarm`` (default: the bundle's), keeping the
-        densities; the evidence in ``calibration.evidence`` is fused (``settings["evidence"]``), and ``border`` (px)
-        is recorded with ``border/consistency``, since scoring must mask the same band. Returns self."""
+        densities; the evidence in ``calibration.evidence`` is fused (``settings["evidence"]``), and ``border`` (px;
+        default: the bundle's) is recorded with ``border/consistency``, since scoring must mask the same band.
+        Returns self; the bundle is left as it was if this raises."""
         false_alarm = float(self.settings["false_alarm"] if false_alarm is None else false_alarm)
+        border = self.border if border is None else int(border)
         _check_rate(false_alarm, len(calibration))
         evidence = [key for key in EVIDENCE_KEYS if key in calibration.evidence]
         stray = sorted(set(calibration.evidence) - set(EVIDENCE_KEYS))
@@ -163,9 +165,7 @@ class DetectorBundle:
             raise BundleError(f"unknown evidence {stray}; known: {list(EVIDENCE_KEYS)}")
         if BORDER_KEY in evidence and int(border) < 1:
             raise BundleError(f"{BORDER_KEY} evidence needs the masked border it was computed with (>= 1 px)")
-        self.settings.update(false_alarm=false_alarm, calibration_clips=len(calibration), evidence=evidence,
-                             border=int(border) if BORDER_KEY in evidence else 0)
-        scores = self.loglik(calibration.layers, evidence=calibration.evidence)
+        scores = self.loglik(calibration.layers, evidence=calibration.evidence, required=())
         fused_density = self.settings["fused_density"]
         fused_keys = [f"{layer}/{fused_density}" for layer in self.layers]
         low_level_keys = [f"{layer}/{fused_density}" for layer in self.settings.get("low_level_layers") or ()]
@@ -173,6 +173,8 @@ class DetectorBundle:
         self.calibration = Calibration.fit(scores, calibration.softmax.max(axis=1),
                                            fused_keys + output_keys + evidence, false_alarm, low_level_keys,
                                            output_keys, evidence)
+        self.settings.update(false_alarm=false_alarm, calibration_clips=len(calibration), evidence=evidence,
+                             border=border if BORDER_KEY in evidence else 0)
         return self
 
     @property
@@ -191,12 +193,12 @@ class DetectorBundle:
         """The masked band (px of model input) of the ``border/consistency`` evidence; 0 if not fused."""
         return int(self.settings.get("border") or 0)
 
-    def loglik(self, layer_features: dict[str, np.ndarray], *,
-               evidence: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def loglik(self, layer_features: dict[str, np.ndarray], *, evidence: Mapping[str, np.ndarray] | None = None,
+               required: list[str] | tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """``score_samples`` of every (layer, density) for a batch of tapped features, the output score, and the
-        clips' ``evidence`` scores (every key the bundle fuses is required)."""
+        clips' ``evidence`` scores (the ``required`` keys, by default every one the bundle fuses, must be there)."""
         evidence = dict(evidence or {})
-        missing = [key for key in self.evidence_keys if key not in evidence]
+        missing = [key for key in (self.evidence_keys if required is None else required) if key not in evidence]
         if missing:
             raise BundleError(f"this bundle fuses {', '.join(missing)}: score clips through its Detector (which "
                               "computes it in the model's forward pass), or pass each clip's evidence")

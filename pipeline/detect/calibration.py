@@ -85,6 +85,10 @@ class Calibration:
             raise CalibrationError(f"low-level {list(low_level_keys)}, output {list(output_keys)} and evidence "
                                    f"{list(evidence_keys)} scores must be distinct fused scores "
                                    f"(fused: {list(fused_keys)})")
+        prefixes = [key.split("/")[0] for key in evidence_keys]
+        if len(set(prefixes)) < len(prefixes) or set(prefixes) & {LOW_LEVEL, SEMANTIC, OUTPUT}:
+            raise CalibrationError(f"evidence keys {list(evidence_keys)} must have distinct prefixes (their groups' "
+                                   f"names) other than {LOW_LEVEL}, {SEMANTIC} and {OUTPUT}")
         n = len(next(iter(scores.values())))
         if n < 2:
             raise CalibrationError(f"calibration needs at least 2 clips, got {n}")
@@ -171,7 +175,8 @@ class Calibration:
                 results.append((NORMAL, []))
                 continue
             culprit = culprits[i]
-            reasons = [f"fused likelihood p={p[i]:.4f} <= {self.alpha:g}, lowest in the {culprit} layers"]
+            where = "group" if culprit in EVIDENCE_REASONS else "layers"
+            reasons = [f"fused likelihood p={p[i]:.4f} <= {self.alpha:g}, lowest in the {culprit} {where}"]
             reasons += [f"{k} p={per_key_p[k][i]:.4f}" for k in self.fused_keys if per_key_p[k][i] <= self.alpha]
             if culprit == LOW_LEVEL:
                 reasons.append("low-level features improbable: the pixels were tampered with (e.g. a painted frame)")

@@ -4,7 +4,7 @@
 
     detector = Detector.load("pipeline/assets/bundles/default")          # or alpha=0.05: another false-alarm rate
     features, scores = detector.score_clips(clips)                       # (T, H, W, 3) uint8 clips, any frame size
-    scores = detector.score_features(features.layers, features.softmax)  # tapped features from elsewhere
+    scores = detector.score_features(features.layers, features.softmax, evidence=features.evidence)
 
 :meth:`Detector.preprocessing` gives the model's preprocessing without loading its weights (a decoder needs
 nothing else). Nothing is changed after loading: an ``alpha`` override is applied when scoring, and the bundle's
@@ -202,17 +202,18 @@ class Detector(BundleScoring):
         return Evidence(tuple(self.bundle.evidence_keys), self.heatmap, self.bundle.border)
 
     def features(self, clips: Sequence[np.ndarray], labels: Sequence[int] | None = None, *,
-                 batch_size: int | None = None) -> ClipFeatures:
+                 batch_size: int | None = None, evidence: bool = True) -> ClipFeatures:
         """Tapped features and logits of ``(T, H, W, 3)`` uint8 clips of any frame sizes, in order (one forward
         pass per ``batch_size`` clips, all at once by default), pooled by the bundle's ``pool_factor``, and the
-        evidence the bundle fuses; ``labels`` default to -1 (unknown)."""
+        evidence the bundle fuses (unless ``evidence=False``: features only); ``labels`` default to -1."""
         if not len(clips):
             raise ClipwatchError("no clips to extract features from")
         size = batch_size or len(clips)
         inputs = (model_inputs(clips[i:i + size], self.manifest.preprocessing).to(self.device)
                   for i in range(0, len(clips), size))
         layers, logits, evidence = extract_from_tensors(self.model, inputs, self.bundle.layers,
-                                                        pool_factor=self.settings.pool_factor, evidence=self.evidence)
+                                                        pool_factor=self.settings.pool_factor,
+                                                        evidence=self.evidence if evidence else None)
         labels = np.full(len(clips), -1) if labels is None else np.asarray(labels)
         return ClipFeatures(layers, logits, labels, seqs=np.arange(len(clips)), evidence=evidence)
 

@@ -37,7 +37,10 @@ def default_border(crop: int) -> int:
 
 def mask_border(inputs: torch.Tensor, width: int) -> torch.Tensor:
     """A copy of normalised ``(B, C, T, H, W)`` input with a ``width``-pixel band along every edge set to zero (the
-    dataset mean); the input is not modified, and the copy stays in its autograd graph."""
+    dataset mean); the input is not modified, and the copy stays in its autograd graph. ValueError unless
+    ``1 <= width`` and the band leaves an inside."""
+    if not 1 <= width or 2 * width >= min(inputs.shape[-2:]):
+        raise ValueError(f"a border band of {width} px leaves nothing inside a {tuple(inputs.shape[-2:])} input")
     inside = torch.zeros(inputs.shape[-2:], dtype=inputs.dtype, device=inputs.device)
     inside[width:-width, width:-width] = 1
     return inputs * inside
@@ -46,9 +49,13 @@ def mask_border(inputs: torch.Tensor, width: int) -> torch.Tensor:
 def border_consistency(model: nn.Module, inputs: torch.Tensor, logits: torch.Tensor, width: int) -> torch.Tensor:
     """``sum_c p_c log q_c`` per clip ``(B,)`` float64 (see the module docstring); ``logits`` are the model's on
     ``inputs``. Differentiable when grad mode is on."""
-    masked_logits = model(mask_border(inputs, width))
-    log_q = torch.log_softmax(masked_logits.double(), dim=1)
-    return (torch.softmax(logits.double(), dim=1) * log_q).sum(dim=1)
+    log_q = torch.log_softmax(_float64(model(mask_border(inputs, width))), dim=1)
+    return (torch.softmax(_float64(logits), dim=1) * log_q).sum(dim=1)
+
+
+def _float64(values: torch.Tensor) -> torch.Tensor:
+    """``values`` in float64, on the CPU where the device has none (MPS); differentiable."""
+    return values.to("cpu" if values.device.type == "mps" else values.device, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ class Evidence:
                 heat = self.heatmap.decode_tensor(captured, logits, inputs)
             scores = {}
             if HEATMAP_KEY in self.keys:
-                scores[HEATMAP_KEY] = -heat.double().mean(dim=(1, 2))
+                scores[HEATMAP_KEY] = -_float64(heat).mean(dim=(1, 2))
             if BORDER_KEY in self.keys:
                 scores[BORDER_KEY] = border_consistency(model, inputs, logits, int(self.border))
         return logits, features, scores, heat

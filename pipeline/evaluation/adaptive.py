@@ -121,7 +121,9 @@ def _attack_in_batches(run, scorer: TorchBundleScorer, clips01: torch.Tensor, la
 def adaptive_block(attacked: dict[str, AdaptiveSet], clean: ClipFeatures, sets: dict[str, ClipFeatures],
                    set_scores: dict[str, BundleScores], detection: list[dict], settings, alpha: float) -> dict:
     """``results["adaptive"]``: per (attack, λ), attack success, accuracy, flagged at ``alpha``, evasion (success and
-    not flagged, the attacker's real goal) and every AUROC."""
+    not flagged, the attacker's real goal) and every AUROC; ``fused_auroc_succeeded`` is the fused score's over the
+    clips the attack fooled only (classified correctly before, wrongly after), since clips it failed on and left
+    looking typical are no threat."""
     correct = clean.logits.argmax(1) == clean.labels
     rows = []
     for name, attacked_set in attacked.items():

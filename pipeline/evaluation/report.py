@@ -206,9 +206,9 @@ def _adaptive_table(results: dict) -> list[str]:
              f"Objective: {block['objective']}. Success: share of the {block['clean_correct']} correctly classified "
              f"clean clips the attack misclassifies; flagged: share of all attacked clips with fused p-value <= "
              f"{block['alpha']:g}; evaded: share of those {block['clean_correct']} clips misclassified and not flagged; "
-             f"fused AUROC over all attacked clips, and over the misclassified ones only (clips the attack failed on "
-             f"are no threat); fused median of clean clips {block['clean_fused_median']:.2f}. Note: {block['rounding']}.", "",
-             "| attack | λ | accuracy | success | flagged | evaded | fused AUROC | fused AUROC, misclassified | "
+             f"fused AUROC over all attacked clips, and over those it fooled only (correct before, wrong after; "
+             f"clips the attack failed on are no threat); fused median of clean clips {block['clean_fused_median']:.2f}. Note: {block['rounding']}.", "",
+             "| attack | λ | accuracy | success | flagged | evaded | fused AUROC | fused AUROC, fooled | "
              "best density row | best zoo row | softmax | fused median (float → uint8) |", "|---" * 12 + "|"]
     for row in block["rows"]:
         auroc = row["auroc"]

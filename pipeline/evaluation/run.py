@@ -263,7 +263,7 @@ def _training_features(settings: EvaluationSettings, detector: Detector) -> tupl
                 skipped += [str(path) for path, _ in chunk]
             else:
                 skipped += [path for path, _ in chunk_skipped]
-                parts.append(detector.features(clips, labels, batch_size=settings.batch_size))
+                parts.append(detector.features(clips, labels, batch_size=settings.batch_size, evidence=False))
             bar.update(len(chunk))
     if not parts:
         raise ClipwatchError(f"no readable training clips among {len(videos)} videos for the zoo detectors")

@@ -122,12 +122,16 @@ class OnnxDetector(BundleScoring):
 
     def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """The exported model's logits of a normalised batch (a callable like the torch model, for the evidence)."""
-        return torch.from_numpy(run_session(self.session, self.manifest["outputs"], inputs.numpy())[0])
+        (logits,) = self.session.run([self.manifest["outputs"]["logits"]["name"]],
+                                     {self.session.get_inputs()[0].name: np.ascontiguousarray(inputs.numpy(),
+                                                                                              dtype=np.float32)})
+        return torch.from_numpy(logits)
 
     def features(self, clips: Sequence[np.ndarray], labels: Sequence[int] | None = None, *,
                  batch_size: int | None = None) -> ClipFeatures:
         """Tapped, pooled features and logits of ``(T, H, W, 3)`` uint8 clips of any frame sizes, in order (one run
-        per ``batch_size`` clips, all at once by default); ``labels`` default to -1."""
+        per ``batch_size`` clips, all at once by default; a second one with the border masked when the bundle fuses
+        the border consistency); ``labels`` default to -1."""
         if not len(clips):
             raise ClipwatchError("no clips to extract features from")
         size = batch_size or len(clips)

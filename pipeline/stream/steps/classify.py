@@ -82,12 +82,13 @@ class ClassifierStep:
         self.evidence = evidence or Evidence()
 
     @classmethod
-    def from_detector(cls, detector: Detector, *, device: str = "cpu", thumbnail_size: int = 160,
+    def from_detector(cls, detector: Detector, *, device: str | None = None, thumbnail_size: int = 160,
                       thumbnail_quality: int = 80) -> ClassifierStep:
         """The detector's model tapped at its bundle's layers, computing the evidence its bundle fuses (with its
         heatmap decoder, if the bundle has one)."""
         return cls(detector.model, detector.manifest, detector.bundle.layers,
-                   pool_factor=detector.settings.pool_factor, device=device, thumbnail_size=thumbnail_size,
+                   pool_factor=detector.settings.pool_factor, device=device or str(detector.device),
+                   thumbnail_size=thumbnail_size,
                    thumbnail_quality=thumbnail_quality, evidence=detector.evidence)
 
     def problem(self, clip: ClipMessage) -> str | None:
