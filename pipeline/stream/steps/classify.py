@@ -88,8 +88,7 @@ class ClassifierStep:
         heatmap decoder, if the bundle has one)."""
         return cls(detector.model, detector.manifest, detector.bundle.layers,
                    pool_factor=detector.settings.pool_factor, device=device or str(detector.device),
-                   thumbnail_size=thumbnail_size,
-                   thumbnail_quality=thumbnail_quality, evidence=detector.evidence)
+                   thumbnail_size=thumbnail_size, thumbnail_quality=thumbnail_quality, evidence=detector.evidence)
 
     def problem(self, clip: ClipMessage) -> str | None:
         """Why the model cannot take `clip`, or None; checks the shape only, before anything is resized."""
