@@ -245,7 +245,9 @@ class VerdictMessage(ClipRef):
     TYPE: ClassVar[str] = "verdict"
 
     model_id: Name
-    log_likelihoods: dict[Name, dict[Name, StrictFloat]] = Field(description="{layer: {density: log p(x)}}")
+    log_likelihoods: dict[Name, dict[Name, StrictFloat]] = Field(
+        description="{layer: {density: log p(x)}}, and the evidence the bundle fuses the same way, e.g. "
+                    "{'border': {'consistency': score}}")
     fused_score: StrictFloat
     p_value: Probability | None = Field(None, description="calibrated tail probability; None if uncalibrated")
     verdict: VerdictLabel
