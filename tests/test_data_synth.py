@@ -137,6 +137,21 @@ def test_same_seed_same_videos_other_seed_different(dataset, tmp_path: Path) -> 
     assert (first.root / "synth.json").read_text() == (second.root / "synth.json").read_text()
 
 
+def test_actor_scale_shrinks_the_actor_and_keeps_every_other_draw(tmp_path: Path) -> None:
+    subset = dict(videos_per_class=2, classes=["MoveRight", "Grow", "StandStill"], novel_classes=(), progress=False,
+                  seed=3, **TINY)
+    plain = synthesize(tmp_path / "plain", **subset)
+    small = synthesize(tmp_path / "small", actor_scale=0.5, **subset)
+    before = json.loads((plain.root / "synth.json").read_text())
+    after = json.loads((small.root / "synth.json").read_text())
+    assert (before["actor_scale"], after["actor_scale"]) == (1.0, 0.5)
+    for one, other in zip(before["videos"], after["videos"], strict=True):
+        assert other["spec"]["size0"] == pytest.approx(0.5 * one["spec"]["size0"])
+        assert {**other["spec"], "size0": None} == {**one["spec"], "size0": None}
+    with pytest.raises(DatasetError, match="actor scale"):
+        synthesize(tmp_path / "big", actor_scale=1.5, **subset)
+
+
 def test_groups_fill_every_split_first() -> None:
     first = [group_and_clip(i) for i in range(25)]
     assert sorted(g for g, _ in first) == list(range(1, 26)) and {c for _, c in first} == {1}

@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--frames", type=int, default=None, help=f"frames per video (default {DEFAULT_NUM_FRAMES}; "
                                                                  "yard: 64)")
     parser.add_argument("--classes", nargs="+", metavar="CLASS", help="subset of the in-distribution classes")
+    parser.add_argument("--actor-scale", type=float, default=None,
+                        help="actor size times this (default world; e.g. 0.45: actors 10-19 %% of the frame height)")
     parser.add_argument("--novel-classes", nargs="*", metavar="CLASS",
                         help="subset of the novel classes (give none to skip OUT/novel)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
@@ -46,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
              if value is not None}
     if args.world in ("yard", "pretrain"):
         ignored = [option for option, value in (("--classes", args.classes), ("--novel-classes", args.novel_classes),
-                                                ("--novel-videos-per-class", args.novel_videos_per_class))
+                                                ("--novel-videos-per-class", args.novel_videos_per_class),
+                                                ("--actor-scale", args.actor_scale))
                    if value is not None]
         if ignored:
             raise ClipwatchError(f"--world {args.world} writes all its classes and no novel set: drop "
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         report = synthesize(
             args.out, novel_videos_per_class=args.novel_videos_per_class, seed=args.seed, fps=args.fps,
             classes=args.classes, novel_classes=args.novel_classes, overwrite=args.overwrite,
+            actor_scale=1.0 if args.actor_scale is None else args.actor_scale,
             progress=not args.no_progress, **given)
     novel = f", {report.num_novel_videos} novel in {report.novel_root}" if report.novel_root else ""
     print(f"wrote {report.num_videos} videos ({len(report.classes)} classes) to {report.root}{novel}: "

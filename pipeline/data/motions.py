@@ -135,11 +135,14 @@ def trajectory(spec: VideoSpec) -> Trajectory:
     return Trajectory(cx, cy, angle, size, visible)
 
 
-def sample_spec(class_name: str, rng: np.random.Generator, width: int, height: int, num_frames: int) -> VideoSpec:
-    """Draw a random video of ``class_name``: its motion from the class, everything else independently of it."""
+def sample_spec(class_name: str, rng: np.random.Generator, width: int, height: int, num_frames: int, *,
+                actor_scale: float = 1.0) -> VideoSpec:
+    """Draw a random video of ``class_name``: its motion from the class, everything else independently of it.
+    ``actor_scale`` scales the actor's size after the draw (the path and every other draw stay the same)."""
     if class_name not in ALL_CLASSES:
         raise ClipwatchError(f"unknown synthetic class {class_name!r}; known: {', '.join(ALL_CLASSES)}")
     motion = _sample_motion(class_name, rng, float(width), float(height), num_frames)
+    motion["size0"] *= actor_scale
     return VideoSpec(class_name=class_name, width=width, height=height, num_frames=num_frames,
                      **motion, **_sample_appearance(rng))
 

@@ -70,9 +70,10 @@ def video_rng(seed: int, class_name: str, group: int, clip: int) -> np.random.Ge
 def synthesize(out: str | Path, *, videos_per_class: int = DEFAULT_VIDEOS_PER_CLASS, seed: int = 0,
                width: int = 320, height: int = 240, fps: float = 25.0, num_frames: int = DEFAULT_NUM_FRAMES,
                classes: Sequence[str] | None = None, novel_classes: Sequence[str] | None = None,
-               novel_videos_per_class: int | None = None, overwrite: bool = False,
+               novel_videos_per_class: int | None = None, actor_scale: float = 1.0, overwrite: bool = False,
                progress: bool = True) -> SynthReport:
-    """Write the synthetic dataset to ``out`` (see the module docstring); ``novel_classes=()`` skips ``out/novel``.
+    """Write the synthetic dataset to ``out`` (see the module docstring); ``novel_classes=()`` skips ``out/novel``;
+    ``actor_scale`` < 1 makes the actors smaller (same paths, backgrounds and nuisances).
 
     Raises `DatasetError` for bad settings, or when ``out`` already holds files and ``overwrite`` is false.
     """
@@ -81,6 +82,8 @@ def synthesize(out: str | Path, *, videos_per_class: int = DEFAULT_VIDEOS_PER_CL
     novel_classes = tuple(SYNTH_NOVEL_CLASSES if novel_classes is None else novel_classes)
     novel_count = videos_per_class if novel_videos_per_class is None else novel_videos_per_class
     _check_settings(classes, novel_classes, videos_per_class, novel_count, seed, width, height, fps, num_frames)
+    if not 0 < actor_scale <= 1:
+        raise DatasetError(f"actor scale must be in (0, 1] (larger actors would leave the frame), got {actor_scale}")
     root = Path(out)
     if root.exists() and any(root.iterdir()) and not overwrite:
         raise DatasetError(f"synthetic dataset output {root} is not empty (pass overwrite to write over it)")
@@ -94,13 +97,15 @@ def synthesize(out: str | Path, *, videos_per_class: int = DEFAULT_VIDEOS_PER_CL
     records: dict[Path, list[dict]] = {tree: [] for tree, _, _ in trees}
     total_bytes = 0
     for tree, name, group, clip in tqdm(jobs, desc="synth videos", unit="video", disable=not progress):
-        spec = sample_spec(name, video_rng(seed, name, group, clip), width, height, num_frames)
+        spec = sample_spec(name, video_rng(seed, name, group, clip), width, height, num_frames,
+                           actor_scale=actor_scale)
         frames, _ = render_video(spec, imagery)
         relative = video_name(name, group, clip)
         total_bytes += write_video(tree / relative, frames, fps, spec.quality)
         records[tree].append({"path": relative, "group": group, "clip": clip, "spec": spec.to_json()})
 
-    settings = {"seed": seed, "width": width, "height": height, "fps": fps, "num_frames": num_frames}
+    settings = {"seed": seed, "width": width, "height": height, "fps": fps, "num_frames": num_frames,
+                "actor_scale": actor_scale}
     for tree, names, count in trees:
         write_annotations(tree, names, [(r["spec"]["class_name"], r["group"], r["clip"]) for r in records[tree]])
         manifest = {"generator": "clipwatch.synth", "generator_version": GENERATOR_VERSION, **settings,
