@@ -186,6 +186,9 @@ def test_overlay_leaves_a_cold_frame_alone_and_tints_only_the_model_crop():
     changed = (tinted != frame).any(axis=2)
     assert changed[:5, 10:50].all() and not changed[10:, :].any()  # top of the centred 40x40 crop only
     assert not changed[:, :10].any() and not changed[:, 50:].any()  # outside the crop the model never saw
+    stretched = heatmap_overlay(frame, hot, prep.model_copy(update={"fit": "stretch"}))
+    changed = (stretched != frame).any(axis=2)
+    assert changed[:5, :].all() and not changed[6:, :].any()  # the model saw the whole width, squeezed
 
 
 def test_fit_heatmap_puts_a_sealed_decoder_in_the_bundle_and_the_stream_draws_it(tiny_model, tiny_dataset, tmp_path):

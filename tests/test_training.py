@@ -23,6 +23,7 @@ from pipeline.data.motions import sample_spec, trajectory
 from pipeline.models import build_model, load_model
 from pipeline.models.errors import WeightsError
 from pipeline.training import (
+    PRESETS,
     ClipCache,
     ClipSampler,
     TrainConfig,
@@ -190,6 +191,55 @@ def test_symmetry_reverses_time_and_maps_the_label(tmp_path):
     for _ in range(4):
         clips, labels = untouched.batch(torch.tensor([1]), generator)
         assert labels.item() == 1 and not any(r for *_, r in locate(clips[0], cache.frames[1], config))
+
+
+def test_stretch_training_clips_are_random_crops_of_the_squared_frames_and_evaluation_matches_preprocess(tmp_path):
+    cache = noise_cache(height=12, width=16)
+    config = tiny_config(tmp_path, tmp_path, clip_len=4, frame_step=3, short_side=12, crop=10, fit="stretch",
+                         brightness=0.0, contrast=0.0, symmetries={}, temporal_jitter=True)
+    assert config.preprocessing()["fit"] == "stretch"
+    sampler = ClipSampler(cache, config, ["A", "B"])
+    generator = torch.Generator().manual_seed(0)
+    squared = [resize_frames(frames, 12, size=(12, 12)) for frames in cache.frames]
+    positions = set()
+    for _ in range(6):
+        clips, _ = sampler.batch(torch.tensor([0, 1]), generator)
+        for clip, video in zip(clips, (0, 1), strict=True):
+            found = locate(clip, squared[video], config)
+            assert found, "a window of the whole frame squeezed to a square"
+            positions |= {position[:3] for position in found}
+    assert len(positions) > 3
+    plan = ClipSplitter(config.clip_len, config.eval_stride, config.frame_step).plan(cache.frames[0].shape[0])
+    expected = preprocess(cache.frames[0][np.stack(plan)], short_side=12, crop=10, mean=config.mean, std=config.std,
+                          fit="stretch")
+    assert torch.equal(eval_clips(cache.frames[0], config), expected)
+
+
+def test_zoom_augmentation_scales_random_square_windows_up_to_the_crop(tmp_path):
+    cache = noise_cache(num_videos=1, length=12, height=10, width=12)
+    config = tiny_config(tmp_path, tmp_path, clip_len=3, frame_step=2, short_side=10, crop=8, min_scale=0.6,
+                         brightness=0.0, contrast=0.0, symmetries={})
+    sampler = ClipSampler(cache, config, ["A"])
+    generator = torch.Generator().manual_seed(2)
+    frames = cache.frames[0]
+    scale = 1.0 / torch.tensor(config.std).view(3, 1, 1, 1)
+    shift = -torch.tensor(config.mean).view(3, 1, 1, 1) * scale
+    sides = set()
+    for _ in range(8):
+        clip = sampler.batch(torch.tensor([0]), generator)[0][0]
+        found = set()
+        for start in range(12 - config.span + 1):
+            for side in range(6, 11):
+                for top in range(10 - side + 1):
+                    for left in range(12 - side + 1):
+                        window = frames[start:start + config.span:config.frame_step, top:top + side, left:left + side]
+                        window = resize_frames(window, 8, size=(8, 8))
+                        candidate = window.permute(3, 0, 1, 2).float() / 255 * scale + shift
+                        if torch.allclose(candidate, clip, atol=1e-5):
+                            found.add(side)
+        assert found, "every clip is a square window of 6 to 10 pixels resized to the 8-pixel crop"
+        sides |= found
+    assert len(sides) > 2 and min(sides) < 8 < max(sides)
 
 
 def test_paired_symmetries_put_each_clip_next_to_its_mirror_or_reversal(tmp_path):
@@ -430,10 +480,13 @@ def test_cli_options_override_the_preset(tmp_path):
     default = TrainConfig.preset("default", data=tmp_path, out=tmp_path / "o")
     config = build_config(parse_cli(str(tmp_path), "--out", str(tmp_path / "o"), "--preset", "default", "--init", "scratch",
                                     "--model", "r3d-10", "--width", "20",
-                                    "--lr", "0.01", "--optimizer", "sgd", "--seed", "5", "--split", "2"))
+                                    "--lr", "0.01", "--optimizer", "sgd", "--seed", "5", "--split", "2", "--fit",
+                                    "stretch", "--clips-per-video", "3", "--min-scale", "0.7"))
     assert config.model_options == {**default.model_options, "width": 20}
     assert (config.model, config.lr, config.optimizer, config.seed, config.split) == ("r3d-10", 0.01, "sgd", 5, 2)
-    assert config.differences(default) == ["split", "model", "model_options", "optimizer", "lr", "seed"]
+    assert (config.fit, config.clips_per_video, config.min_scale) == ("stretch", 3, 0.7)
+    assert config.differences(default) == ["split", "model", "model_options", "fit", "clips_per_video", "optimizer",
+                                           "lr", "min_scale", "seed"]
     c3d = build_config(parse_cli(str(tmp_path), "--out", str(tmp_path / "o"), "--preset", "default", "--model", "c3d"))
     assert c3d.model_options == {}, "r3d options do not carry over to another architecture"
 
@@ -467,9 +520,18 @@ def test_fine_tuning_the_shipped_model_is_what_train_does_by_default(colour_data
     config = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "plan")))
     _, shipped = load_model("base")
     assert (config.init, config.model, config.model_options) == ("base", shipped.architecture, shipped.options)
-    assert (config.crop, config.clip_len, config.symmetries, config.motion_init) == (shipped.preprocessing.crop, 16,
-                                                                                     {}, False)
-    assert config.val_fraction > 0 and config.patience is not None
+    assert (config.clip_len, config.frame_step, config.mean) == (shipped.preprocessing.clip_len,
+                                                                 shipped.preprocessing.frame_step,
+                                                                 shipped.preprocessing.mean)
+    assert (config.crop, config.short_side) == (PRESETS["finetune"]["crop"], PRESETS["finetune"]["short_side"]), \
+        "a 3D ResNet takes any input size: the recipe's stands"
+    assert (config.symmetries, config.motion_init) == ({}, False)
+    sized = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "plan"), "--input-size", "96"))
+    assert (sized.short_side, sized.crop) == (96, 96)
+    assert config.val_fraction > 0 and config.patience is None, "the schedule runs to its end; validation picks the epoch"
+    other = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "plan"), "--fit",
+                                   "crop" if config.fit == "stretch" else "stretch"))
+    assert other.fit != config.fit and other.crop == config.crop, "the field of view is the run's, not the init's"
 
     out = tmp_path / "tuned"
     assert run_cli(str(colour_data), "--out", str(out), "--epochs", "3", "--batch-size", "4", "--threads", "1",
@@ -535,7 +597,7 @@ def test_symmetry_tables_are_optional_and_read_from_yaml(colour_data, tmp_path):
     with pytest.raises(TrainingError, match="symmetries must be a mapping"):
         build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "o"), "--symmetries", str(tables)))
     with pytest.raises(TrainingError, match="patience needs a validation split"):
-        build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "o"), "--val-fraction", "0"))
+        build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "o"), "--val-fraction", "0", "--patience", "3"))
 
 
 def _samples(per_class: dict[int, list[int]]) -> list[VideoSample]:

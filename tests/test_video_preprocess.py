@@ -165,3 +165,30 @@ def test_model_inputs_of_mixed_frame_sizes_keep_their_order():
     same = model_inputs([clips[0], clips[2]], prep)  # one frame size: the batch is preprocessed at once
     for row, clip in zip(same, [clips[0], clips[2]], strict=True):
         torch.testing.assert_close(row, model_input(clip[None], prep)[0], rtol=0, atol=0)
+
+
+def test_stretch_sees_the_whole_field_of_view_that_crop_drops():
+    from pipeline.video.preprocess import fitted_frames, resize_crop
+
+    frames = np.full((2, 240, 320, 3), 128, np.uint8)
+    frames[:, :, :24] = 255  # a bright stripe along the left edge: outside the centre square of a 4:3 frame
+    cropped = resize_crop(frames, 80, 80).numpy()
+    stretched = resize_crop(frames, 80, 80, fit="stretch").numpy()
+    assert cropped.shape == stretched.shape == (2, 80, 80, 3)
+    assert (cropped == 128).all()
+    assert (stretched[:, :, :5] == 255).all() and (stretched[:, :, 7:] == 128).all()
+    # the stretch is a second resize of the short-side frames, so frames scaled while decoding give the same pixels
+    early = resize_frames(frames, 80)
+    assert torch.equal(fitted_frames(early, 80, 80, fit="stretch"), fitted_frames(frames, 80, 80, fit="stretch"))
+    assert torch.equal(preprocess(early, 80, 80, fit="stretch"), preprocess(frames, 80, 80, fit="stretch"))
+    with pytest.raises(ValueError, match="unknown fit 'pad'"):
+        preprocess(frames, 80, 80, fit="pad")
+
+
+def test_model_window_is_the_part_of_a_frame_the_input_covers():
+    from pipeline.video.preprocess import model_window
+
+    assert model_window(240, 320, 80, 80) == (0, 40, 240, 240)
+    assert model_window(240, 320, 80, 80, "stretch") == (0, 0, 240, 320)
+    assert model_window(240, 320, 88, 80, "stretch") == (11, 14, 218, 291)
+    assert model_window(320, 240, 80, 80) == (40, 0, 240, 240)

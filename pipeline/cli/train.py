@@ -46,9 +46,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="objectosphere: known clips keep a large feature norm, outliers a small one "
                              "(needs --outliers auto)")
     parser.add_argument("--backbone-lr-ratio", type=float, help="learning rate of all but the head, times --lr")
+    parser.add_argument("--input-size", type=int, metavar="PX",
+                        help="side of the model's square input (frames resized to this short side, then cropped)")
+    parser.add_argument("--fit", choices=("crop", "stretch"),
+                        help="how frames become the model's square input: crop keeps the aspect ratio and drops the "
+                             "sides of a wide frame, stretch squeezes in the whole field of view")
     parser.add_argument("--model", help="architecture, e.g. r3d-18, r3d-10, c3d")
     parser.add_argument("--width", type=int, help="base width of an r3d model")
     parser.add_argument("--epochs", type=int)
+    parser.add_argument("--clips-per-video", type=int, help="training clips drawn from each video per epoch")
+    parser.add_argument("--min-scale", type=float,
+                        help="zoom augmentation: training windows of this to 1 times the frame's short side")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--optimizer", choices=("adamw", "sgd"))
@@ -77,9 +85,12 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         resolve_device(args.device, source="--device")
     overrides: dict[str, Any] = {"data": args.data, "out": args.out}
     for name in ("model", "epochs", "batch_size", "lr", "optimizer", "seed", "split", "threads", "device",
-                 "val_fraction", "patience", "backbone_lr_ratio", "outliers", "loss"):
+                 "val_fraction", "patience", "backbone_lr_ratio", "outliers", "loss", "fit",
+                 "clips_per_video", "min_scale"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
+    if args.input_size is not None:
+        overrides.update(short_side=args.input_size, crop=args.input_size)
     if args.symmetries is not None:
         overrides["symmetries"] = read_symmetries(args.symmetries)
     options = base["model_options"]

@@ -64,7 +64,7 @@ def model_input(frames: np.ndarray | torch.Tensor, preprocessing) -> torch.Tenso
     """``(B, T, H, W, 3)`` uint8 clips to the model's normalised input; clips already at crop size are not resized."""
     frames = torch.as_tensor(frames)
     return preprocess(frames, preprocessing.short_side, preprocessing.crop, preprocessing.mean, preprocessing.std,
-                      size=_fixed_size(frames.shape, preprocessing))
+                      size=_fixed_size(frames.shape, preprocessing), fit=preprocessing.fit)
 
 
 def model_input_problem(shape: Sequence[int], preprocessing) -> str | None:
@@ -186,7 +186,8 @@ def load_clips(
                     log.warning("skipping %s: %s", path, problem)
                     break
                 size = _fixed_size(clip.frames.shape, preprocessing)
-                window = resize_crop(clip.frames, preprocessing.short_side, preprocessing.crop, size=size)
+                window = resize_crop(clip.frames, preprocessing.short_side, preprocessing.crop, size=size,
+                                     fit=preprocessing.fit)
                 clips.append(np.ascontiguousarray(window.numpy()))
                 labels.append(int(label))
                 paths.append(str(path))

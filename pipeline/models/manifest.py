@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -25,6 +25,9 @@ class Preprocessing(BaseModel):
     frame_step: int = Field(ge=1, description="take every frame_step-th frame")
     short_side: int = Field(ge=1, description="resize so the shorter side has this many pixels")
     crop: int = Field(ge=1, description="square centre crop after resizing")
+    fit: Literal["crop", "stretch"] = Field("crop", description="crop: keep the aspect ratio and drop the sides of a "
+                                                                "wide frame; stretch: squeeze the whole frame to a "
+                                                                "square before the crop")
     mean: tuple[float, ...] = Field(min_length=1, description="per-channel mean, in the units the model saw")
     std: tuple[float, ...] = Field(min_length=1, description="per-channel standard deviation")
 

@@ -17,6 +17,7 @@ from pipeline.training.cache import ClipCache
 from pipeline.training.config import TrainConfig
 from pipeline.training.symmetry import apply_transform, label_tables
 from pipeline.video import ClipSplitter
+from pipeline.video.preprocess import resize_frames
 
 
 def normalisation(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +57,8 @@ class ClipSampler:
         return x.mul_(self.scale).add_(self.shift), labels
 
     def _clip(self, index: int, generator: torch.Generator) -> tuple[torch.Tensor, int]:
-        """A random (T, crop, crop, 3) uint8 clip of video ``index``, each symmetry applied with probability 1/2."""
+        """A random (T, crop, crop, 3) uint8 clip of video ``index`` (a random window of its fitted frames), each
+        symmetry applied with probability 1/2."""
         config = self.config
         frames = self.cache.frames[index]
         length, height, width, _ = frames.shape
@@ -65,9 +67,20 @@ class ClipSampler:
         else:
             starts = [int(plan[0]) for plan in self.grid.plan(length)]
             start = starts[_randint(len(starts), generator)]
-        top = _randint(height - config.crop + 1, generator)
-        left = _randint(width - config.crop + 1, generator)
-        clip = frames[start:start + config.span:config.frame_step, top:top + config.crop, left:left + config.crop]
+        if config.fit == "stretch":  # the cache holds frames resized to the short side: square them as preprocess does
+            height = width = min(height, width)
+        side = config.crop
+        if config.min_scale < 1:  # zoom in: a smaller square window, scaled up to the crop below
+            low = max(1, round(config.min_scale * min(height, width)))
+            side = low + _randint(min(height, width) - low + 1, generator)
+        top = _randint(height - side + 1, generator)
+        left = _randint(width - side + 1, generator)
+        clip = frames[start:start + config.span:config.frame_step]
+        if config.fit == "stretch":
+            clip = resize_frames(clip, height, size=(height, width))
+        clip = clip[:, top:top + side, left:left + side]
+        if side != config.crop:
+            clip = resize_frames(clip, config.crop, size=(config.crop, config.crop))
         label = int(self.cache.labels[index])
         for name, table in self.tables.items():
             if _randint(2, generator) and table[label] >= 0:

@@ -38,7 +38,8 @@ def eval_clips(frames: torch.Tensor, config: TrainConfig) -> torch.Tensor:
     """All grid clips of one cached video, preprocessed for the model: (K, 3, clip_len, crop, crop) float32."""
     plan = ClipSplitter(config.clip_len, config.eval_stride, config.frame_step).plan(frames.shape[0])
     chosen = frames[torch.from_numpy(np.stack(plan))]
-    return preprocess(chosen, short_side=config.short_side, crop=config.crop, mean=config.mean, std=config.std)
+    return preprocess(chosen, short_side=config.short_side, crop=config.crop, mean=config.mean, std=config.std,
+                      fit=config.fit)
 
 
 @torch.no_grad()

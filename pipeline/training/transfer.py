@@ -4,7 +4,9 @@
 
 - ``scratch``: none (the model's own initialisation);
 - a shipped model's name (``default``) or a clipwatch model folder (``model.json`` + ``model.safetensors``): its
-  architecture, options and preprocessing become the run's, so its features mean what they meant there;
+  architecture, options and preprocessing become the run's, so its features mean what they meant there; except
+  the input size of a 3D ResNet (its global pooling takes any size: the run's preset or options choose it) and how
+  frames are fitted to the input (``fit``);
 - a checkpoint file: ``.safetensors``, or a PyTorch file (``.pth``/``.pt``/``.tar``) read with
   ``torch.load(weights_only=True)`` (no code runs), such as Hara et al.'s 3D-ResNets
   (``{"state_dict": {"module.conv1.weight": ...}, ...}``); the run's ``--model``/``--width`` must match it;
@@ -35,8 +37,14 @@ from pipeline.training.errors import TrainingError
 SCRATCH = "scratch"
 PYTORCHVIDEO = "pytorchvideo:"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".safetensors")
-MANIFEST_FIELDS = ("clip_len", "frame_step", "short_side", "crop", "mean", "std")
-"""Preprocessing a run takes over from a clipwatch model it starts from."""
+MANIFEST_FIELDS = ("clip_len", "frame_step", "mean", "std")
+"""Preprocessing a run takes over from a clipwatch model it starts from. Not ``fit``: how much of a frame the model
+sees is the run's choice (its preset or ``--fit``), and fine-tuning adapts the backbone to it."""
+INPUT_SIZE_FIELDS = ("short_side", "crop")
+"""Taken over too, unless the architecture pools globally (`SIZE_FREE_ARCHITECTURES`): there the run's input size
+stands, since the user's data decides how many pixels its actors need."""
+SIZE_FREE_ARCHITECTURES = ("r3d-",)
+"""Name prefixes of architectures whose features do not depend on the input's size (3D ResNets: global pooling)."""
 
 
 @dataclass(frozen=True)
@@ -104,4 +112,6 @@ def config_from_init(fields: dict[str, Any], init: Initialisation | None) -> dic
     prep = manifest.preprocessing
     taken = {"model": manifest.architecture, "model_options": dict(manifest.options)}
     taken.update({name: getattr(prep, name) for name in MANIFEST_FIELDS})
+    if not manifest.architecture.startswith(SIZE_FREE_ARCHITECTURES):
+        taken.update({name: getattr(prep, name) for name in INPUT_SIZE_FIELDS})
     return {**fields, **{name: list(value) if isinstance(value, tuple) else value for name, value in taken.items()}}

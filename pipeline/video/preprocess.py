@@ -1,5 +1,10 @@
 """Standard clip preprocessing for 3D CNNs: short-side resize, centre crop, mean/std normalisation, (B, 3, T, S, S).
 
+How a frame is fitted to the square input (``fit``): ``crop`` keeps the aspect ratio and drops the sides of a
+wide frame (the classic video-classification pipeline); ``stretch`` then scales the short-side-resized frame to a
+square, so the model sees the whole field of view, squeezed. Both resize to the short side first, with the same
+call the decoders use when they scale frames as they decode, so a clip scaled early gets the same pixels.
+
 All frames of a batch are resized in one call on uint8 data (PyTorch's vectorised channels-last bilinear kernel):
 on one CPU thread that measured about 2x faster than OpenCV frame by frame and 9x faster than resizing in float32
 (`benchmarks/decode.py` compares the three). Only the cropped pixels are then converted to float.
@@ -29,6 +34,9 @@ def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
         return short_side, max(short_side, int(round(width * short_side / height)))
     return max(short_side, int(round(height * short_side / width))), short_side
 
+
+FITS = ("crop", "stretch")
+"""How a frame is fitted to the model's square input (see the module docstring)."""
 
 MIN_FRAME_SIDE = 16
 """Smallest frame width and height worth scaling up to a model's input; smaller videos are refused, not guessed at."""
@@ -79,19 +87,45 @@ def scale_down(frames: np.ndarray, short_side: int) -> np.ndarray:
 
 
 def resize_crop(frames: np.ndarray | torch.Tensor, short_side: int, crop: int, *,
-                size: tuple[int, int] | None = None, antialias: bool = False) -> torch.Tensor:
-    """The centred ``crop`` x ``crop`` window of `resize_frames`: ``(..., T, crop, crop, 3)`` uint8, a view of the
-    resized frames (of ``frames`` themselves when they are not resized). These are the pixels `preprocess`
-    normalises; ValueError before anything is allocated if the clip is too large or ``crop`` too large.
+                size: tuple[int, int] | None = None, antialias: bool = False, fit: str = "crop") -> torch.Tensor:
+    """The centred ``crop`` x ``crop`` window of the frames fitted to the model (`fitted_frames`):
+    ``(..., T, crop, crop, 3)`` uint8, a view of the fitted frames (of ``frames`` themselves when they are not
+    resized). These are the pixels `preprocess` normalises; ValueError before anything is allocated if the clip is
+    too large or ``crop`` too large.
     """
+    fitted = fitted_frames(frames, short_side, crop, size=size, antialias=antialias, fit=fit)
+    top, left = crop_offsets(fitted.shape[-3], fitted.shape[-2], crop)
+    return fitted[..., top:top + crop, left:left + crop, :]
+
+
+def fitted_frames(frames: np.ndarray | torch.Tensor, short_side: int, crop: int, *,
+                  size: tuple[int, int] | None = None, antialias: bool = False, fit: str = "crop") -> torch.Tensor:
+    """`resize_frames`, then with ``fit="stretch"`` scaled to a square of the shorter side: the frames whose centre
+    ``crop`` window the model sees. ValueError (before any allocation) as in `resize_target`, for an unknown `fit`
+    or a ``crop`` larger than the fitted frames."""
+    if fit not in FITS:
+        raise ValueError(f"unknown fit {fit!r}; one of {', '.join(FITS)}")
     clips = torch.as_tensor(frames)
     length, height, width = clips.shape[-4:-1]
     out_height, out_width = resize_target(length, height, width, short_side, size)
     if crop > min(out_height, out_width):
         raise ValueError(f"crop {crop} is larger than the resized frames {out_height}x{out_width}")
     resized = resize_frames(clips, short_side, size=(out_height, out_width), antialias=antialias)
-    top, left = crop_offsets(out_height, out_width, crop)
-    return resized[..., top:top + crop, left:left + crop, :]
+    if fit == "stretch":
+        side = min(out_height, out_width)
+        resized = resize_frames(resized, side, size=(side, side), antialias=antialias)
+    return resized
+
+
+def model_window(height: int, width: int, short_side: int, crop: int, fit: str = "crop") -> tuple[int, int, int, int]:
+    """``(top, left, window_height, window_width)``: the part of an ``height`` x ``width`` frame the model's input
+    covers after fitting and cropping (the whole frame, less the crop margin, with ``fit="stretch"``)."""
+    if fit == "stretch":
+        window_height = min(round(height * crop / short_side), height)
+        window_width = min(round(width * crop / short_side), width)
+    else:
+        window_height = window_width = min(round(crop * min(height, width) / short_side), height, width)
+    return (height - window_height) // 2, (width - window_width) // 2, window_height, window_width
 
 
 def crop_offsets(height: int, width: int, crop: int) -> tuple[int, int]:
@@ -101,7 +135,7 @@ def crop_offsets(height: int, width: int, crop: int) -> tuple[int, int]:
 
 def preprocess(frames: np.ndarray | torch.Tensor, short_side: int = 128, crop: int = 112,
                mean: Sequence[float] = KINETICS_MEAN, std: Sequence[float] = KINETICS_STD, *,
-               size: tuple[int, int] | None = None, antialias: bool = False) -> torch.Tensor:
+               size: tuple[int, int] | None = None, antialias: bool = False, fit: str = "crop") -> torch.Tensor:
     """Clips of uint8 RGB frames to a normalised float32 batch for a video classifier.
 
     Args:
@@ -112,6 +146,7 @@ def preprocess(frames: np.ndarray | torch.Tensor, short_side: int = 128, crop: i
         mean, std: per-channel RGB statistics in 0-1 units; output is `(x / 255 - mean) / std`.
         size: (height, width) to resize to instead of `short_side` (C3D's original pipeline uses (128, 171)).
         antialias: low-pass before downscaling (torchvision's tensor default); off matches OpenCV INTER_LINEAR.
+        fit: ``crop`` (keep the aspect ratio, drop the sides) or ``stretch`` (squeeze the whole frame to a square).
 
     Returns:
         (B, 3, T, crop, crop) float32, contiguous; B = 1 for a single (T, H, W, 3) clip.
@@ -125,7 +160,7 @@ def preprocess(frames: np.ndarray | torch.Tensor, short_side: int = 128, crop: i
         raise ValueError(f"preprocess: frames must be (T, H, W, 3) or (B, T, H, W, 3), got {tuple(clips.shape)}")
     batch, length = clips.shape[:2]
     scale, shift = _affine(mean, std)
-    window = resize_crop(clips, short_side, crop, size=size, antialias=antialias)
+    window = resize_crop(clips, short_side, crop, size=size, antialias=antialias, fit=fit)
     out = torch.empty((batch, 3, length, crop, crop), dtype=torch.float32)
     out.copy_(window.permute(0, 4, 1, 2, 3))
     return out.mul_(scale).add_(shift)

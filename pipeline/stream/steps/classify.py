@@ -25,25 +25,25 @@ from pipeline.detect.features import model_input_problem, model_inputs
 from pipeline.models import FeatureTap, ModelManifest
 from pipeline.stream.messages import MAX_THUMBNAIL_BYTES, ClipMessage, EmbeddingMessage, frame_shape_problem
 from pipeline.stream.steps import Rejected, screen
+from pipeline.video.preprocess import model_window
 
 __all__ = ["ClassifierStep", "heatmap_overlay", "thumbnail_jpeg"]
 
 
 def heatmap_overlay(frame: np.ndarray, heat: np.ndarray, preprocessing) -> np.ndarray:
-    """An (H, W, 3) RGB frame with an OOD heatmap (``(S, S)`` in [0, 1], over the model's centre crop) blended in:
-    the heatmap's colour at an opacity that grows with its value, so zero leaves the frame as it is."""
-    height, width = frame.shape[:2]
-    side = min(round(preprocessing.crop * min(height, width) / preprocessing.short_side), height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    value = cv2.resize(np.clip(heat, 0.0, 1.0).astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
+    """An (H, W, 3) RGB frame with an OOD heatmap (``(S, S)`` in [0, 1], over the part of the frame the model sees)
+    blended in: the heatmap's colour at an opacity that grows with its value, so zero leaves the frame as it is."""
+    top, left, rows, cols = model_window(*frame.shape[:2], preprocessing.short_side, preprocessing.crop,
+                                         preprocessing.fit)
+    value = cv2.resize(np.clip(heat, 0.0, 1.0).astype(np.float32), (cols, rows), interpolation=cv2.INTER_LINEAR)
     # A bright red-to-yellow tint (never a dark colour that vanishes into a textured frame) whose opacity grows with
     # the value; the heatmap of a frame an attack painted stays around 0.1-0.3, so both saturate well below 1.
     colour = cv2.applyColorMap((np.clip(3 * value, 0.0, 1.0) * 255).astype(np.uint8),
                                cv2.COLORMAP_AUTUMN)[..., ::-1].astype(np.float32)
     opacity = np.clip(3 * value, 0.0, 0.85)[..., None]
     out = np.array(frame, dtype=np.uint8, copy=True)
-    region = out[top:top + side, left:left + side].astype(np.float32)
-    out[top:top + side, left:left + side] = np.rint(region * (1 - opacity) + colour * opacity).astype(np.uint8)
+    region = out[top:top + rows, left:left + cols].astype(np.float32)
+    out[top:top + rows, left:left + cols] = np.rint(region * (1 - opacity) + colour * opacity).astype(np.uint8)
     return out
 
 
