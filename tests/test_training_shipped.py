@@ -43,9 +43,8 @@ def test_shipped_model_is_small_and_documented(name):
     training = manifest.extra["training"]
     assert metrics["test_clip_accuracy"] == training["test_clip_accuracy"] >= ACCURACY_FLOOR[name]
     assert (metrics["config"]["model"], metrics["config"]["model_options"]) == (manifest.architecture, manifest.options)
-    assert manifest.preprocessing.model_dump(mode="json") == {
-        **{key: metrics["config"][key] for key in ("clip_len", "frame_step", "short_side", "crop", "mean", "std")},
-        "fit": metrics["config"].get("fit", "crop")}  # trained before `fit` existed: cropped
+    assert manifest.preprocessing.fit == "crop" and manifest.preprocessing.model_dump(mode="json") == {
+        key: metrics["config"][key] for key in ("clip_len", "frame_step", "short_side", "crop", "mean", "std")}
 
 
 def test_default_and_surrogate_differ():

@@ -192,3 +192,31 @@ def test_model_window_is_the_part_of_a_frame_the_input_covers():
     assert model_window(240, 320, 80, 80, "stretch") == (0, 0, 240, 320)
     assert model_window(240, 320, 88, 80, "stretch") == (11, 14, 218, 291)
     assert model_window(320, 240, 80, 80) == (40, 0, 240, 240)
+
+
+def test_a_stretch_model_gets_the_whole_frame_on_every_inference_path(tmp_path):
+    from videos import write_frames
+
+    from pipeline.detect.features import load_clips, model_inputs, pixel_input
+    from pipeline.models import Preprocessing
+    from pipeline.video import open_video
+    from pipeline.video.preprocess import resize_crop
+
+    prep = Preprocessing(clip_len=4, frame_step=1, short_side=24, crop=24, fit="stretch", mean=(0.4,) * 3,
+                         std=(0.2,) * 3)
+    wide, tall = random_frames(4, 48, 96, seed=1), random_frames(4, 60, 40, seed=2)
+    inputs = model_inputs([wide, tall], prep)
+    assert inputs.shape == (2, 3, 4, 24, 24)
+    for row, clip in enumerate((wide, tall)):
+        expected = preprocess(clip, 24, 24, prep.mean, prep.std, fit="stretch")[0]
+        assert torch.equal(inputs[row], expected)
+        assert not torch.equal(inputs[row], preprocess(clip, 24, 24, prep.mean, prep.std)[0]), "not the centre crop"
+    pixels = pixel_input(wide[None], prep)[0]
+    assert torch.allclose(pixels, resize_crop(wide, 24, 24, fit="stretch").permute(3, 0, 1, 2).float() / 255)
+
+    video = write_frames(tmp_path / "wide.mp4", random_frames(8, 48, 96, seed=3), 96, 48)
+    clips, _, _, skipped = load_clips([(video, 0)], prep, progress=False)
+    with open_video(video) as reader:
+        decoded = reader.get_frames(np.arange(8))
+    assert not skipped and clips.shape == (2, 4, 24, 24, 3)
+    assert np.array_equal(clips[0], resize_crop(decoded[:4], 24, 24, fit="stretch").numpy())

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                                  "yard: 64)")
     parser.add_argument("--classes", nargs="+", metavar="CLASS", help="subset of the in-distribution classes")
     parser.add_argument("--actor-scale", type=float, default=None,
-                        help="actor size times this (default world; e.g. 0.45: actors 10-19 %% of the frame height)")
+                        help="actor size times this, 0-1 (default world; 0.45: moving actors 10-19 %% of the frame height)")
     parser.add_argument("--novel-classes", nargs="*", metavar="CLASS",
                         help="subset of the novel classes (give none to skip OUT/novel)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")

@@ -12,7 +12,7 @@ import yaml
 
 from pipeline.models.device import resolve_device
 from pipeline.training import PRESETS, TrainConfig, TrainingError, latest_checkpoint, load_checkpoint, train
-from pipeline.training.transfer import config_from_init, read_init
+from pipeline.training.transfer import config_from_init, fixed_input_size, read_init
 
 R3D_OPTIONS = ("width", "zero_init_residual", "conv1_t_size", "conv1_t_stride", "no_max_pool", "shortcut_type",
                "widen_factor")
@@ -47,7 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(needs --outliers auto)")
     parser.add_argument("--backbone-lr-ratio", type=float, help="learning rate of all but the head, times --lr")
     parser.add_argument("--input-size", type=int, metavar="PX",
-                        help="side of the model's square input (frames resized to this short side, then cropped)")
+                        help="side of the model's square input (frames are resized to this short side, then "
+                             "cropped or, with --fit stretch, squeezed to it); default: the preset's (finetune: 112)")
     parser.add_argument("--fit", choices=("crop", "stretch"),
                         help="how frames become the model's square input: crop keeps the aspect ratio and drops the "
                              "sides of a wide frame, stretch squeezes in the whole field of view")
@@ -71,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """The preset (or, with --resume, the checkpoint's settings) with the options given on the command line."""
+    input_size = args.input_size
     if args.resume:
         found = latest_checkpoint(Path(args.out))
         if found is None:
@@ -80,7 +82,14 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         base = TrainConfig.preset(args.preset, data=args.data, out=args.out).to_json()
         if args.init is not None:
             base["init"] = args.init
-        base = config_from_init(base, read_init(base["init"]))
+        init = read_init(base["init"])
+        base = config_from_init(base, init)
+        fixed = fixed_input_size(init)
+        if input_size is not None and fixed is not None:
+            if input_size != fixed["crop"]:
+                raise TrainingError(f"--input-size {input_size}: {init.source} takes {fixed['crop']}x{fixed['crop']} "
+                                    "inputs only (its layers are sized for them)")
+            input_size = None  # the init's already, with its own short side
     if args.device is not None:
         resolve_device(args.device, source="--device")
     overrides: dict[str, Any] = {"data": args.data, "out": args.out}
@@ -89,8 +98,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
                  "clips_per_video", "min_scale"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
-    if args.input_size is not None:
-        overrides.update(short_side=args.input_size, crop=args.input_size)
+    if input_size is not None:
+        overrides.update(short_side=input_size, crop=input_size)
     if args.symmetries is not None:
         overrides["symmetries"] = read_symmetries(args.symmetries)
     options = base["model_options"]

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from pipeline.errors import validation_problem
 from pipeline.models.errors import WeightsError
@@ -40,6 +40,15 @@ class Preprocessing(BaseModel):
         if self.crop > self.short_side:
             raise ValueError(f"crop {self.crop} is larger than short_side {self.short_side}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_crop_fit(self, handler):
+        """``fit`` is written only when it is ``stretch``: a cropping model's manifest stays readable by releases
+        that predate the field (they crop)."""
+        data = handler(self)
+        if data.get("fit") == "crop":
+            del data["fit"]
+        return data
 
 
 class ModelManifest(BaseModel):

@@ -35,7 +35,7 @@ from pipeline.training.init import motion_energy_init
 from pipeline.training.openset import PenultimateFeatures, make_outliers, objectosphere_loss
 from pipeline.training.optim import learning_rate, make_optimizer, set_bn_momentum
 from pipeline.training.report import CURVE_FILE, METRICS_FILE, evaluation_json, plot_curve, write_metrics
-from pipeline.training.transfer import SCRATCH, head_name, read_init, transfer_weights
+from pipeline.training.transfer import SCRATCH, head_name, input_change, read_init, transfer_weights
 from pipeline.training.validation import Best as _Best
 from pipeline.training.validation import validation_split
 
@@ -88,7 +88,11 @@ def train(config: TrainConfig, *, progress: bool = True, resume: bool = False) -
     model = _build_model(config, len(classes))
     checkpoint = _prepare_output(config, resume)
     if checkpoint is None and config.init != SCRATCH:
-        log.info("init: %s", transfer_weights(model, read_init(config.init)))
+        init = read_init(config.init)
+        log.info("init: %s", transfer_weights(model, init))
+        change = input_change(init, config.to_json())
+        if change:
+            log.info("init: %s", change)
     model.to(device)
 
     decode_started = time.perf_counter()

@@ -112,6 +112,29 @@ def config_from_init(fields: dict[str, Any], init: Initialisation | None) -> dic
     prep = manifest.preprocessing
     taken = {"model": manifest.architecture, "model_options": dict(manifest.options)}
     taken.update({name: getattr(prep, name) for name in MANIFEST_FIELDS})
-    if not manifest.architecture.startswith(SIZE_FREE_ARCHITECTURES):
-        taken.update({name: getattr(prep, name) for name in INPUT_SIZE_FIELDS})
+    taken.update(fixed_input_size(init) or {})
     return {**fields, **{name: list(value) if isinstance(value, tuple) else value for name, value in taken.items()}}
+
+
+def fixed_input_size(init: Initialisation | None) -> dict[str, int] | None:
+    """``{"short_side": .., "crop": ..}`` that the weights of `init` require (a pytorchvideo hub model, a C3D), or None
+    where the run chooses (scratch, a 3D ResNet, a bare checkpoint file: the run's ``--model`` decides)."""
+    if init is None:
+        return None
+    if init.fields is not None:
+        return {name: init.fields[name] for name in INPUT_SIZE_FIELDS}
+    if init.manifest is None or init.manifest.architecture.startswith(SIZE_FREE_ARCHITECTURES):
+        return None
+    return {name: getattr(init.manifest.preprocessing, name) for name in INPUT_SIZE_FIELDS}
+
+
+def input_change(init: Initialisation | None, config_fields: dict[str, Any]) -> str | None:
+    """A line saying how the run's input differs from the clipwatch model it starts from (size, fit), or None."""
+    if init is None or init.manifest is None:
+        return None
+    prep = init.manifest.preprocessing
+    before, after = (prep.crop, prep.fit), (config_fields["crop"], config_fields.get("fit", "crop"))
+    if before == after:
+        return None
+    return (f"{init.source} was trained on {before[0]}x{before[0]} inputs ({before[1]}); this run uses "
+            f"{after[0]}x{after[0]} ({after[1]}), and fine-tuning adapts the backbone to them")
