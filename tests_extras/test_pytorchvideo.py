@@ -40,7 +40,7 @@ def test_x3d_s_trains_fits_and_evaluates(tmp_path):
                novel_classes=["Orbit"], novel_videos_per_class=3, progress=False)
     model_dir, bundle, results = tmp_path / "model", tmp_path / "bundle", tmp_path / "results"
     assert main(["train", str(data), "--out", str(model_dir), "--init", "pytorchvideo:x3d_s", "--epochs", "1",
-                 "--batch-size", "4", "--no-progress"]) == 0
+                 "--clips-per-video", "1", "--batch-size", "4", "--no-progress"]) == 0
     model, manifest = load_model(model_dir)
     assert manifest.architecture == "x3d_s" and manifest.preprocessing.clip_len == 13
     assert manifest.preprocessing.crop == 182 and set(manifest.class_names) == set(CLASSES)
