@@ -150,3 +150,40 @@ def test_run_command_serves_ops_and_stops_gracefully_on_sigterm(inputs, tiny_bun
     assert len(seqs) == len(set(seqs)) >= 4 and min(seqs) > 10**12  # looped files count from the time in ms
     assert np.all(np.diff(sorted(seqs)) == 1)
     assert "SIGTERM: finishing the batch in flight" in log.read_text()
+
+
+def test_run_learns_a_cameras_normal_and_flags_its_covered_lens(tiny_bundle, tmp_path):
+    from videos import write_frames
+
+    from pipeline.data.cameras import camera_scenario
+
+    camera = camera_scenario(2, cameras=1, warmup=13, test=1, frames=24, width=64, height=48,
+                             tampering=("covered",))[0]
+    lobby = tmp_path / "lobby"
+    lobby.mkdir()
+    for index, clip in enumerate(camera.sets["warmup"]):  # one fixed scene, its usual activities
+        write_frames(lobby / f"a{index:02d}.mp4", clip, 64, 48)
+    write_frames(lobby / "zz-covered.mp4", camera.sets["tamper_covered"][0], 64, 48)  # something over the lens
+    path = write_config(tmp_path / "local.yaml", {
+        "sources": [{"id": "lobby", "path": str(lobby), "normal": {"views": ["scene"]}}],
+        "bundle": str(tiny_bundle),
+        "decoder": {"threads": 1},
+        "classifier": {"max_batch": 4, "max_wait_ms": 20},
+        "camera_normal": {"enabled": True, "warmup_clips": 16, "memory_clips": 64, "refit_every": 8},
+        "alerts": {"rules": RULES, "jsonl": "out/alerts.jsonl", "verdicts_jsonl": "out/verdicts.jsonl",
+                   "health_jsonl": "out/health.jsonl", "thumbnails_dir": "out/thumbs"},
+    })
+    summary = run_pipeline(load_config(path), out=io.StringIO(), drain_timeout_s=60)
+    assert sum(summary.published.values()) == 42
+    verdicts = {record["clip_key"]: record for record in read_jsonl(tmp_path / "out" / "verdicts.jsonl")}
+    assert len(verdicts) == 42
+    judged = [record for record in verdicts.values() if "camera_p_values" in record]
+    assert 10 <= len(judged) <= 42 - 16, "the first 16 normal clips warm the camera up"
+    assert all(set(record["camera_p_values"]) == {"scene", "camera"} for record in judged)
+    covered = [record for key, record in verdicts.items() if key.startswith("lobby/zz-covered:")]
+    assert len(covered) == 3
+    for record in covered[1:]:  # the lens is covered from a frame in the first clip's first half
+        assert record["verdict"] == "adversarial" and record["camera_p_values"]["scene"] < 1e-4
+        assert any("unlike camera lobby's own" in reason for reason in record["reasons"])
+    usual = [record for record in judged if not record["clip_key"].startswith("lobby/zz")]
+    assert sum(record["camera_p_values"]["camera"] <= 0.005 for record in usual) <= 1

@@ -201,7 +201,8 @@ def _classifier(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetric
     detector = Detector.load(config.bundle, device=device, precision=settings.precision)
     step = ClassifierStep.from_detector(detector, device=device,
                                         thumbnail_size=settings.thumbnail_size,
-                                        thumbnail_quality=settings.thumbnail_quality)
+                                        thumbnail_quality=settings.thumbnail_quality,
+                                        scene=config.camera_directory().enabled)
     logger.info("classifier: model %s (%s), layers %s, batches of up to %d clips within %d ms", step.model_id,
                 detector.precision, ", ".join(step.layers), settings.max_batch, settings.max_wait_ms)
     return BatchStage(spec, step, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000)
@@ -212,8 +213,15 @@ def _density(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetrics, 
     from pipeline.stream.steps.score import DensityStep
 
     settings = config.density
-    step = DensityStep(DetectorBundle.load(config.bundle), settings.alpha)
+    cameras = config.camera_directory()
+    step = DensityStep(DetectorBundle.load(config.bundle), settings.alpha, cameras)
     logger.info("density: layers %s, false-alarm rate %g", ", ".join(step.bundle.layers), step.alpha)
+    if step.cameras is not None:
+        default = cameras.default
+        logger.info("density: per-camera normal models (%s by default; warm-up %d clips, %d kept, %.0f %% of the "
+                    "rate), %d camera(s) configured", "on" if default.enabled else "off", default.warmup_clips,
+                    default.memory_clips, 100 * default.share,
+                    sum(one.enabled for one in cameras.cameras.values()))
     return BatchStage(spec, step, max_batch=settings.max_batch, max_wait_s=settings.max_wait_ms / 1000)
 
 

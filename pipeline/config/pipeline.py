@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from pipeline.alerts import WebhookConfig
 from pipeline.config.alerts import AlertsConfig
 from pipeline.config.base import ConfigPath, Section
 from pipeline.config.bus import BusConfig
+from pipeline.config.camera import CameraDirectory, CameraNormalConfig
 from pipeline.config.console import ConsoleConfig
 from pipeline.config.ops import OpsConfig
 from pipeline.config.sources import SourceConfig, check_stream_ids
 from pipeline.config.stages import ClassifierConfig, DecoderConfig, DensityConfig
+from pipeline.errors import validation_problem
 
 __all__ = ["PipelineConfig"]
 
@@ -28,6 +30,9 @@ class PipelineConfig(Section):
     decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     density: DensityConfig = Field(default_factory=DensityConfig)
+    camera_normal: CameraNormalConfig = Field(default_factory=CameraNormalConfig,
+                                              description="per-camera normal models (defaults; a source's "
+                                                          "`normal` changes them for its camera)")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     ops: OpsConfig = Field(default_factory=OpsConfig)
     console: ConsoleConfig | None = Field(None, description="serve the operator's console from the sink")
@@ -46,7 +51,21 @@ class PipelineConfig(Section):
     @model_validator(mode="after")
     def _check_consistency(self) -> PipelineConfig:
         check_stream_ids(self.sources)
+        for index, source in enumerate(self.sources):
+            if source.normal is not None:
+                try:
+                    source.normal.apply(self.camera_normal)
+                except ValidationError as error:
+                    raise ValueError(f"sources.{index}.normal: {validation_problem(error)}") from None
         return self
+
+    def camera_directory(self) -> CameraDirectory:
+        """Each source's camera and its per-camera normal settings (sources whose path does not exist are left to
+        the defaults)."""
+        cameras = {source.stream_id: (source.normal.apply(self.camera_normal) if source.normal is not None
+                                      else self.camera_normal)
+                   for source in self.sources if source.stream_id is not None}
+        return CameraDirectory(self.camera_normal, cameras)
 
     @property
     def source_file(self) -> str:

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from pipeline.config.base import ConfigError, ConfigPath, EnvStr, Section
+from pipeline.config.camera import CameraNormalOverrides
 from pipeline.errors import validation_problem
 
 __all__ = ["SOURCE_SCHEMES", "SourceConfig", "check_stream_ids", "parse_source"]
@@ -38,6 +39,8 @@ class SourceConfig(Section):
     backoff_initial_s: float = Field(0.5, gt=0.0)
     backoff_max_s: float = Field(30.0, gt=0.0)
     options: dict[str, EnvStr] = Field(default_factory=dict, description="FFmpeg options of a stream (PyAV backend)")
+    normal: CameraNormalOverrides | None = Field(None, description="this camera's changes to the camera_normal "
+                                                                   "section (e.g. {enabled: false})")
 
     @field_validator("uri")
     @classmethod

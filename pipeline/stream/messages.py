@@ -217,7 +217,10 @@ class EmbeddingMessage(ClipRef):
     evidence: dict[Name, StrictFloat] = Field(
         default_factory=dict, description="scores besides the features that the bundle fuses "
         "(pipeline.detect.evidence), computed in the classifier's forward pass")
-    OMIT_WHEN_EMPTY: ClassVar[tuple[str, ...]] = ("evidence",)
+    scene: LayerFeatures | None = Field(
+        None, description="the clip's picture statistics (pipeline.detect.camera.SCENE_FEATURES), for per-camera "
+                          "normal models")
+    OMIT_WHEN_EMPTY: ClassVar[tuple[str, ...]] = ("evidence", "scene")
 
     @model_validator(mode="after")
     def _consistent(self) -> EmbeddingMessage:
@@ -256,6 +259,10 @@ class VerdictMessage(ClipRef):
     class_name: StrictStr
     softmax_max: Probability
     thumbnail: StrictBytes | None = None
+    camera_p_values: dict[Name, Probability] = Field(
+        default_factory=dict, description="the camera's normal model, once warmed up: a p-value per view and "
+        "'camera' (pipeline.detect.camera); empty while it warms up or where none is configured")
+    OMIT_WHEN_EMPTY: ClassVar[tuple[str, ...]] = ("camera_p_values",)
 
     @model_validator(mode="after")
     def _consistent(self) -> VerdictMessage:

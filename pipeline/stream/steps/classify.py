@@ -6,7 +6,8 @@ prediction, the softmax maximum, each layer's pooled features as float32 and a s
 the bundle has an OOD heatmap decoder (``clipwatch fit --heatmap``), the same forward pass feeds it and the JPEG shows
 the heatmap over the part of the frame the model sees: nothing on a clip like the training data, a glow where a clip
 differs from it, so that an alert's thumbnail says where to look. Evidence the bundle fuses besides its densities
-(:mod:`pipeline.detect.evidence`) is computed in the same step and travels in the embedding.
+(:mod:`pipeline.detect.evidence`) is computed in the same step and travels in the embedding, and so do the clip's
+picture statistics when a per-camera normal model needs them (:func:`pipeline.detect.camera.scene_statistics`).
 """
 
 from __future__ import annotations
@@ -19,11 +20,18 @@ import torch
 from torch import nn
 
 from pipeline.detect import Detector
+from pipeline.detect.camera import scene_statistics
 from pipeline.detect.detector import model_id
 from pipeline.detect.evidence import Evidence
 from pipeline.detect.features import model_input_problem, model_inputs
 from pipeline.models import FeatureTap, ModelManifest
-from pipeline.stream.messages import MAX_THUMBNAIL_BYTES, ClipMessage, EmbeddingMessage, frame_shape_problem
+from pipeline.stream.messages import (
+    MAX_THUMBNAIL_BYTES,
+    ClipMessage,
+    EmbeddingMessage,
+    LayerFeatures,
+    frame_shape_problem,
+)
 from pipeline.stream.steps import Rejected, screen
 from pipeline.video.preprocess import model_window
 
@@ -69,7 +77,7 @@ class ClassifierStep:
 
     def __init__(self, model: nn.Module, manifest: ModelManifest, layers: Sequence[str], *, pool_factor: int = 4,
                  device: str = "cpu", thumbnail_size: int = 160, thumbnail_quality: int = 80,
-                 evidence: Evidence | None = None):
+                 evidence: Evidence | None = None, scene: bool = False):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.manifest = manifest
@@ -80,15 +88,18 @@ class ClassifierStep:
         self.thumbnail_size = thumbnail_size
         self.thumbnail_quality = thumbnail_quality
         self.evidence = evidence or Evidence()
+        self.scene = scene
 
     @classmethod
     def from_detector(cls, detector: Detector, *, device: str | None = None, thumbnail_size: int = 160,
-                      thumbnail_quality: int = 80) -> ClassifierStep:
+                      thumbnail_quality: int = 80, scene: bool = False) -> ClassifierStep:
         """The detector's model tapped at its bundle's layers, computing the evidence its bundle fuses (with its
-        heatmap decoder, if the bundle has one)."""
+        heatmap decoder, if the bundle has one) and, with ``scene``, each clip's picture statistics for per-camera
+        normal models."""
         return cls(detector.model, detector.manifest, detector.bundle.layers,
                    pool_factor=detector.settings.pool_factor, device=device or str(detector.device),
-                   thumbnail_size=thumbnail_size, thumbnail_quality=thumbnail_quality, evidence=detector.evidence)
+                   thumbnail_size=thumbnail_size, thumbnail_quality=thumbnail_quality, evidence=detector.evidence,
+                   scene=scene)
 
     def problem(self, clip: ClipMessage) -> str | None:
         """Why the model cannot take `clip`, or None; checks the shape only, before anything is resized."""
@@ -111,15 +122,19 @@ class ClassifierStep:
             probabilities = torch.softmax(logits.double(), dim=1).cpu().numpy()
             features = {name: values.cpu().numpy() for name, values in features.items()}
             evidence = {key: values.cpu().numpy() for key, values in evidence.items()}
+            scene = (scene_statistics(inputs, self.preprocessing.mean, self.preprocessing.std) if self.scene
+                     else None)
             for row, index in enumerate(usable):
                 results[index] = self._embedding(clips[index], probabilities[row],
                                                  {name: values[row] for name, values in features.items()},
                                                  None if heat is None else heat[row],
-                                                 {key: float(values[row]) for key, values in evidence.items()})
+                                                 {key: float(values[row]) for key, values in evidence.items()},
+                                                 None if scene is None else scene[row])
         return results
 
     def _embedding(self, clip: ClipMessage, probabilities: np.ndarray, features: dict[str, np.ndarray],
-                   heat: np.ndarray | None, evidence: dict[str, float]) -> EmbeddingMessage:
+                   heat: np.ndarray | None, evidence: dict[str, float],
+                   scene: np.ndarray | None = None) -> EmbeddingMessage:
         prediction = int(np.argmax(probabilities))
         frames = clip.array
         middle = frames[len(frames) // 2]
@@ -131,6 +146,7 @@ class ClassifierStep:
             class_name=self.manifest.class_names[prediction],
             softmax_max=min(1.0, max(0.0, float(probabilities[prediction]))),
             thumbnail=thumbnail_jpeg(middle, self.thumbnail_size, self.thumbnail_quality), evidence=evidence,
+            scene=None if scene is None else LayerFeatures.from_array(scene),
         ).with_timestamp("classifier")
 
     def close(self) -> None:

@@ -55,6 +55,7 @@ def verdict_record(verdict: VerdictMessage, clip: ScoredClip | None = None) -> d
         "clip_start": clip.clip_start, "clip_end": clip.clip_end,
         "label": verdict.label, "source": verdict.source, "model_id": verdict.model_id,
         "timestamps": verdict.timestamps,
+        **({"camera_p_values": verdict.camera_p_values} if verdict.camera_p_values else {}),
     }
 
 

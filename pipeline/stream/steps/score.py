@@ -4,7 +4,8 @@ Each embedding must come from the bundle's model and carry every layer at the di
 (otherwise `Rejected`). The batch is scored in one `DetectorBundle.score` call; each verdict carries the embedding's
 fields (all but the features) plus the evidence, stamped ``timestamps["density"]`` (the alert rules read the
 scoring time from it). A new verdict field is declared on `VerdictMessage` and filled here; the verdict log and
-the alert rules take it from the message as it is.
+the alert rules take it from the message as it is. With per-camera normal models (the config's ``camera_normal``),
+each camera's verdicts combine the bundle's and its own model's (:mod:`pipeline.stream.steps.camera`).
 """
 
 from __future__ import annotations
@@ -13,19 +14,24 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.config.camera import CameraDirectory
 from pipeline.detect import DetectorBundle
+from pipeline.detect.calibration import NORMAL
 from pipeline.stream.messages import EmbeddingMessage, VerdictMessage
 from pipeline.stream.steps import Rejected, screen
+from pipeline.stream.steps.camera import CameraModels
 
 __all__ = ["DensityStep"]
 
 
 class DensityStep:
     """Embeddings → verdicts with the bundle's densities and calibration; `alpha` overrides its false-alarm rate
-    (the bundle itself is left as loaded)."""
+    (the bundle itself is left as loaded); `cameras` says which cameras learn their own normal (none by default)."""
 
-    def __init__(self, bundle: DetectorBundle, alpha: float | None = None):
+    def __init__(self, bundle: DetectorBundle, alpha: float | None = None, cameras: CameraDirectory | None = None):
         self.bundle = bundle
+        self.cameras = (CameraModels(cameras, bundle.layers[-1]) if cameras is not None and cameras.enabled
+                        else None)
         self.alpha = bundle.calibration.alpha if alpha is None else float(alpha)
         self.model_sha = str(bundle.model_ref["sha256"])
         self.dims = {layer: int(getattr(bundle.reducers[layer], "n_features_in_", 0)) for layer in bundle.layers}
@@ -52,18 +58,48 @@ class DensityStep:
         if not usable:
             return results
         chosen = [embeddings[i] for i in usable]
+        # A camera with a normal model leaves the bundle (1 - share) of the rate: score each rate's clips together.
+        settings = [self.cameras.settings(e)[1] if self.cameras is not None else None for e in chosen]
+        rates = [self.alpha * (1 - one.share) if one is not None and one.enabled else self.alpha for one in settings]
+        fields: list[dict] = [{} for _ in chosen]
+        for rate in dict.fromkeys(rates):
+            rows = [row for row, value in enumerate(rates) if value == rate]
+            for row, values in zip(rows, self._bundle_fields([chosen[row] for row in rows], rate), strict=True):
+                fields[row] = values
+        if self.cameras is not None:
+            bundle_p = np.array([values["p_value"] for values in fields])
+            judgements = self.cameras.judge(chosen, bundle_p, self.alpha)
+            for values, judgement in zip(fields, judgements, strict=True):
+                if judgement is None or judgement.p_value is None:
+                    continue
+                values["camera_p_values"] = judgement.p_values
+                values["p_value"] = judgement.p_value
+                if judgement.verdict is not None:
+                    if values["verdict"] == NORMAL:
+                        values["reasons"] = []
+                    if values["verdict"] == NORMAL or judgement.decisive:
+                        values["verdict"] = judgement.verdict
+                    values["reasons"] = [*values["reasons"], judgement.reason]
+            self.cameras.learn(chosen, [values["verdict"] for values in fields])
+        for index, embedding, values in zip(usable, chosen, fields, strict=True):
+            results[index] = VerdictMessage(
+                **embedding.model_dump(exclude={"features", "evidence", "scene"}), **values,
+            ).with_timestamp("density")
+        return results
+
+    def _bundle_fields(self, chosen: Sequence[EmbeddingMessage], alpha: float) -> list[dict]:
+        """The verdict fields the bundle gives each embedding at false-alarm rate ``alpha``."""
         features = {layer: np.stack([e.feature(layer) for e in chosen]) for layer in self.bundle.layers}
         softmax = np.array([e.softmax_max for e in chosen], dtype=np.float64)
         evidence = {key: np.array([e.evidence[key] for e in chosen]) for key in self.bundle.evidence_keys}
-        scores = self.bundle.score(features, softmax, alpha=self.alpha, evidence=evidence)
-        for row, (index, embedding) in enumerate(zip(usable, chosen, strict=True)):
+        scores = self.bundle.score(features, softmax, alpha=alpha, evidence=evidence)
+        out = []
+        for row in range(len(chosen)):
             nested: dict[str, dict[str, float]] = {}
             for name, values in scores.loglik.items():
                 layer, density = name.rsplit("/", 1)
                 nested.setdefault(layer, {})[density] = float(values[row])
-            results[index] = VerdictMessage(
-                **embedding.model_dump(exclude={"features", "evidence"}), log_likelihoods=nested,
-                fused_score=float(scores.fused[row]), p_value=min(1.0, max(0.0, float(scores.p_value[row]))),
-                verdict=scores.verdicts[row], reasons=list(scores.reasons[row]),
-            ).with_timestamp("density")
-        return results
+            out.append({"log_likelihoods": nested, "fused_score": float(scores.fused[row]),
+                        "p_value": min(1.0, max(0.0, float(scores.p_value[row]))),
+                        "verdict": scores.verdicts[row], "reasons": list(scores.reasons[row])})
+        return out

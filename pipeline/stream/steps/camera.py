@@ -1,0 +1,141 @@
+"""The density step's per-camera normal models: one :class:`~pipeline.detect.camera.CameraNormal` per camera, the
+camera's verdicts combined with the bundle's.
+
+A camera's clips are judged by the bundle at ``(1 - share) * alpha`` and, once its model has warmed up, by the
+model at ``share * alpha`` (weighted Bonferroni: the false-alarm rate stays at most ``alpha``; during the warm-up
+it is lower). A clip the camera flags is ``adversarial`` when its picture is what is unusual (tampering: a covered
+or defocused lens, a knock, a turned camera, lights) and ``novel`` when its activity is; when the bundle flags it
+too, the stronger evidence (the smaller weighted p-value) names the kind, and both give their reasons. Clips whose final
+verdict is ``normal`` are learned; flagged ones are not, so a lasting change keeps being flagged.
+
+Each density process learns from the clips it scores: with several density workers on one Redis stream, each learns
+its share of every camera's clips (warming up after ``warmup_clips`` of its own). The models live in memory: a
+restart warms up again. At most :data:`MAX_CAMERAS` cameras are kept (the least recently seen is dropped).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.config.camera import CameraDirectory, CameraNormalConfig
+from pipeline.detect.calibration import ADVERSARIAL, NORMAL, NOVEL
+from pipeline.detect.camera import SCENE_FEATURES, CameraNormal, combined_p_value
+from pipeline.stream.messages import EmbeddingMessage
+
+__all__ = ["MAX_CAMERAS", "CameraJudgement", "CameraModels"]
+
+log = logging.getLogger(__name__)
+
+MAX_CAMERAS = 4096
+_SCENE_NAMES = tuple(name if not name.startswith("layout_") else "layout" for name in SCENE_FEATURES)
+
+
+@dataclass(frozen=True)
+class CameraJudgement:
+    """The camera model's say on one clip: its p-values (empty while warming up), the combined p-value and, when
+    it flags the clip, the verdict and reason it gives; ``decisive`` when its evidence is the stronger of the two
+    (its weighted p-value below the bundle's), so that its verdict names the clip's kind."""
+
+    p_values: dict[str, float]
+    p_value: float | None = None
+    verdict: str | None = None
+    reason: str | None = None
+    decisive: bool = False
+
+
+class CameraModels:
+    """Per-camera normal models of the cameras in ``directory``, judging embeddings whose ``activity_layer``
+    features and scene statistics they learn from."""
+
+    def __init__(self, directory: CameraDirectory, activity_layer: str):
+        self.directory = directory
+        self.activity_layer = activity_layer
+        self.models: OrderedDict[str, CameraNormal] = OrderedDict()
+        self._warned: set[str] = set()
+
+    def settings(self, embedding: EmbeddingMessage) -> tuple[str, CameraNormalConfig]:
+        return self.directory.resolve(embedding.stream_id)
+
+    def judge(self, embeddings: Sequence[EmbeddingMessage], bundle_p: np.ndarray,
+              alpha: float) -> list[CameraJudgement | None]:
+        """Each embedding's judgement (None where its camera has no normal model, or the embedding lacks a view),
+        from the models as they were before this batch; ``bundle_p`` are the bundle's p-values."""
+        out: list[CameraJudgement | None] = [None] * len(embeddings)
+        for camera, rows, settings in self._by_camera(embeddings):
+            model = self._model(camera, settings)
+            if not model.ready:
+                for row in rows:
+                    out[row] = CameraJudgement({})
+                continue
+            p = model.p_values(self._views(model, [embeddings[row] for row in rows]))
+            combined = combined_p_value(bundle_p[rows], p["camera"], settings.share)
+            for i, row in enumerate(rows):
+                values = {key: float(p[key][i]) for key in p}
+                verdict = reason = None
+                if values["camera"] <= settings.share * alpha:
+                    view = min(model.views, key=lambda name: values[name])
+                    verdict = ADVERSARIAL if view == "scene" else NOVEL
+                    reason = self._reason(camera, model, view, embeddings[row], values)
+                decisive = values["camera"] / settings.share < bundle_p[row] / (1 - settings.share)
+                out[row] = CameraJudgement(values, float(combined[i]), verdict, reason, bool(decisive))
+        return out
+
+    def learn(self, embeddings: Sequence[EmbeddingMessage], verdicts: Sequence[str]) -> None:
+        """Add the clips judged ``normal`` to their cameras' models."""
+        normal = [e for e, verdict in zip(embeddings, verdicts, strict=True) if verdict == NORMAL]
+        for camera, rows, settings in self._by_camera(normal):
+            model = self._model(camera, settings)
+            model.partial_fit(self._views(model, [normal[row] for row in rows]))
+
+    def _by_camera(self, embeddings: Sequence[EmbeddingMessage]):
+        """``(camera, rows, settings)`` of each camera with a normal model among ``embeddings`` whose every view is
+        there (an embedding without scene statistics, from a classifier not asked for them, is skipped once
+        with a warning)."""
+        groups: dict[str, tuple[list[int], CameraNormalConfig]] = {}
+        for row, embedding in enumerate(embeddings):
+            camera, settings = self.settings(embedding)
+            if not settings.enabled:
+                continue
+            if "scene" in settings.views and embedding.scene is None:
+                if camera not in self._warned:
+                    self._warned.add(camera)
+                    log.warning("camera %s: embedding %s has no scene statistics (is the classifier's config the "
+                                "density's, with camera_normal enabled?); its normal model skips such clips",
+                                camera, embedding.key)
+                continue
+            groups.setdefault(camera, ([], settings))[0].append(row)
+        return [(camera, rows, settings) for camera, (rows, settings) in groups.items()]
+
+    def _model(self, camera: str, settings: CameraNormalConfig) -> CameraNormal:
+        model = self.models.get(camera)
+        if model is None:
+            model = self.models[camera] = CameraNormal(**settings.model_kwargs())
+            while len(self.models) > MAX_CAMERAS:
+                dropped, _ = self.models.popitem(last=False)
+                log.warning("camera %s: normal model dropped (more than %d cameras)", dropped, MAX_CAMERAS)
+        self.models.move_to_end(camera)
+        return model
+
+    def _views(self, model: CameraNormal, embeddings: Sequence[EmbeddingMessage]) -> dict[str, np.ndarray]:
+        views = {}
+        if "scene" in model.views:
+            views["scene"] = np.stack([e.scene.array for e in embeddings])
+        if "activity" in model.views:
+            views["activity"] = np.stack([e.feature(self.activity_layer) for e in embeddings])
+        return views
+
+    def _reason(self, camera: str, model: CameraNormal, view: str, embedding: EmbeddingMessage,
+                values: dict[str, float]) -> str:
+        if view == "activity":
+            return (f"an activity camera {camera} does not usually show (p {values['activity']:.2g} against its "
+                    f"last {model.clips} normal clips)")
+        z = model.deviations("scene", embedding.scene.array[None])[0]
+        top = np.argsort(-np.abs(z))[:3]
+        named = ", ".join(f"{_SCENE_NAMES[i]} {z[i]:+.1f} sd" for i in top)
+        return (f"the picture is unlike camera {camera}'s own (p {values['scene']:.2g}: {named}): covered, "
+                "defocused, moved or relit?")
