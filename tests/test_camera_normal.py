@@ -29,7 +29,7 @@ PREP = Preprocessing(clip_len=8, frame_step=1, short_side=32, crop=32, mean=(0.4
 @pytest.fixture(scope="module")
 def camera():
     """One simulated camera: a fixed scene, its usual activities, and tampered copies of its usual clips."""
-    return camera_scenario(5, cameras=1, warmup=16, test=12, frames=8, width=64, height=48)[0]
+    return next(camera_scenario(5, cameras=1, warmup=16, test=12, frames=8, width=64, height=48))
 
 
 def statistics(clips: np.ndarray) -> dict[str, np.ndarray]:

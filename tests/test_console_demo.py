@@ -74,11 +74,11 @@ def test_console_command_lists_the_demo_alerts(demo, tmp_path):
     try:
         page = console.get("/api/alerts?limit=1000")
         assert sorted(alert["key"] for alert in page["alerts"]) == sorted(logged) and page["total"] == len(logged)
-        assert {alert["camera"] for alert in page["alerts"]} <= {"lobby", "yard", "gate"}
+        assert {alert["camera"] for alert in page["alerts"]} <= {"lobby", "yard", "gate", "dock"}
         for alert in page["alerts"]:
             assert console.get(alert["thumbnail"])[:2] == b"\xff\xd8"  # a JPEG, from the demo's thumbnails/
         cameras = {camera["camera"]: camera for camera in console.get("/api/cameras")["cameras"]}
-        assert set(cameras) == {"lobby", "yard", "gate"}
+        assert set(cameras) == {"lobby", "yard", "gate", "dock"}
         assert all(camera["state"] == "ended" for camera in cameras.values())
         verdicts = read_jsonl(demo / "verdicts.jsonl")
         assert sum(sum(camera["counts"].values()) for camera in cameras.values()) == len(verdicts)

@@ -32,15 +32,20 @@ def test_demo_runs_the_pipeline_and_writes_a_report(tiny_bundle, tmp_path, capsy
     out = tmp_path / "demo"
     assert len(summary["verdicts"]) == summary["expected_clips"] > 0
     cameras = [v["stream_id"].split("/")[0] for v in summary["verdicts"]]
-    assert set(cameras) == {"lobby", "yard", "gate"}
+    assert set(cameras) == {"lobby", "yard", "gate", "dock"}
     for path in ("report.html", "report.md", "timeline.png", "verdicts.jsonl"):
         assert (out / path).stat().st_size > 0
     gate = next((out / "feeds" / "gate").iterdir())
     with open_video(gate) as reader:
         assert (reader.height, reader.width) == (32, 32)
     html = (out / "report.html").read_text()
-    for camera in ("lobby", "yard", "gate"):
+    for camera in ("lobby", "yard", "gate", "dock"):
         assert f"<td>{camera}</td><td>{cameras.count(camera)}</td>" in html
+    dock = [v for v in summary["verdicts"] if v["stream_id"].startswith("dock/")]
+    assert sum("camera_p_values" in v for v in dock) >= 8  # warmed up on its first recordings, then judging
+    covered = [v for v in dock if v["stream_id"] == "dock/dock-08-adversarial-covered"]
+    assert covered and all(v["verdict"] == "adversarial" for v in covered)
+    assert all(any("unlike camera dock's own" in reason for reason in v["reasons"]) for v in covered)
     for alert in summary["alerts"]:
         assert alert["thumbnail"] and (out / "thumbnails").is_dir()
         assert alert["thumbnail"]["uri"].split("/")[-1] in html

@@ -157,8 +157,8 @@ def test_run_learns_a_cameras_normal_and_flags_its_covered_lens(tiny_bundle, tmp
 
     from pipeline.data.cameras import camera_scenario
 
-    camera = camera_scenario(2, cameras=1, warmup=13, test=1, frames=24, width=64, height=48,
-                             tampering=("covered",))[0]
+    camera = next(camera_scenario(2, cameras=1, warmup=13, test=1, frames=24, width=64, height=48,
+                                  tampering=("covered",)))
     lobby = tmp_path / "lobby"
     lobby.mkdir()
     for index, clip in enumerate(camera.sets["warmup"]):  # one fixed scene, its usual activities

@@ -46,6 +46,8 @@ def test_events_start_in_the_first_half_and_last_to_the_end():
         for row in changed:
             start = int(np.argmax(row))
             assert start < clips.shape[1] // 2 and row[start:].all() and not row[:start].any(), kind
+        at = tamper(clips, kind, start=5)
+        assert (changed_frames(clips, at) == (np.arange(clips.shape[1]) >= 5)).all(), kind
 
 
 def test_each_kind_does_what_it_says():
@@ -77,3 +79,5 @@ def test_bad_requests_are_refused_in_one_line():
     with pytest.raises(ClipwatchError, match=r"uint8 clips \(N, T, H, W, 3\)"):
         tamper(textured_clips().astype(np.float32), "defocus")
     assert tamper(textured_clips()[:0], "shake").shape == (0, 16, 40, 40, 3)
+    with pytest.raises(ClipwatchError, match="start 16 is outside the clips' 16 frames"):
+        tamper(textured_clips(), "covered", start=16)

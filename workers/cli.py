@@ -61,7 +61,7 @@ def worker(args: argparse.Namespace) -> int:
 def register_demo(subparsers: argparse._SubParsersAction) -> None:
     from pipeline.demo import DEFAULT_BUNDLE, DEFAULT_FRAME
 
-    parser = subparsers.add_parser("demo", help="simulate cameras (normal, novel, attacked) and report the alerts")
+    parser = subparsers.add_parser("demo", help="simulate cameras (normal, novel, attacked, tampered) and report the alerts")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"),
                         help="output folder: new, empty or an earlier demo's (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",

@@ -17,7 +17,7 @@ Every clip is ``(frames, H, W, 3)`` uint8 at 320x240. Randomness comes from ``(s
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -26,7 +26,7 @@ from .motions import SYNTH_CLASSES, SYNTH_NOVEL_CLASSES, sample_spec
 from .render import SourceImagery, render_video
 from .tamper import TAMPERING, tamper
 
-__all__ = ["CameraScenario", "camera_scenario"]
+__all__ = ["CameraScenario", "FixedCamera", "camera_scenario"]
 
 _SCENE_FIELDS = ("background", "background_box", "background_flip", "brightness", "contrast", "noise_sigma",
                  "noise_seed", "jitter", "quality")
@@ -43,29 +43,27 @@ class CameraScenario:
 
 def camera_scenario(seed: int, *, cameras: int = 4, usual_classes: int = 3, warmup: int = 128, test: int = 40,
                     frames: int = 32, width: int = 320, height: int = 240,
-                    tampering: tuple[str, ...] = tuple(TAMPERING), progress=None) -> list[CameraScenario]:
-    """``cameras`` simulated cameras (see the module docstring): ``warmup`` and ``test`` clips of ``frames``
-    frames each per set; ``progress(n)`` is called after every ``n`` rendered clips."""
+                    tampering: tuple[str, ...] = tuple(TAMPERING), progress=None) -> Iterator[CameraScenario]:
+    """``cameras`` simulated cameras (see the module docstring), one after another (a camera's clips are rendered
+    when it is reached, so memory holds one camera): ``warmup`` and ``test`` clips of ``frames`` frames each per
+    set; ``progress(n)`` is called after every ``n`` rendered clips."""
     imagery = SourceImagery(height)
-    out = []
     for index in range(cameras):
         rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
         usual = tuple(str(name) for name in rng.choice(SYNTH_CLASSES, size=usual_classes, replace=False))
         unusual = tuple(name for name in SYNTH_CLASSES if name not in usual)
-        scene_spec = sample_spec(usual[0], rng, width, height, frames)
-        camera = _Camera(imagery, rng, {name: getattr(scene_spec, name) for name in _SCENE_FIELDS},
-                         (width, height, frames), float(rng.uniform()), progress)
+        camera = FixedCamera.draw(rng, imagery, width, height, frames, usual[0], progress=progress)
         sets = {"warmup": camera.render(usual, warmup), "usual": camera.render(usual, test),
                 "unusual": camera.render(unusual, test), "novel": camera.render(SYNTH_NOVEL_CLASSES, test)}
         for kind in tampering:
             sets[f"tamper_{kind}"] = tamper(sets["usual"], kind, seed=seed * 1000 + index)
-        out.append(CameraScenario(f"camera{index}", usual, sets))
-    return out
+        yield CameraScenario(f"camera{index}", usual, sets)
 
 
 @dataclass
-class _Camera:
-    """One camera's renderer: its scene, its random source and the time of its background footage."""
+class FixedCamera:
+    """One camera with a fixed scene: its random source and the time of its background footage, which runs on
+    from clip to clip (the demo's dock camera and every camera of :func:`camera_scenario`)."""
 
     imagery: SourceImagery
     rng: np.random.Generator
@@ -73,7 +71,16 @@ class _Camera:
     size: tuple[int, int, int]
     """Width, height and frames of a clip."""
     clock: float
-    progress: Callable[[int], object] | None
+    progress: Callable[[int], object] | None = None
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, imagery: SourceImagery, width: int, height: int, frames: int,
+             class_name: str = SYNTH_CLASSES[0], *, progress=None) -> FixedCamera:
+        """A camera whose scene (background, mirror, brightness, contrast, noise, shake, encoding quality) is drawn
+        from ``rng`` as a synth video's would be (``class_name`` only decides which draws come first)."""
+        scene_spec = sample_spec(class_name, rng, width, height, frames)
+        return cls(imagery, rng, {name: getattr(scene_spec, name) for name in _SCENE_FIELDS},
+                   (width, height, frames), float(rng.uniform()), progress)
 
     def render(self, classes: tuple[str, ...], count: int) -> np.ndarray:
         """``count`` clips of activities drawn from ``classes``, the background running on from clip to clip."""
@@ -82,7 +89,8 @@ class _Camera:
         clips = np.empty((count, frames, height, width, 3), dtype=np.uint8)
         for i in range(count):
             spec = sample_spec(str(self.rng.choice(classes)), self.rng, width, height, frames)
-            spec = replace(spec, **self.scene, background_time=self.clock, brightness_drift=float(self.rng.uniform(-3.0, 3.0)))
+            spec = replace(spec, **self.scene, background_time=self.clock,
+                           brightness_drift=float(self.rng.uniform(-3.0, 3.0)))
             self.clock = (self.clock + frames / source_length) % 1.0
             clips[i] = render_video(spec, self.imagery)[0]
             if self.progress is not None:

@@ -3,7 +3,7 @@
 Each transform takes uint8 clips ``(N, T, H, W, 3)`` (any size; `clipwatch evaluate` applies them to its test clips
 at the model's input size) and returns tampered copies; the input is never modified. Parameters are drawn per clip
 from ``seed``, so a set is reproducible. Where the tampering is an event, it starts at a random frame of the clip's
-first half and lasts to its end, as when it happens during a recording:
+first half (or at a given frame) and lasts to its end, as when it happens during a recording:
 
 - ``covered``: something is put over the lens: the picture goes dark and featureless (heavily blurred, 10-25 % of
   its brightness, a little sensor noise);
@@ -25,11 +25,14 @@ import numpy as np
 
 from pipeline.errors import ClipwatchError
 
-Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+Transform = Callable[[np.ndarray, np.random.Generator, "int | None"], np.ndarray]
 
 
-def _event_start(rng: np.random.Generator, length: int) -> int:
-    return int(rng.integers(0, max(1, length // 2)))
+def _event_start(rng: np.random.Generator, length: int, start: int | None) -> int:
+    """The event's first frame: ``start`` if given, else a random frame of the clip's first half (drawn either way,
+    as before ``start`` existed)."""
+    drawn = int(rng.integers(0, max(1, length // 2)))
+    return drawn if start is None else start
 
 
 def _blur(frame: np.ndarray, sigma: float) -> np.ndarray:
@@ -42,9 +45,9 @@ def _shift(frame: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return cv2.warpAffine(frame, matrix, (width, height), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
 
 
-def covered(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def covered(clip: np.ndarray, rng: np.random.Generator, start: int | None = None) -> np.ndarray:
     out = clip.copy()
-    start = _event_start(rng, len(clip))
+    start = _event_start(rng, len(clip), start)
     gain = rng.uniform(0.10, 0.25)
     sigma = min(clip.shape[1:3]) / 4
     for t in range(start, len(clip)):
@@ -53,19 +56,19 @@ def covered(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def defocus(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def defocus(clip: np.ndarray, rng: np.random.Generator, start: int | None = None) -> np.ndarray:
     sigma = rng.uniform(0.015, 0.03) * min(clip.shape[1:3])
     return np.stack([_blur(frame, sigma) for frame in clip])
 
 
-def shake(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def shake(clip: np.ndarray, rng: np.random.Generator, start: int | None = None) -> np.ndarray:
     reach = max(1, round(0.05 * min(clip.shape[1:3])))
     return np.stack([_shift(frame, *rng.integers(-reach, reach + 1, size=2)) for frame in clip])
 
 
-def redirect(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def redirect(clip: np.ndarray, rng: np.random.Generator, start: int | None = None) -> np.ndarray:
     out = clip.copy()
-    start = _event_start(rng, len(clip))
+    start = _event_start(rng, len(clip), start)
     side = min(clip.shape[1:3])
     distance = rng.uniform(0.20, 0.35) * side
     angle = rng.uniform(0, 2 * np.pi)
@@ -75,9 +78,9 @@ def redirect(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def lighting(clip: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def lighting(clip: np.ndarray, rng: np.random.Generator, start: int | None = None) -> np.ndarray:
     out = clip.copy()
-    start = _event_start(rng, len(clip))
+    start = _event_start(rng, len(clip), start)
     gain = rng.uniform(0.30, 0.55) if rng.random() < 0.5 else rng.uniform(1.8, 2.5)
     out[start:] = np.clip(np.rint(clip[start:].astype(np.float32) * gain), 0, 255).astype(np.uint8)
     return out
@@ -88,8 +91,9 @@ TAMPERING: dict[str, Transform] = {"covered": covered, "defocus": defocus, "shak
 """The tampering kinds, by name (``clipwatch evaluate --tamper``)."""
 
 
-def tamper(clips: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
-    """Tampered copies of uint8 clips ``(N, T, H, W, 3)``; ClipwatchError (one line) for an unknown kind or bad clips."""
+def tamper(clips: np.ndarray, kind: str, seed: int = 0, *, start: int | None = None) -> np.ndarray:
+    """Tampered copies of uint8 clips ``(N, T, H, W, 3)``; an event starts at frame ``start`` when given (else at a
+    random frame of each clip's first half). ClipwatchError (one line) for an unknown kind or bad clips."""
     if kind not in TAMPERING:
         raise ClipwatchError(f"unknown tampering {kind!r}; choose from {', '.join(TAMPERING)}")
     clips = np.asarray(clips)
@@ -97,4 +101,6 @@ def tamper(clips: np.ndarray, kind: str, seed: int = 0) -> np.ndarray:
         raise ClipwatchError(f"tampering needs uint8 clips (N, T, H, W, 3), got {clips.dtype} {clips.shape}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, list(TAMPERING).index(kind)]))
     transform = TAMPERING[kind]
-    return np.stack([transform(clip, rng) for clip in clips]) if len(clips) else clips.copy()
+    if start is not None and not 0 <= start < clips.shape[1]:
+        raise ClipwatchError(f"tampering start {start} is outside the clips' {clips.shape[1]} frames")
+    return np.stack([transform(clip, rng, start) for clip in clips]) if len(clips) else clips.copy()

@@ -22,8 +22,11 @@ ROLES = {
     "lobby": ("normal", "normal traffic: activities the model was trained on"),
     "yard": ("novel", "a novel activity: motions the model never saw in training"),
     "gate": ("adversarial", "known activities under a universal adversarial frame painted around the border"),
+    "dock": ("adversarial", "learns its own normal (recordings 00-07: normal expected); then lens covered (08), "
+                            "camera turned (09)"),
 }
-"""The demo's cameras (`pipeline.demo.feeds.CAMERAS`): the verdict their clips should get, and what they show."""
+"""The demo's cameras (`pipeline.demo.feeds.CAMERAS`): the verdict their clips should get, and what they show; a
+recording whose name says ``normal`` expects that instead (the dock camera's warm-up)."""
 COLUMNS = ["clips", "normal", "novel", "adversarial", "alerts"]
 
 
@@ -38,13 +41,21 @@ def camera_of(stream_id: str) -> str:
     return stream_id.split("/", 1)[0]
 
 
+def expected_verdict(stream_id: str) -> str | None:
+    """The verdict a clip of this stream should get: its camera's role, or ``normal`` for a recording named so."""
+    camera, _, recording = stream_id.partition("/")
+    if camera not in ROLES:
+        return None
+    return "normal" if "normal" in recording.split("-") else ROLES[camera][0]
+
+
 def wall_time(seconds: float, *, date: bool = True) -> str:
     """Unix time as local wall-clock time: ``2025-06-01 14:03:05 +0200`` (``14:03:05`` without the date)."""
     return time.strftime("%Y-%m-%d %H:%M:%S %z" if date else "%H:%M:%S", time.localtime(seconds))
 
 
 def _cameras(verdicts: list[dict]) -> list[str]:
-    """The cameras in the demo's order (lobby, yard, gate), then any other."""
+    """The cameras in the demo's order (lobby, yard, gate, dock), then any other."""
     found = {camera_of(v["stream_id"]) for v in verdicts}
     return [c for c in ROLES if c in found] + sorted(found - set(ROLES))
 
@@ -91,7 +102,7 @@ def summary_by_camera(verdicts: list[dict], alerts: list[dict]) -> dict[str, dic
         row = table[camera]
         row["clips"] += 1
         row[v["verdict"]] = row.get(v["verdict"], 0) + 1
-        row["expected"] += ROLES.get(camera, ("",))[0] == v["verdict"]
+        row["expected"] += expected_verdict(v["stream_id"]) == v["verdict"]
     for a in alerts:
         table[camera_of(a["stream_id"])]["alerts"] += 1
     return {camera: table[camera] for camera in _cameras(verdicts) + sorted(set(table) - set(_cameras(verdicts)))}

@@ -1,4 +1,4 @@
-"""``clipwatch demo``: three simulated cameras through the in-process pipeline, alerts live, then a report."""
+"""``clipwatch demo``: four simulated cameras through the in-process pipeline, alerts live, then a report."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 import pipeline
 from pipeline.attacks import AdversarialFrame
 from pipeline.config import PipelineConfig, parse_config
-from pipeline.demo.feeds import write_feeds
+from pipeline.demo.feeds import DOCK_WARMUP, write_feeds
 from pipeline.demo.report import read_jsonl, write_report
 from pipeline.detect import Detector
 from pipeline.errors import ClipwatchError
@@ -55,9 +55,12 @@ def prepare_output(out: Path, *, overwrite: bool = False) -> None:
 
 
 def demo_config(feeds: dict[str, Path], bundle: Path, out: Path) -> dict:
-    """The pipeline config of the demo: one directory source per camera, in-process bus, alert files in ``out``."""
+    """The pipeline config of the demo: one directory source per camera, in-process bus, alert files in ``out``; the
+    dock camera learns its own normal."""
     return {
-        "sources": [{"id": camera, "path": str(folder)} for camera, folder in feeds.items()],
+        "sources": [{"id": camera, "path": str(folder),
+                     **({"normal": {"enabled": True, "warmup_clips": DOCK_WARMUP, "refit_every": 16}}
+                        if camera == "dock" else {})} for camera, folder in feeds.items()],
         "bundle": str(bundle),
         "bus": {"url": "memory://", "max_backlog": 32},
         "classifier": {"max_batch": 8, "max_wait_ms": 20},
@@ -109,7 +112,7 @@ def run_demo(out: str | Path, *, runner: Runner, bundle: str | Path = DEFAULT_BU
     prep = Detector.preprocessing(bundle)
     print(f"writing simulated camera feeds to {out / 'feeds'} ...", file=stdout)
     feeds = write_feeds(out / "feeds", AdversarialFrame.load(frame), short_side=prep.short_side, crop=prep.crop,
-                        recordings=recordings, seed=seed)
+                        clip_frames=prep.clip_len * prep.frame_step, recordings=recordings, seed=seed)
     total = _expected_clips(feeds, ClipSplitter(prep.clip_len, prep.clip_len, prep.frame_step))
     config: PipelineConfig = parse_config(demo_config(feeds, bundle, out), source="clipwatch demo")
     print(f"running the pipeline on {len(feeds)} cameras ({total} clips); alerts print as they fire:", file=stdout)
