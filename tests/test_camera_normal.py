@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy.stats import chi2
@@ -69,7 +71,7 @@ def test_phase_correlation_finds_a_known_global_shift():
 
 
 def gaussian_views(rng, rows, shift=0.0):
-    scene = rng.normal(size=(rows, 6)) @ np.diag([1, 2, 3, 1, 1, 0.5]) + shift
+    scene = rng.normal(size=(rows, len(SCENE_FEATURES))) * np.linspace(0.5, 3, len(SCENE_FEATURES)) + shift
     activity = rng.normal(size=(rows, 20)) * np.linspace(3, 0.1, 20) + shift
     return {"scene": scene, "activity": activity}
 
@@ -95,7 +97,7 @@ def test_camera_normal_memory_is_bounded_and_follows_drift_without_touching_inpu
     rng = np.random.default_rng(2)
     model = CameraNormal(warmup=64, memory=128, refit_every=32)
     model.partial_fit(gaussian_views(rng, 300))
-    assert model.clips == 128 and all(buffer.shape[0] == 128 for buffer in model._buffers.values())
+    assert model.clips == 128 and all(buffer.shape[0] == 128 for buffer in model.buffers_.values())
     drifted = gaussian_views(rng, 50, shift=5.0)
     assert np.mean(model.p_values(drifted)["camera"] <= 0.01) > 0.9
     copy = {view: values.copy() for view, values in drifted.items()}
@@ -106,16 +108,27 @@ def test_camera_normal_memory_is_bounded_and_follows_drift_without_touching_inpu
     assert np.mean(model.p_values(drifted)["camera"] <= 0.01) < 0.1
 
 
+def test_camera_normal_buffer_keeps_the_last_clips_in_order():
+    model = CameraNormal(views=("activity",), warmup=16, memory=16)
+    for start, count in ((0, 10), (10, 3), (13, 40)):  # the last batch is larger than the memory
+        model.partial_fit({"activity": np.arange(start, start + count, dtype=float)[:, None].repeat(2, axis=1)})
+    np.testing.assert_array_equal(model._ordered("activity")[:, 0], np.arange(37, 53))
+
+
 def test_camera_normal_refuses_bad_settings_and_mismatched_features():
     with pytest.raises(CameraError, match="views"):
         CameraNormal(views=("scene", "weather"))
     with pytest.raises(CameraError, match="warmup <= memory"):
         CameraNormal(warmup=64, memory=32)
     model = CameraNormal(warmup=16, memory=16).partial_fit(gaussian_views(np.random.default_rng(3), 16))
-    with pytest.raises(CameraError, match="scene features of shape"):
+    with pytest.raises(CameraError, match=r"scene features of shape \(2, 5\), expected \(N, 25\)"):
         model.partial_fit({"scene": np.zeros((2, 5)), "activity": np.zeros((2, 20))})
     with pytest.raises(CameraError, match="different numbers"):
-        model.p_values({"scene": np.zeros((2, 6)), "activity": np.zeros((3, 20))})
+        model.p_values({"scene": np.zeros((2, 25)), "activity": np.zeros((3, 20))})
+    seen = model.seen_
+    with pytest.raises(CameraError, match="activity features are not all finite"):
+        model.partial_fit({"scene": np.zeros((1, 25)), "activity": np.full((1, 20), np.nan)})
+    assert model.seen_ == seen  # refused before anything was learned
 
 
 def test_scaled_chi2_recovers_a_chi2_and_the_weighted_bonferroni():
@@ -145,6 +158,7 @@ def test_config_sets_defaults_and_per_camera_overrides(tmp_path, tiny_bundle):
     with pytest.raises(ConfigError, match="camera_normal.warmup"):
         parse_config({"bundle": str(tiny_bundle), "camera_normal": {"warmup": 3}}, base=tmp_path)
     assert not parse_config({"bundle": str(tiny_bundle)}, base=tmp_path).camera_directory().enabled
+    assert directory.resolve("gate/1") == ("gate/1", directory.default)  # only a directory's files share it
 
 
 @pytest.fixture(scope="module")
@@ -195,14 +209,20 @@ def test_density_step_combines_the_bundle_and_the_camera(tiny_bundle, scene_clas
     template = max(embeddings, key=lambda e: plain([e])[0].p_value)  # a clip the bundle finds ordinary
     rng = np.random.default_rng(6)
     settings = CameraNormalConfig(enabled=True, warmup_clips=32, memory_clips=64, refit_every=8, share=0.5)
-    step = DensityStep(bundle, cameras=CameraDirectory(CameraNormalConfig(), {"lobby": settings}))
+    lobby = CameraDirectory(CameraNormalConfig(), {"lobby": settings}, frozenset({"lobby"}))
+    step = DensityStep(bundle, cameras=lobby)
     alpha = step.alpha
 
     warmup = camera_embeddings(template, rng, 32)
+    rates = []
+    score = bundle.score
+    bundle.score = lambda *args, **kwargs: rates.append(kwargs["alpha"]) or score(*args, **kwargs)
     verdicts = step(warmup)
-    halved = DensityStep(bundle, alpha=alpha / 2)(warmup)
-    assert [v.verdict for v in verdicts] == [v.verdict for v in halved]  # the bundle spends half the rate
+    bundle.score = score
+    assert rates == [alpha / 2]  # the bundle spends half the rate, warm-up included
     assert all(not v.camera_p_values for v in verdicts) and all(v.verdict == "normal" for v in verdicts)
+    for message, alone in zip(verdicts, plain(warmup), strict=True):  # flagged exactly when p <= alpha
+        assert message.p_value == pytest.approx(min(1.0, 2 * alone.p_value))
     model = step.cameras.models["lobby"]
     assert model.ready and model.seen_ == 32
 
@@ -222,3 +242,46 @@ def test_density_step_combines_the_bundle_and_the_camera(tiny_bundle, scene_clas
         assert any("unlike camera lobby's own" in reason and "brightness" in reason for reason in message.reasons)
     assert model.seen_ == seen  # flagged clips are not learned
     assert DensityStep(bundle, cameras=CameraDirectory()).cameras is None
+
+    real = bundle.score  # the bundle flags the next clip too, as novel, less strongly than the camera does
+    bundle.score = lambda *args, **kwargs: dataclasses.replace(
+        real(*args, **kwargs), p_value=np.array([1e-4]), verdicts=["novel"], reasons=[["the bundle's reason"]])
+    judged = step(camera_embeddings(template, rng, 1, start=300, scene_shift=shift))[0]
+    bundle.score = real
+    assert judged.verdict == "adversarial" and judged.p_value == pytest.approx(2 * judged.camera_p_values["camera"])
+    assert "unlike camera lobby's own" in judged.reasons[0] and judged.reasons[1] == "the bundle's reason"
+
+
+def test_density_step_leaves_other_cameras_and_bad_clips_to_the_bundle(tiny_bundle, scene_classifier, camera,
+                                                                      monkeypatch, caplog):
+    from pipeline.stream.messages import ClipMessage
+    from pipeline.stream.steps import camera as camera_step
+
+    bundle = DetectorBundle.load(tiny_bundle)
+    plain = DensityStep(bundle)
+    clips = [ClipMessage.from_array(clip, stream_id="lobby/a.mp4", seq=i, first_frame=0, last_frame=7,
+                                    pts=[0.0] * 8) for i, clip in enumerate(camera.sets["usual"][:4])]
+    embeddings = scene_classifier(clips)
+    on = CameraNormalConfig(enabled=True, warmup_clips=16, memory_clips=16)
+    directory = CameraDirectory(on, {"gate": CameraNormalConfig(enabled=False)}, frozenset({"lobby"}))
+    step = DensityStep(bundle, cameras=directory)
+    gate = [e.model_copy(update={"stream_id": "gate"}) for e in embeddings]
+    no_scene = embeddings[0].model_copy(update={"stream_id": "lobby/b.mp4", "scene": None})
+    broken = embeddings[1].model_copy(update={
+        "stream_id": "lobby/c.mp4", "scene": LayerFeatures.from_array(np.full(len(SCENE_FEATURES), np.nan))})
+    with caplog.at_level("WARNING"):
+        judged = step([*gate, no_scene, broken])
+    expected = plain([*gate, no_scene, broken])
+    assert [v.p_value for v in judged] == [v.p_value for v in expected]  # the full rate, no camera share
+    assert not any(v.camera_p_values for v in judged)
+    assert "camera lobby: embedding lobby/b.mp4:0 has no scene statistics" in caplog.text
+    assert "lobby" not in step.cameras.models or step.cameras.models["lobby"].clips == 0
+
+    monkeypatch.setattr(camera_step, "MAX_CAMERAS", 2)
+    for name in ("one", "two", "three"):
+        step([embeddings[2].model_copy(update={"stream_id": name})])
+    assert list(step.cameras.models) == ["two", "three"]  # the least recently seen camera is dropped
+    again = embeddings[3].model_copy(update={"stream_id": "three"})
+    step([again])
+    step([again])  # redelivered after a crash: learned once
+    assert step.cameras.models["three"].clips == 2

@@ -108,7 +108,7 @@ def test_the_console_page_in_a_real_browser(demo, tmp_path):
             page.goto(f"{console.url}/")
             rows = page.locator("#alerts tr")
             sync_api.expect(rows).to_have_count(len(logged))
-            sync_api.expect(page.locator("#cameras .tile")).to_have_count(3)
+            sync_api.expect(page.locator("#cameras .tile")).to_have_count(4)
             sync_api.expect(page.locator("#live")).to_have_text("live")
             rows.first.click()
             sync_api.expect(page.locator("#detail-body")).to_be_visible()

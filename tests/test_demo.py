@@ -43,9 +43,11 @@ def test_demo_runs_the_pipeline_and_writes_a_report(tiny_bundle, tmp_path, capsy
         assert f"<td>{camera}</td><td>{cameras.count(camera)}</td>" in html
     dock = [v for v in summary["verdicts"] if v["stream_id"].startswith("dock/")]
     assert sum("camera_p_values" in v for v in dock) >= 8  # warmed up on its first recordings, then judging
-    covered = [v for v in dock if v["stream_id"] == "dock/dock-08-adversarial-covered"]
-    assert covered and all(v["verdict"] == "adversarial" for v in covered)
-    assert all(any("unlike camera dock's own" in reason for reason in v["reasons"]) for v in covered)
+    tampered = [v for v in dock if "-adversarial-" in v["stream_id"]]  # covered, then turned away
+    assert len({v["stream_id"] for v in tampered}) == 2 and all(v["verdict"] != "normal" for v in tampered)
+    assert all(any("camera dock" in reason for reason in v["reasons"]) for v in tampered)
+    # (with this untrained model the turned view's logits move too, so some of those read as novel activities)
+    assert all(v["verdict"] == "adversarial" for v in tampered if "covered" in v["stream_id"])
     for alert in summary["alerts"]:
         assert alert["thumbnail"] and (out / "thumbnails").is_dir()
         assert alert["thumbnail"]["uri"].split("/")[-1] in html

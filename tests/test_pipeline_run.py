@@ -157,7 +157,7 @@ def test_run_learns_a_cameras_normal_and_flags_its_covered_lens(tiny_bundle, tmp
 
     from pipeline.data.cameras import camera_scenario
 
-    camera = next(camera_scenario(2, cameras=1, warmup=13, test=1, frames=24, width=64, height=48,
+    camera = next(camera_scenario(2, cameras=1, warmup=24, test=1, frames=24, width=64, height=48,
                                   tampering=("covered",)))
     lobby = tmp_path / "lobby"
     lobby.mkdir()
@@ -169,18 +169,19 @@ def test_run_learns_a_cameras_normal_and_flags_its_covered_lens(tiny_bundle, tmp
         "bundle": str(tiny_bundle),
         "decoder": {"threads": 1},
         "classifier": {"max_batch": 4, "max_wait_ms": 20},
-        "camera_normal": {"enabled": True, "warmup_clips": 16, "memory_clips": 64, "refit_every": 8},
+        "camera_normal": {"enabled": True, "warmup_clips": 48, "memory_clips": 128, "refit_every": 8},
         "alerts": {"rules": RULES, "jsonl": "out/alerts.jsonl", "verdicts_jsonl": "out/verdicts.jsonl",
                    "health_jsonl": "out/health.jsonl", "thumbnails_dir": "out/thumbs"},
     })
     summary = run_pipeline(load_config(path), out=io.StringIO(), drain_timeout_s=60)
-    assert sum(summary.published.values()) == 42
+    assert sum(summary.published.values()) == 75
     verdicts = {record["clip_key"]: record for record in read_jsonl(tmp_path / "out" / "verdicts.jsonl")}
-    assert len(verdicts) == 42
+    assert len(verdicts) == 75
     judged = [record for record in verdicts.values() if "camera_p_values" in record]
-    assert 10 <= len(judged) <= 42 - 16, "the first 16 normal clips warm the camera up"
+    assert 20 <= len(judged) <= 75 - 48, "the first 48 normal clips warm the camera up"
     assert all(set(record["camera_p_values"]) == {"scene", "camera"} for record in judged)
-    covered = [record for key, record in verdicts.items() if key.startswith("lobby/zz-covered:")]
+    covered = sorted((record for key, record in verdicts.items() if key.startswith("lobby/zz-covered:")),
+                     key=lambda record: record["seq"])
     assert len(covered) == 3
     for record in covered[1:]:  # the lens is covered from a frame in the first clip's first half
         assert record["verdict"] == "adversarial" and record["camera_p_values"]["scene"] < 1e-4

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, create_model, model_validator
 
 from pipeline.config.base import Section
 
@@ -31,7 +31,9 @@ class CameraNormalConfig(Section):
     views: tuple[View, ...] = Field(("scene", "activity"), min_length=1,
                                     description="scene: picture statistics (tampering); activity: the classifier's "
                                                 "semantic features (activities this camera never shows)")
-    warmup_clips: int = Field(128, ge=16, le=1_000_000, description="clips learned before the model judges any")
+    warmup_clips: int = Field(128, ge=16, le=1_000_000,
+                              description="clips learned before the model judges any; below about a hundred, the "
+                                          "p-values are loose and false alarms rise")
     memory_clips: int = Field(1024, ge=16, le=1_000_000, description="recent normal clips kept and refitted on "
                                                                      "(bounded memory per camera)")
     refit_every: int = Field(64, ge=1, le=1_000_000, description="refit after this many new normal clips")
@@ -54,22 +56,16 @@ class CameraNormalConfig(Section):
                 "refit_every": self.refit_every, "shrinkage": self.shrinkage, "activity_dims": self.activity_dims}
 
 
-class CameraNormalOverrides(Section):
-    """A source's ``normal``: the ``camera_normal`` fields to change for that camera (the others are inherited)."""
-
-    enabled: bool | None = None
-    views: tuple[View, ...] | None = Field(None, min_length=1)
-    warmup_clips: int | None = None
-    memory_clips: int | None = None
-    refit_every: int | None = None
-    share: float | None = None
-    shrinkage: float | None = None
-    activity_dims: int | None = None
-
+class _Overrides(Section):
     def apply(self, defaults: CameraNormalConfig) -> CameraNormalConfig:
-        """The defaults with these overrides, validated as a whole (ValueError names the bad field)."""
-        given = self.model_dump(exclude_none=True)
-        return CameraNormalConfig.model_validate({**defaults.model_dump(), **given})
+        """The defaults with these overrides, validated as a whole (ValidationError names the bad field)."""
+        return CameraNormalConfig.model_validate({**defaults.model_dump(), **self.model_dump(exclude_none=True)})
+
+
+CameraNormalOverrides = create_model(
+    "CameraNormalOverrides", __base__=_Overrides, __doc__="A source's ``normal``: the ``camera_normal`` fields to "
+    "change for that camera (the others are inherited; the merged settings are validated as a whole).",
+    **{name: (field.annotation | None, None) for name, field in CameraNormalConfig.model_fields.items()})
 
 
 @dataclass(frozen=True)
@@ -80,15 +76,17 @@ class CameraDirectory:
 
     default: CameraNormalConfig = field(default_factory=CameraNormalConfig)
     cameras: Mapping[str, CameraNormalConfig] = field(default_factory=dict)
+    directories: frozenset[str] = frozenset()
+    """The cameras that are directory sources, whose files' streams are ``<camera>/<path>``."""
 
     def resolve(self, stream_id: str) -> tuple[str, CameraNormalConfig]:
         """``(camera id, settings)`` of the stream ``stream_id``."""
         if stream_id in self.cameras:
             return stream_id, self.cameras[stream_id]
-        prefixes = [camera for camera in self.cameras if stream_id.startswith(camera + "/")]
+        prefixes = [camera for camera in self.directories if stream_id.startswith(camera + "/")]
         if prefixes:
             camera = max(prefixes, key=len)
-            return camera, self.cameras[camera]
+            return camera, self.cameras.get(camera, self.default)
         return stream_id, self.default
 
     @property

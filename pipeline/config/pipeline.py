@@ -65,7 +65,9 @@ class PipelineConfig(Section):
         cameras = {source.stream_id: (source.normal.apply(self.camera_normal) if source.normal is not None
                                       else self.camera_normal)
                    for source in self.sources if source.stream_id is not None}
-        return CameraDirectory(self.camera_normal, cameras)
+        directories = frozenset(source.stream_id for source in self.sources
+                                if source.stream_id is not None and source.path is not None and source.path.is_dir())
+        return CameraDirectory(self.camera_normal, cameras, directories)
 
     @property
     def source_file(self) -> str:

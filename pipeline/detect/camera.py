@@ -12,8 +12,9 @@ lens. A :class:`CameraNormal` learns that from the camera's own recent clips, in
   principal axes plus the log residual norm: an activity that is ordinary in the training set may never happen in
   front of this camera.
 
-Each view is a Gaussian fitted in float64 on a bounded buffer of the camera's recent clips (standardised features,
-correlation shrunk toward the identity by ``shrinkage``, factored once per refit). Its p-values come from the
+Each view is a Gaussian fitted in float64 on a bounded buffer of the camera's recent clips (the covariance plus each
+statistic's measurement resolution squared, as a correlation shrunk toward the identity by ``shrinkage``, factored
+once per refit). Its p-values come from the
 buffer's own *cross-fitted* squared Mahalanobis distances (four contiguous blocks, each scored by a fit on the
 other three, so that neither the fit's optimism nor the correlation of consecutive clips leaks into the
 calibration), matched in mean and variance by a scaled chi-square (Satterthwaite): its tail gives p-values below
@@ -38,14 +39,23 @@ from scipy.stats import chi2
 
 from pipeline.errors import ClipwatchError
 
-__all__ = ["LAYOUT_GRID", "SCENE_FEATURES", "VIEWS", "CameraError", "CameraNormal", "combined_p_value",
+__all__ = ["LAYOUT_CELLS", "LAYOUT_GRID", "SCENE_FEATURES", "VIEWS", "CameraError", "CameraNormal", "combined_p_value",
            "scene_statistics"]
 
 LAYOUT_GRID = 4
 """The scene's layout is the clip's mean luminance averaged over a ``LAYOUT_GRID`` x ``LAYOUT_GRID`` grid."""
+LAYOUT_CELLS = tuple((row, col) for row in range(LAYOUT_GRID) for col in range(LAYOUT_GRID))
 SCENE_FEATURES = ("brightness", "contrast", "sharpness", "motion", "cut", "shift", "coherence", "red_green",
-                  "blue_green", *(f"layout_{i}" for i in range(LAYOUT_GRID * LAYOUT_GRID)))
-"""The columns of :func:`scene_statistics`, in order (reasons name the most deviating ones)."""
+                  "blue_green", *(f"layout_r{row}c{col}" for row, col in LAYOUT_CELLS))
+"""The columns of :func:`scene_statistics`, in order (reasons name the most deviating ones). The layout is centred
+on its own mean (brightness is a column of its own), so its cells sum to zero."""
+SCENE_FLOOR = np.array([0.01] * 7 + [0.004] * (2 + len(LAYOUT_CELLS)))
+"""The measurement resolution of each scene statistic, added as noise variance to the fitted covariance: about what
+one grey level or one pixel of shift moves it (1 % for the logs and the shift, 1/255 for colour and layout). A
+steady camera's statistic may barely vary (no shake: a shift of 0 in every clip), and a change of one pixel must not
+read as thousands of deviations."""
+ACTIVITY_FLOOR = 1e-3
+"""The same for the activity view (projections of the classifier's features)."""
 VIEWS = ("scene", "activity")
 _FOLDS = 4
 _EPS = 1e-3
@@ -60,15 +70,15 @@ def scene_statistics(inputs: torch.Tensor, mean, std) -> np.ndarray:
     preprocessing's ``mean`` / ``std`` undo the normalisation): scale-free where it matters (logs, ratios), so a
     camera's values are stable from clip to clip."""
     with torch.no_grad():
-        x = inputs.detach().to("cpu", torch.float32)
-        x = x * torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1, 1) \
-            + torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1, 1)
+        x = inputs.detach().to(torch.float32)  # on its device: only the (B, K) result is copied back
+        scale = dict(dtype=torch.float32, device=x.device)
+        x = x * torch.as_tensor(std, **scale).view(1, 3, 1, 1, 1) + torch.as_tensor(mean, **scale).view(1, 3, 1, 1, 1)
         red, green, blue = x[:, 0], x[:, 1], x[:, 2]
         y = 0.299 * red + 0.587 * green + 0.114 * blue  # (B, T, H, W)
         contrast = y.std(dim=(2, 3)).mean(dim=1)
         gradient = (y.diff(dim=3).pow(2).mean(dim=(1, 2, 3)) + y.diff(dim=2).pow(2).mean(dim=(1, 2, 3)))
         change = (y.diff(dim=1).abs().mean(dim=(2, 3)) if y.shape[1] > 1
-                  else torch.zeros(y.shape[0], 1))  # (B, T-1)
+                  else torch.zeros(y.shape[0], 1, device=y.device))  # (B, T-1)
         shift, coherence = _phase_correlation(y)
         layout = torch.nn.functional.adaptive_avg_pool2d(y.mean(dim=1), LAYOUT_GRID).flatten(1)
         columns = [
@@ -83,17 +93,18 @@ def scene_statistics(inputs: torch.Tensor, mean, std) -> np.ndarray:
             (blue - green).mean(dim=(1, 2, 3)),
         ]
         stacked = torch.cat([torch.stack(columns, dim=1), layout - layout.mean(dim=1, keepdim=True)], dim=1)
-    return stacked.double().numpy()
+    return stacked.double().cpu().numpy()
 
 
 def _phase_correlation(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean global shift between consecutive frames (fraction of the side) and the mean height of the phase
     correlation peak (near 1 for a steady view, low when the picture changes as a whole), per clip."""
     if y.shape[1] < 2:
-        zeros = torch.zeros(y.shape[0])
+        zeros = torch.zeros(y.shape[0], device=y.device)
         return zeros, zeros + 1
     height, width = y.shape[-2:]
-    window = torch.outer(torch.hann_window(height, periodic=False), torch.hann_window(width, periodic=False))
+    window = torch.outer(torch.hann_window(height, periodic=False, device=y.device),
+                         torch.hann_window(width, periodic=False, device=y.device))
     spectrum = torch.fft.rfft2((y - y.mean(dim=(2, 3), keepdim=True)) * window)
     cross = spectrum[:, 1:] * spectrum[:, :-1].conj()
     surface = torch.fft.irfft2(cross / (cross.abs() + 1e-9), s=(height, width))  # (B, T-1, H, W)
@@ -105,39 +116,51 @@ def _phase_correlation(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _Gaussian:
-    """One view's Gaussian: optional projection on the leading principal axes (+ log residual norm), then
-    standardised features with a shrunk correlation, factored once."""
+    """One view's Gaussian: optional projection on the leading principal axes (+ log residual norm), then the
+    covariance plus ``floor**2`` on its diagonal, as a correlation shrunk toward the identity, factored once."""
 
-    def __init__(self, data: np.ndarray, *, components: int, shrinkage: float):
+    def __init__(self, data: np.ndarray, *, components: int, shrinkage: float, floor):
         data = np.asarray(data, dtype=np.float64)
-        self.centre = data.mean(axis=0)
-        self.axes = None
+        self.centre_ = data.mean(axis=0)
+        self.axes_ = None
         if components:
-            _, _, vt = np.linalg.svd(data - self.centre, full_matrices=False)
-            self.axes = vt[:min(components, vt.shape[0])].T
+            self.axes_ = _principal_axes(data - self.centre_, min(components, *data.shape))
         values = self.transform(data)
-        self.mean = values.mean(axis=0)
-        self.scale = np.maximum(values.std(axis=0), 1e-6 * (1 + np.abs(self.mean)))
-        z = (values - self.mean) / self.scale
-        correlation = (z.T @ z) / len(z)
+        self.mean_ = values.mean(axis=0)
+        centred = values - self.mean_
+        # The floor is measurement noise added to the covariance: a statistic that barely varies on this camera
+        # still has the resolution of its measurement (one grey level, one pixel), not a near-zero variance.
+        covariance = (centred.T @ centred) / len(centred) + np.diag(np.broadcast_to(floor, self.mean_.shape) ** 2)
+        self.scale_ = np.sqrt(np.diag(covariance))
+        correlation = covariance / np.outer(self.scale_, self.scale_)
         shrunk = (1 - shrinkage) * correlation + shrinkage * np.eye(len(correlation))
-        self.cholesky = np.linalg.cholesky(shrunk + 1e-9 * np.eye(len(shrunk)))
+        self.cholesky_ = np.linalg.cholesky(shrunk + 1e-9 * np.eye(len(shrunk)))
 
     def transform(self, data: np.ndarray) -> np.ndarray:
-        if self.axes is None:
+        if self.axes_ is None:
             return data
-        centred = data - self.centre  # a new array: the caller's is left as it is
-        projected = centred @ self.axes
-        residual = np.linalg.norm(centred - projected @ self.axes.T, axis=1)
+        centred = data - self.centre_  # a new array: the caller's is left as it is
+        projected = centred @ self.axes_
+        residual = np.linalg.norm(centred - projected @ self.axes_.T, axis=1)
         return np.column_stack([projected, np.log(residual + 1e-9)])
 
     def standardised(self, data: np.ndarray) -> np.ndarray:
-        return (self.transform(np.asarray(data, dtype=np.float64)) - self.mean) / self.scale
+        return (self.transform(np.asarray(data, dtype=np.float64)) - self.mean_) / self.scale_
 
     def distances(self, data: np.ndarray) -> np.ndarray:
         """Squared Mahalanobis distances ``(N,)``."""
-        whitened = solve_triangular(self.cholesky, self.standardised(data).T, lower=True)
+        whitened = solve_triangular(self.cholesky_, self.standardised(data).T, lower=True)
         return (whitened ** 2).sum(axis=0)
+
+
+def _principal_axes(centred: np.ndarray, components: int) -> np.ndarray:
+    """``(D, components)`` leading principal axes of centred rows: exact for narrow features, randomized (seeded)
+    for wide ones, where a refit must not stall the density stage."""
+    if centred.shape[1] <= 256:
+        return np.linalg.svd(centred, full_matrices=False)[2][:components].T
+    from sklearn.utils.extmath import randomized_svd
+
+    return randomized_svd(centred, components, random_state=0)[2].T
 
 
 class CameraNormal:
@@ -157,7 +180,6 @@ class CameraNormal:
         self.shrinkage = shrinkage
         self.activity_dims = activity_dims
         self._validate()
-        self.reset()
 
     def _validate(self) -> None:
         unknown = [view for view in self.views if view not in VIEWS]
@@ -173,7 +195,7 @@ class CameraNormal:
     def reset(self) -> CameraNormal:
         """Forget everything (a new warm-up starts)."""
         self.seen_ = 0
-        self._buffers: dict[str, np.ndarray] = {}
+        self.buffers_: dict[str, np.ndarray] = {}
         self._since_fit = 0
         self.fits_: dict[str, _Gaussian] = {}
         self.tails_: dict[str, tuple[float, float]] = {}
@@ -181,20 +203,24 @@ class CameraNormal:
 
     @property
     def ready(self) -> bool:
-        return bool(self.fits_)
+        return bool(getattr(self, "fits_", None))
 
     @property
     def clips(self) -> int:
         """Clips in the buffer (at most ``memory``)."""
-        return min(self.seen_, self.memory)
+        return min(getattr(self, "seen_", 0), self.memory)
 
     def partial_fit(self, features: dict[str, np.ndarray]) -> CameraNormal:
         """Add clips (``{view: (N, D)}``, the same N for every view) to the buffer, oldest first out; refit when
         the warm-up is complete and every ``refit_every`` clips after."""
+        if not hasattr(self, "seen_"):
+            self.reset()
         rows = self._check(features)
         for view in self.views:
             values = np.asarray(features[view], dtype=np.float64)
-            buffer = self._buffers.setdefault(view, np.empty((self.memory, values.shape[1])))
+            if view not in self.buffers_:
+                self.buffers_[view] = np.empty((self.memory, values.shape[1]))
+            buffer = self.buffers_[view]
             for offset in range(0, rows, self.memory):  # a batch larger than the memory keeps its last rows
                 chunk = values[offset:offset + self.memory]
                 slots = (self.seen_ + offset + np.arange(len(chunk))) % self.memory
@@ -209,7 +235,7 @@ class CameraNormal:
         """Per-view p-values ``{view: (N,)}`` (small = unlike this camera's clips) and ``"camera"``: the smallest
         times the number of views, at most 1. CameraError before the warm-up is complete."""
         if not self.ready:
-            raise CameraError(f"the camera's normal model is warming up ({self.seen_} of {self.warmup} clips)")
+            raise CameraError(f"the camera's normal model is warming up ({self.clips} of {self.warmup} clips)")
         self._check(features)
         out = {}
         for view in self.views:
@@ -231,15 +257,17 @@ class CameraNormal:
             raise CameraError(f"views have different numbers of clips: {sorted(rows)}")
         for view in self.views:
             shape = np.shape(features[view])
-            known = self._buffers.get(view)
-            if len(shape) != 2 or (known is not None and shape[1] != known.shape[1]):
-                raise CameraError(f"{view} features of shape {shape}, expected (N, "
-                                  f"{'D' if known is None else known.shape[1]})")
+            known = getattr(self, "buffers_", {}).get(view)
+            width = len(SCENE_FEATURES) if view == "scene" else None if known is None else known.shape[1]
+            if len(shape) != 2 or (width is not None and shape[1] != width):
+                raise CameraError(f"{view} features of shape {shape}, expected (N, {width or 'D'})")
+            if not np.isfinite(features[view]).all():
+                raise CameraError(f"{view} features are not all finite")
         return rows.pop()
 
     def _ordered(self, view: str) -> np.ndarray:
         """The buffer's clips, oldest first."""
-        buffer = self._buffers[view]
+        buffer = self.buffers_[view]
         if self.seen_ <= self.memory:
             return buffer[:self.seen_]
         return np.roll(buffer, -(self.seen_ % self.memory), axis=0)
@@ -248,7 +276,8 @@ class CameraNormal:
         for view in self.views:
             data = self._ordered(view)
             components = 0 if view == "scene" else max(1, min(self.activity_dims, len(data) // 4, data.shape[1]))
-            fit = functools.partial(_Gaussian, components=components, shrinkage=self.shrinkage)
+            fit = functools.partial(_Gaussian, components=components, shrinkage=self.shrinkage,
+                                    floor=SCENE_FLOOR if view == "scene" else ACTIVITY_FLOOR)
             folds = np.array_split(np.arange(len(data)), _FOLDS)
             crossed = np.concatenate([fit(np.delete(data, fold, axis=0)).distances(data[fold]) for fold in folds])
             self.fits_[view] = fit(data)

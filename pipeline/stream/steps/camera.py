@@ -10,13 +10,15 @@ verdict is ``normal`` are learned; flagged ones are not, so a lasting change kee
 
 Each density process learns from the clips it scores: with several density workers on one Redis stream, each learns
 its share of every camera's clips (warming up after ``warmup_clips`` of its own). The models live in memory: a
-restart warms up again. At most :data:`MAX_CAMERAS` cameras are kept (the least recently seen is dropped).
+restart warms up again. At most :data:`MAX_CAMERAS` cameras are kept (the least recently seen is dropped); a camera
+holds ``memory_clips`` x (25 + the activity layer's width) float64 values, about 0.3 MB at the defaults with the
+shipped bundle.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,7 +26,7 @@ import numpy as np
 
 from pipeline.config.camera import CameraDirectory, CameraNormalConfig
 from pipeline.detect.calibration import ADVERSARIAL, NORMAL, NOVEL
-from pipeline.detect.camera import SCENE_FEATURES, CameraNormal, combined_p_value
+from pipeline.detect.camera import LAYOUT_CELLS, SCENE_FEATURES, CameraError, CameraNormal, combined_p_value
 from pipeline.stream.messages import EmbeddingMessage
 
 __all__ = ["MAX_CAMERAS", "CameraJudgement", "CameraModels"]
@@ -32,7 +34,8 @@ __all__ = ["MAX_CAMERAS", "CameraJudgement", "CameraModels"]
 log = logging.getLogger(__name__)
 
 MAX_CAMERAS = 4096
-_SCENE_NAMES = tuple(name if not name.startswith("layout_") else "layout" for name in SCENE_FEATURES)
+_SCENE_NAMES = (*SCENE_FEATURES[:-len(LAYOUT_CELLS)], *(f"layout (row {row}, column {col})" for row, col in LAYOUT_CELLS))
+"""How reasons name the scene statistics: the layout cells by their place in the view, row 0 at the top."""
 
 
 @dataclass(frozen=True)
@@ -56,15 +59,26 @@ class CameraModels:
         self.directory = directory
         self.activity_layer = activity_layer
         self.models: OrderedDict[str, CameraNormal] = OrderedDict()
+        self._learned: dict[str, tuple[deque, set]] = {}
         self._warned: set[str] = set()
 
-    def settings(self, embedding: EmbeddingMessage) -> tuple[str, CameraNormalConfig]:
-        return self.directory.resolve(embedding.stream_id)
+    def judged(self, embedding: EmbeddingMessage) -> CameraNormalConfig | None:
+        """The settings of the camera model that judges ``embedding``, or None when none does (no model for its
+        camera, or views it lacks: then the bundle judges it alone, at the full rate)."""
+        camera, settings = self.directory.resolve(embedding.stream_id)
+        if not settings.enabled:
+            return None
+        problem = self._view_problem(settings, embedding)
+        if problem is not None:
+            self._warn(camera, f"embedding {embedding.key} {problem}; the camera's model skips such clips")
+            return None
+        return settings
 
     def judge(self, embeddings: Sequence[EmbeddingMessage], bundle_p: np.ndarray,
               alpha: float) -> list[CameraJudgement | None]:
-        """Each embedding's judgement (None where its camera has no normal model, or the embedding lacks a view),
-        from the models as they were before this batch; ``bundle_p`` are the bundle's p-values."""
+        """Each embedding's judgement (None where no camera model judges it), from the models as they were before
+        this batch; ``bundle_p`` are the bundle's p-values. A camera whose model fails on the batch is logged and
+        left to the bundle, and the other cameras' clips are judged."""
         out: list[CameraJudgement | None] = [None] * len(embeddings)
         for camera, rows, settings in self._by_camera(embeddings):
             model = self._model(camera, settings)
@@ -72,7 +86,11 @@ class CameraModels:
                 for row in rows:
                     out[row] = CameraJudgement({})
                 continue
-            p = model.p_values(self._views(model, [embeddings[row] for row in rows]))
+            try:
+                p = model.p_values(self._views(model, [embeddings[row] for row in rows]))
+            except CameraError as error:
+                self._warn(camera, f"cannot judge its clips: {error}")
+                continue
             combined = combined_p_value(bundle_p[rows], p["camera"], settings.share)
             for i, row in enumerate(rows):
                 values = {key: float(p[key][i]) for key in p}
@@ -86,30 +104,52 @@ class CameraModels:
         return out
 
     def learn(self, embeddings: Sequence[EmbeddingMessage], verdicts: Sequence[str]) -> None:
-        """Add the clips judged ``normal`` to their cameras' models."""
+        """Add the clips judged ``normal`` to their cameras' models, each clip key once (a clip redelivered after a
+        crash is not learned twice while its camera remembers it: the last ``memory_clips`` keys)."""
         normal = [e for e, verdict in zip(embeddings, verdicts, strict=True) if verdict == NORMAL]
         for camera, rows, settings in self._by_camera(normal):
+            keys, known = self._learned.setdefault(camera, (deque(), set()))
+            fresh = [normal[row] for row in rows if normal[row].key not in known]
+            if not fresh:
+                continue
             model = self._model(camera, settings)
-            model.partial_fit(self._views(model, [normal[row] for row in rows]))
+            try:
+                model.partial_fit(self._views(model, fresh))
+            except CameraError as error:
+                self._warn(camera, f"cannot learn its clips: {error}")
+                continue
+            for embedding in fresh:
+                keys.append(embedding.key)
+                known.add(embedding.key)
+                if len(keys) > settings.memory_clips:
+                    known.discard(keys.popleft())
 
     def _by_camera(self, embeddings: Sequence[EmbeddingMessage]):
-        """``(camera, rows, settings)`` of each camera with a normal model among ``embeddings`` whose every view is
-        there (an embedding without scene statistics, from a classifier not asked for them, is skipped once
-        with a warning)."""
+        """``(camera, rows, settings)`` of each camera whose model judges some of ``embeddings``."""
         groups: dict[str, tuple[list[int], CameraNormalConfig]] = {}
         for row, embedding in enumerate(embeddings):
-            camera, settings = self.settings(embedding)
-            if not settings.enabled:
-                continue
-            if "scene" in settings.views and embedding.scene is None:
-                if camera not in self._warned:
-                    self._warned.add(camera)
-                    log.warning("camera %s: embedding %s has no scene statistics (is the classifier's config the "
-                                "density's, with camera_normal enabled?); its normal model skips such clips",
-                                camera, embedding.key)
-                continue
-            groups.setdefault(camera, ([], settings))[0].append(row)
+            settings = self.judged(embedding)
+            if settings is not None:
+                camera = self.directory.resolve(embedding.stream_id)[0]
+                groups.setdefault(camera, ([], settings))[0].append(row)
         return [(camera, rows, settings) for camera, (rows, settings) in groups.items()]
+
+    def _view_problem(self, settings: CameraNormalConfig, embedding: EmbeddingMessage) -> str | None:
+        if "scene" in settings.views:
+            if embedding.scene is None:
+                return ("has no scene statistics (is the classifier's config the density's, with camera_normal "
+                        "enabled?)")
+            if embedding.scene.dim != len(SCENE_FEATURES) or not np.isfinite(embedding.scene.array).all():
+                return f"has {embedding.scene.dim} scene statistics, or some not finite"
+        if "activity" in settings.views and not np.isfinite(embedding.feature(self.activity_layer)).all():
+            return f"has non-finite {self.activity_layer} features"
+        return None
+
+    def _warn(self, camera: str, message: str) -> None:
+        """Log a camera's problem once (a stream of bad clips must not flood the log)."""
+        if camera not in self._warned:
+            self._warned.add(camera)
+            log.warning("camera %s: %s", camera, message)
 
     def _model(self, camera: str, settings: CameraNormalConfig) -> CameraNormal:
         model = self.models.get(camera)
@@ -117,6 +157,7 @@ class CameraModels:
             model = self.models[camera] = CameraNormal(**settings.model_kwargs())
             while len(self.models) > MAX_CAMERAS:
                 dropped, _ = self.models.popitem(last=False)
+                self._learned.pop(dropped, None)
                 log.warning("camera %s: normal model dropped (more than %d cameras)", dropped, MAX_CAMERAS)
         self.models.move_to_end(camera)
         return model

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.config.camera import CameraDirectory
+from pipeline.config.camera import CameraDirectory, CameraNormalConfig
 from pipeline.detect import DetectorBundle
 from pipeline.detect.calibration import NORMAL
 from pipeline.stream.messages import EmbeddingMessage, VerdictMessage
@@ -59,33 +59,54 @@ class DensityStep:
             return results
         chosen = [embeddings[i] for i in usable]
         # A camera with a normal model leaves the bundle (1 - share) of the rate: score each rate's clips together.
-        settings = [self.cameras.settings(e)[1] if self.cameras is not None else None for e in chosen]
-        rates = [self.alpha * (1 - one.share) if one is not None and one.enabled else self.alpha for one in settings]
+        settings = [self.cameras.judged(e) if self.cameras is not None else None for e in chosen]
+        rates = [self.alpha if one is None else self.alpha * (1 - one.share) for one in settings]
         fields: list[dict] = [{} for _ in chosen]
         for rate in dict.fromkeys(rates):
             rows = [row for row, value in enumerate(rates) if value == rate]
             for row, values in zip(rows, self._bundle_fields([chosen[row] for row in rows], rate), strict=True):
                 fields[row] = values
         if self.cameras is not None:
-            bundle_p = np.array([values["p_value"] for values in fields])
-            judgements = self.cameras.judge(chosen, bundle_p, self.alpha)
-            for values, judgement in zip(fields, judgements, strict=True):
-                if judgement is None or judgement.p_value is None:
-                    continue
-                values["camera_p_values"] = judgement.p_values
-                values["p_value"] = judgement.p_value
-                if judgement.verdict is not None:
-                    if values["verdict"] == NORMAL:
-                        values["reasons"] = []
-                    if values["verdict"] == NORMAL or judgement.decisive:
-                        values["verdict"] = judgement.verdict
-                    values["reasons"] = [*values["reasons"], judgement.reason]
-            self.cameras.learn(chosen, [values["verdict"] for values in fields])
+            self._judge_cameras(chosen, settings, fields)
         for index, embedding, values in zip(usable, chosen, fields, strict=True):
             results[index] = VerdictMessage(
                 **embedding.model_dump(exclude={"features", "evidence", "scene"}), **values,
             ).with_timestamp("density")
         return results
+
+    def _judge_cameras(self, chosen: Sequence[EmbeddingMessage], settings: list[CameraNormalConfig | None],
+                       fields: list[dict]) -> None:
+        """Each clip's verdict fields combined with its camera model's (:mod:`pipeline.stream.steps.camera`), so
+        that a clip is flagged exactly when its p-value is at most ``alpha``; then the cameras learn the clips
+        judged normal."""
+        judgements = self.cameras.judge(chosen, np.array([values["p_value"] for values in fields]), self.alpha)
+        for values, one, judgement in zip(fields, settings, judgements, strict=True):
+            if one is None:
+                continue
+            if judgement is None or judgement.p_value is None:  # warming up: the bundle alone, at its share
+                values["p_value"] = self._consistent(min(1.0, values["p_value"] / (1 - one.share)), values)
+                continue
+            values["camera_p_values"] = judgement.p_values
+            values["p_value"] = self._consistent(judgement.p_value, values, judgement.verdict)
+            if judgement.verdict is None:
+                continue
+            if values["verdict"] == NORMAL:
+                values["verdict"], values["reasons"] = judgement.verdict, [judgement.reason]
+            elif judgement.decisive:  # the stronger evidence names the kind and comes first
+                values["verdict"], values["reasons"] = judgement.verdict, [judgement.reason, *values["reasons"]]
+            else:
+                values["reasons"] = [*values["reasons"], judgement.reason]
+        self.cameras.learn(chosen, [values["verdict"] for values in fields])
+
+    def _consistent(self, p_value: float, values: dict, camera_verdict: str | None = None) -> float:
+        """``p_value`` nudged across ``alpha`` where rounding put it on the wrong side of the verdict (the bundle
+        compared its p-value with ``(1 - share) * alpha``, the published one is divided by ``1 - share``)."""
+        flagged = values["verdict"] != NORMAL or camera_verdict is not None
+        if flagged and p_value > self.alpha:
+            return self.alpha
+        if not flagged and p_value <= self.alpha:
+            return float(np.nextafter(self.alpha, 1.0))
+        return p_value
 
     def _bundle_fields(self, chosen: Sequence[EmbeddingMessage], alpha: float) -> list[dict]:
         """The verdict fields the bundle gives each embedding at false-alarm rate ``alpha``."""
