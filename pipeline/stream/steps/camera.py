@@ -5,8 +5,8 @@ A camera's clips are judged by the bundle at ``(1 - share) * alpha`` and, once i
 model at ``share * alpha`` (weighted Bonferroni: the false-alarm rate stays at most ``alpha``; during the warm-up
 it is lower). A clip the camera flags is ``adversarial`` when its picture is what is unusual (tampering: a covered
 or defocused lens, a knock, a turned camera, lights) and ``novel`` when its activity is; when the bundle flags it
-too, the stronger evidence (the smaller weighted p-value) names the kind, and both give their reasons. Clips whose final
-verdict is ``normal`` are learned; flagged ones are not, so a lasting change keeps being flagged.
+too, the stronger evidence (the smaller weighted p-value) names the kind, and both give their reasons. Clips whose
+final verdict is ``normal`` are learned; flagged ones are not, so a lasting change keeps being flagged.
 
 Each density process learns from the clips it scores: with several density workers on one Redis stream, each learns
 its share of every camera's clips (warming up after ``warmup_clips`` of its own). The models live in memory: a
@@ -34,7 +34,8 @@ __all__ = ["MAX_CAMERAS", "CameraJudgement", "CameraModels"]
 log = logging.getLogger(__name__)
 
 MAX_CAMERAS = 4096
-_SCENE_NAMES = (*SCENE_FEATURES[:-len(LAYOUT_CELLS)], *(f"layout (row {row}, column {col})" for row, col in LAYOUT_CELLS))
+_SCENE_NAMES = (*SCENE_FEATURES[:-len(LAYOUT_CELLS)],
+                *(f"layout (row {row}, column {col})" for row, col in LAYOUT_CELLS))
 """How reasons name the scene statistics: the layout cells by their place in the view, row 0 at the top."""
 
 
