@@ -63,9 +63,10 @@ class CameraModels:
         self._learned: dict[str, tuple[deque, set]] = {}
         self._warned: set[str] = set()
 
-    def judged(self, embedding: EmbeddingMessage) -> CameraNormalConfig | None:
-        """The settings of the camera model that judges ``embedding``, or None when none does (no model for its
-        camera, or views it lacks: then the bundle judges it alone, at the full rate)."""
+    def judged(self, embedding: EmbeddingMessage) -> tuple[str, CameraNormalConfig] | None:
+        """The camera whose model judges ``embedding`` and its settings, or None when none does (no model for its
+        camera, or views it lacks: then the bundle judges it alone, at the full rate). The density step asks once
+        per clip and hands the answers to :meth:`judge` and :meth:`learn`."""
         camera, settings = self.directory.resolve(embedding.stream_id)
         if not settings.enabled:
             return None
@@ -73,15 +74,15 @@ class CameraModels:
         if problem is not None:
             self._warn(camera, f"embedding {embedding.key} {problem}; the camera's model skips such clips")
             return None
-        return settings
+        return camera, settings
 
-    def judge(self, embeddings: Sequence[EmbeddingMessage], bundle_p: np.ndarray,
+    def judge(self, embeddings: Sequence[EmbeddingMessage], cameras: Sequence[tuple | None], bundle_p: np.ndarray,
               alpha: float) -> list[CameraJudgement | None]:
         """Each embedding's judgement (None where no camera model judges it), from the models as they were before
         this batch; ``bundle_p`` are the bundle's p-values. A camera whose model fails on the batch is logged and
         left to the bundle, and the other cameras' clips are judged."""
         out: list[CameraJudgement | None] = [None] * len(embeddings)
-        for camera, rows, settings in self._by_camera(embeddings):
+        for camera, rows, settings in _by_camera(cameras):
             model = self._model(camera, settings)
             if not model.ready:
                 for row in rows:
@@ -104,13 +105,14 @@ class CameraModels:
                 out[row] = CameraJudgement(values, float(combined[i]), verdict, reason, bool(decisive))
         return out
 
-    def learn(self, embeddings: Sequence[EmbeddingMessage], verdicts: Sequence[str]) -> None:
+    def learn(self, embeddings: Sequence[EmbeddingMessage], cameras: Sequence[tuple | None],
+              verdicts: Sequence[str]) -> None:
         """Add the clips judged ``normal`` to their cameras' models, each clip key once (a clip redelivered after a
         crash is not learned twice while its camera remembers it: the last ``memory_clips`` keys)."""
-        normal = [e for e, verdict in zip(embeddings, verdicts, strict=True) if verdict == NORMAL]
-        for camera, rows, settings in self._by_camera(normal):
+        normal = [camera if verdict == NORMAL else None for camera, verdict in zip(cameras, verdicts, strict=True)]
+        for camera, rows, settings in _by_camera(normal):
             keys, known = self._learned.setdefault(camera, (deque(), set()))
-            fresh = [normal[row] for row in rows if normal[row].key not in known]
+            fresh = [embeddings[row] for row in rows if embeddings[row].key not in known]
             if not fresh:
                 continue
             model = self._model(camera, settings)
@@ -124,16 +126,6 @@ class CameraModels:
                 known.add(embedding.key)
                 if len(keys) > settings.memory_clips:
                     known.discard(keys.popleft())
-
-    def _by_camera(self, embeddings: Sequence[EmbeddingMessage]):
-        """``(camera, rows, settings)`` of each camera whose model judges some of ``embeddings``."""
-        groups: dict[str, tuple[list[int], CameraNormalConfig]] = {}
-        for row, embedding in enumerate(embeddings):
-            settings = self.judged(embedding)
-            if settings is not None:
-                camera = self.directory.resolve(embedding.stream_id)[0]
-                groups.setdefault(camera, ([], settings))[0].append(row)
-        return [(camera, rows, settings) for camera, (rows, settings) in groups.items()]
 
     def _view_problem(self, settings: CameraNormalConfig, embedding: EmbeddingMessage) -> str | None:
         if "scene" in settings.views:
@@ -181,3 +173,12 @@ class CameraModels:
         named = ", ".join(f"{_SCENE_NAMES[i]} {z[i]:+.1f} sd" for i in top)
         return (f"the picture is unlike camera {camera}'s own (p {values['scene']:.2g}: {named}): covered, "
                 "defocused, moved or relit?")
+
+
+def _by_camera(cameras: Sequence[tuple[str, CameraNormalConfig] | None]):
+    """``(camera, rows, settings)`` of each camera among the clips' ``(camera, settings)`` (None: not judged)."""
+    groups: dict[str, tuple[list[int], CameraNormalConfig]] = {}
+    for row, judged in enumerate(cameras):
+        if judged is not None:
+            groups.setdefault(judged[0], ([], judged[1]))[0].append(row)
+    return [(camera, rows, settings) for camera, (rows, settings) in groups.items()]

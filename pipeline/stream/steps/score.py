@@ -59,32 +59,33 @@ class DensityStep:
             return results
         chosen = [embeddings[i] for i in usable]
         # A camera with a normal model leaves the bundle (1 - share) of the rate: score each rate's clips together.
-        settings = [self.cameras.judged(e) if self.cameras is not None else None for e in chosen]
-        rates = [self.alpha if one is None else self.alpha * (1 - one.share) for one in settings]
+        cameras = [self.cameras.judged(e) if self.cameras is not None else None for e in chosen]
+        rates = [self.alpha if one is None else self.alpha * (1 - one[1].share) for one in cameras]
         fields: list[dict] = [{} for _ in chosen]
         for rate in dict.fromkeys(rates):
             rows = [row for row, value in enumerate(rates) if value == rate]
             for row, values in zip(rows, self._bundle_fields([chosen[row] for row in rows], rate), strict=True):
                 fields[row] = values
         if self.cameras is not None:
-            self._judge_cameras(chosen, settings, fields)
+            self._judge_cameras(chosen, cameras, fields)
         for index, embedding, values in zip(usable, chosen, fields, strict=True):
             results[index] = VerdictMessage(
                 **embedding.model_dump(exclude={"features", "evidence", "scene"}), **values,
             ).with_timestamp("density")
         return results
 
-    def _judge_cameras(self, chosen: Sequence[EmbeddingMessage], settings: list[CameraNormalConfig | None],
-                       fields: list[dict]) -> None:
+    def _judge_cameras(self, chosen: Sequence[EmbeddingMessage],
+                       cameras: list[tuple[str, CameraNormalConfig] | None], fields: list[dict]) -> None:
         """Each clip's verdict fields combined with its camera model's (:mod:`pipeline.stream.steps.camera`), so
         that a clip is flagged exactly when its p-value is at most ``alpha``; then the cameras learn the clips
         judged normal."""
-        judgements = self.cameras.judge(chosen, np.array([values["p_value"] for values in fields]), self.alpha)
-        for values, one, judgement in zip(fields, settings, judgements, strict=True):
+        judgements = self.cameras.judge(chosen, cameras, np.array([values["p_value"] for values in fields]),
+                                        self.alpha)
+        for values, one, judgement in zip(fields, cameras, judgements, strict=True):
             if one is None:
                 continue
             if judgement is None or judgement.p_value is None:  # warming up: the bundle alone, at its share
-                values["p_value"] = self._consistent(min(1.0, values["p_value"] / (1 - one.share)), values)
+                values["p_value"] = self._consistent(min(1.0, values["p_value"] / (1 - one[1].share)), values)
                 continue
             values["camera_p_values"] = judgement.p_values
             values["p_value"] = self._consistent(judgement.p_value, values, judgement.verdict)
@@ -96,7 +97,7 @@ class DensityStep:
                 values["verdict"], values["reasons"] = judgement.verdict, [judgement.reason, *values["reasons"]]
             else:
                 values["reasons"] = [*values["reasons"], judgement.reason]
-        self.cameras.learn(chosen, [values["verdict"] for values in fields])
+        self.cameras.learn(chosen, cameras, [values["verdict"] for values in fields])
 
     def _consistent(self, p_value: float, values: dict, camera_verdict: str | None = None) -> float:
         """``p_value`` nudged across ``alpha`` where rounding put it on the wrong side of the verdict (the bundle
