@@ -6,6 +6,8 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,7 +54,7 @@ def test_the_cli_prints_a_clipwatch_error_as_one_line_and_lets_a_bug_show_its_tr
         return run
 
     parser = cli.build_parser()
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(cli, "build_parser", lambda command=None: parser)
     action = next(a for a in parser._subparsers._group_actions if a.dest == "command")
     synth = action.choices["synth"]
     synth.set_defaults(func=failing(ClipwatchError("cams/a.mp4: not a video\n(moov atom not found)")))
@@ -101,3 +103,18 @@ def test_every_command_describes_itself_and_takes_verbose_after_its_name():
     assert parser.parse_args(["synth", "out", "-v"]).verbose is True
     assert parser.parse_args(["-v", "synth", "out"]).verbose is True
     assert parser.parse_args(["synth", "out"]).verbose is False
+
+
+def test_a_named_command_builds_only_its_own_parser_and_light_commands_skip_torch():
+    action = next(a for a in cli.build_parser("alerts")._subparsers._group_actions if a.dest == "command")
+    assert list(action.choices) == ["alerts"]
+    action = next(a for a in cli.build_parser("worker")._subparsers._group_actions if a.dest == "command")
+    assert list(action.choices) == ["worker"]
+    action = next(a for a in cli.build_parser("fitt")._subparsers._group_actions if a.dest == "command")
+    assert {"fit", "run", "synth"} <= set(action.choices)  # unknown: every command, for argparse's suggestion
+    probe = ("import sys, contextlib, io\nimport pipeline.cli as cli\n"
+             "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+             "    cli.main(['alerts', '--help'])\n"
+             "print(sorted(m for m in ('torch', 'sklearn', 'scipy', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["[]"], out.stderr

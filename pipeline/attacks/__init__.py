@@ -5,18 +5,26 @@ the model manifest) that maps them to model input; they return pixel clips on th
 adaptive ones (:mod:`pipeline.attacks.adaptive`) also know the detector bundle and push its score up.
 """
 
-from pipeline.attacks.adaptive import (
-    DetectorAwareObjective,
-    framing_adaptive,
-    framing_adaptive_universal,
-    pgd_adaptive,
-)
-from pipeline.attacks.common import Normalize
-from pipeline.attacks.errors import AttackError
-from pipeline.attacks.frame import AdversarialFrame, scaled_frame_width
-from pipeline.attacks.framing import FramingAttack, blackbox_framing
-from pipeline.attacks.gradient import fgsm, pgd
-from pipeline.attacks.io import from_uint8, load_attacked_clips, save_attacked_clips, to_uint8
+from pipeline.lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "DetectorAwareObjective": "adaptive",
+    "framing_adaptive": "adaptive",
+    "framing_adaptive_universal": "adaptive",
+    "pgd_adaptive": "adaptive",
+    "Normalize": "common",
+    "AttackError": "errors",
+    "AdversarialFrame": "frame",
+    "scaled_frame_width": "frame",
+    "FramingAttack": "framing",
+    "blackbox_framing": "framing",
+    "fgsm": "gradient",
+    "pgd": "gradient",
+    "from_uint8": "io",
+    "load_attacked_clips": "io",
+    "save_attacked_clips": "io",
+    "to_uint8": "io",
+})
 
 __all__ = [
     "AdversarialFrame",

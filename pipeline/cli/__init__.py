@@ -34,8 +34,7 @@ def yield_idle_cores(argv: list[str]) -> None:
     (training, ``fit``), so only the multi-stage commands ask for passive waiting; the variable is read when torch
     loads, so this runs before any torch import, and a value the user set wins.
     """
-    command = next((arg for arg in argv if not arg.startswith("-")), None)
-    if command in SHARED_CORE_COMMANDS and "torch" not in sys.modules:
+    if command_name(argv) in SHARED_CORE_COMMANDS and "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -80,14 +79,27 @@ DESCRIPTION = ("clipwatch finds novel and adversarial clips in camera video: tra
                "options.")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_name(argv: list[str]) -> str | None:
+    """The sub-command ``argv`` names (its first word that is not an option), or None."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``clipwatch`` parser with every command, or only ``command`` when it is one: each command module imports
+    what its work needs (torch, scikit-learn...), so running one command does not pay for all of them."""
     parser = argparse.ArgumentParser(prog="clipwatch", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"clipwatch {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    plugins = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda entry: entry.name)
+    known = {*COMMAND_MODULES, *(entry.name for entry in plugins)}
+    only = command if command in known else None
     for name in COMMAND_MODULES:
-        importlib.import_module(f"pipeline.cli.{name}").register(subparsers)
-    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda entry: entry.name):
+        if only in (None, name):
+            importlib.import_module(f"pipeline.cli.{name}").register(subparsers)
+    for entry in plugins:
+        if only not in (None, entry.name):
+            continue
         try:
             register = entry.load()
         except Exception as exc:  # a broken plug-in must not take every other command down
@@ -112,8 +124,9 @@ def _finish_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    yield_idle_cores(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    yield_idle_cores(argv)
+    args = build_parser(command_name(argv)).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

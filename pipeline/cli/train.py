@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from pipeline.models.device import resolve_device
-from pipeline.training import PRESETS, TrainConfig, TrainingError, latest_checkpoint, load_checkpoint, train
+from pipeline.training import PRESETS, TrainConfig, TrainingError, latest_checkpoint, load_checkpoint
 from pipeline.training.transfer import config_from_init, fixed_input_size, read_init
 
 R3D_OPTIONS = ("width", "zero_init_residual", "conv1_t_size", "conv1_t_stride", "no_max_pool", "shortcut_type",
@@ -113,6 +113,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.training.trainer import train  # matplotlib and SciPy: not for building the parser
+
     config = build_config(args)
     report = train(config, progress=not args.no_progress, resume=args.resume)
     resumed = f" (resumed after epoch {report.resumed_from_epoch})" if report.resumed_from_epoch is not None else ""

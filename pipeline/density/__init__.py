@@ -4,16 +4,22 @@ Densities follow scikit-learn's estimator contract: ``fit(X, y)`` returns ``self
 ``score_samples`` (higher = more in-distribution) and ``predict`` (the likelihood classifier) score new samples.
 """
 
-from pipeline.density.base import ClassConditionalDensity
-from pipeline.density.covariance import ShrinkageCache
-from pipeline.density.errors import DensityError
-from pipeline.density.gaussian import SeparateGaussian, TiedGaussian
-from pipeline.density.gmm import ClassConditionalGMM
-from pipeline.density.persistence import PersistenceError, load, save
-from pipeline.density.pooling import pool_features
-from pipeline.density.reduce import PCAReducer
+from pipeline.lazy import lazy_exports
 
-DENSITY_TYPES = {"tied": TiedGaussian, "sep": SeparateGaussian, "gmm": ClassConditionalGMM}
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "ClassConditionalDensity": "base",
+    "ShrinkageCache": "covariance",
+    "DensityError": "errors",
+    "SeparateGaussian": "gaussian",
+    "TiedGaussian": "gaussian",
+    "ClassConditionalGMM": "gmm",
+    "PersistenceError": "persistence",
+    "load": "persistence",
+    "save": "persistence",
+    "pool_features": "pooling",
+    "PCAReducer": "reduce",
+    "DENSITY_TYPES": "registry",
+})
 
 __all__ = [
     "DENSITY_TYPES",

@@ -1,9 +1,20 @@
 """Detection: layer features of clips, detector bundles (reducers + densities + calibration), verdicts."""
 
-from pipeline.detect.bundle import BundleError, BundleScores, DetectorBundle, bundle_digest
-from pipeline.detect.calibration import Calibration
-from pipeline.detect.detector import Detector, DetectorSettings
-from pipeline.detect.features import ClipFeatures, extract_video_features, load_clips, model_input
+from pipeline.lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "BundleError": "bundle",
+    "BundleScores": "bundle",
+    "DetectorBundle": "bundle",
+    "bundle_digest": "bundle",
+    "Calibration": "calibration",
+    "Detector": "detector",
+    "DetectorSettings": "detector",
+    "ClipFeatures": "features",
+    "extract_video_features": "features",
+    "load_clips": "features",
+    "model_input": "features",
+})
 
 __all__ = [
     "BundleError",

@@ -5,13 +5,22 @@
     model, manifest = load_model(report.out)
 """
 
-from pipeline.training.augment import ClipSampler
-from pipeline.training.cache import ClipCache
-from pipeline.training.checkpoint import latest_checkpoint, load_checkpoint
-from pipeline.training.config import PRESETS, TrainConfig
-from pipeline.training.errors import TrainingError
-from pipeline.training.evaluation import Evaluation, eval_clips, evaluate
-from pipeline.training.trainer import TrainReport, train
+from pipeline.lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "ClipSampler": "augment",
+    "ClipCache": "cache",
+    "latest_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "PRESETS": "config",
+    "TrainConfig": "config",
+    "TrainingError": "errors",
+    "Evaluation": "evaluation",
+    "eval_clips": "evaluation",
+    "evaluate": "evaluation",
+    "TrainReport": "trainer",
+    "train": "trainer",
+})
 
 __all__ = [
     "PRESETS",
