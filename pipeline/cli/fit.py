@@ -10,14 +10,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.attacks import Normalize
+from pipeline.attacks import Normalize, from_uint8, to_uint8
 from pipeline.cli import add_device_argument, command_device, in_range
 from pipeline.data import UCF101
 from pipeline.data.ucf101 import DatasetError
 from pipeline.detect import BundleError, DetectorBundle, extract_video_features
 from pipeline.detect.bundle import HEATMAP_DIR
 from pipeline.detect.evidence import BORDER_KEY, HEATMAP_KEY, Evidence, default_border
-from pipeline.detect.features import pixel_batches
+from pipeline.detect.features import (
+    ClipFeatures,
+    extract_from_tensors,
+    load_clips,
+    model_device,
+    model_input,
+    pixel_batches,
+)
+from pipeline.detect.fusion import auxiliary_outliers, choose_fused_groups
 from pipeline.detect.zoo.heatmap import DECODER_FILES, HeatmapDetector
 from pipeline.fileio import seal_directory
 from pipeline.models import default_layers, file_sha256, load_model, resolve_model_dir
@@ -25,6 +33,8 @@ from pipeline.models.io import SHIPPED_MODELS
 from pipeline.models.precision import model_precision, prepare_for_inference
 
 EVIDENCE_NAMES = {"heatmap": HEATMAP_KEY, "border": BORDER_KEY}
+AUXILIARY_CLIPS = 500
+"""At most this many calibration clips (two per video) make the auxiliary outliers of ``--fused-groups auto``."""
 """``--evidence`` names and the keys they fuse."""
 
 MODEL_DIR = "model"
@@ -103,6 +113,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "prediction survive masking the frame's border band; a second forward pass per clip)")
     parser.add_argument("--border", type=int,
                         help="width in model-input pixels of the band 'border' masks (default: 5%% of the crop)")
+    parser.add_argument("--fused-groups", nargs="+", default=["auto"], metavar="GROUP",
+                        help="groups the fused score is the lowest of: 'auto' (default) leaves out those that hide "
+                             "auxiliary outliers made from the calibration clips (shuffled, spliced, locally "
+                             "corrupted, one gradient step; pipeline.detect.fusion), 'all', or names among "
+                             "low-level, semantic, output and the evidence's (border, heatmap)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -160,6 +175,9 @@ def run(args: argparse.Namespace) -> int:
         provenance={"dataset": str(Path(args.data).resolve()), "split": args.split, "precision": model_precision(model),
                     "calibration_data": str(Path(args.calibration_data).resolve()) if args.calibration_data else None},
         border=border, progress=not args.no_progress)
+    unfused = unfused_groups(args, bundle, model, prep, calibration_videos, calibration, evidence)
+    if unfused:
+        bundle.calibrate(calibration, unfused_groups=unfused)
     if heatmap_dir.exists():  # an earlier bundle's decoder, fitted to other features, goes; nothing else is touched
         for name in DECODER_FILES:
             (heatmap_dir / name).unlink(missing_ok=True)
@@ -170,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         seal_directory(args.out)
     print(f"bundle written to {args.out}: {len(train)} train clips, {len(calibration)} calibration clips, "
           f"layers {layers}, {time.perf_counter() - start:.0f} s")
+    print(f"  fused groups: {', '.join(bundle.calibration.fused_groups)}"
+          + (f" (left out: {', '.join(unfused)})" if unfused else ""))
     if evidence.keys:
         print(f"  evidence fused: {', '.join(evidence.keys)}"
               + (f" (border band {border} px)" if BORDER_KEY in evidence.keys else ""))
@@ -179,6 +199,44 @@ def run(args: argparse.Namespace) -> int:
     if summary:
         print(summary)
     return 0
+
+
+def unfused_groups(args: argparse.Namespace, bundle: DetectorBundle, model, prep, videos: list,
+                   calibration: ClipFeatures, evidence: Evidence) -> list[str]:
+    """The groups ``--fused-groups`` leaves out of the fused score; with ``auto``, chosen on auxiliary outliers made
+    from up to :data:`AUXILIARY_CLIPS` calibration clips (:func:`choose_fused_groups`), recorded in the settings."""
+    groups = list(bundle.calibration.groups)
+    asked = list(dict.fromkeys(args.fused_groups))
+    if asked == ["all"] or (asked == ["auto"] and len(groups) == 1):
+        return []
+    if asked != ["auto"]:
+        unknown = [name for name in asked if name not in groups]
+        if unknown:
+            raise BundleError(f"--fused-groups {' '.join(unknown)}: not a group of this bundle (its groups: "
+                              f"{', '.join(groups)}; or auto, or all)")
+        return [name for name in groups if name not in asked]
+    started = time.perf_counter()
+    rng = np.random.default_rng(args.seed)
+    picked = [videos[i] for i in sorted(rng.permutation(len(videos))[:AUXILIARY_CLIPS // 2])]
+    clips, labels, _, _ = load_clips([(s.path, s.label) for s in picked], prep, max_clips_per_video=2,
+                                     progress=not args.no_progress, description="auxiliary outliers")
+    normalize = Normalize.from_preprocessing(prep)
+    outliers = auxiliary_outliers(from_uint8(clips, model_device(model)), labels, model, normalize,
+                                  classes=len(bundle.class_names), seed=args.seed, batch_size=args.batch_size)
+    scores = {}
+    for kind, pixels in outliers.items():
+        frames = to_uint8(pixels)  # scored on the 8-bit grid, like every clip
+        layers, logits, found = extract_from_tensors(
+            model, (model_input(frames[i:i + args.batch_size], prep) for i in range(0, len(frames), args.batch_size)),
+            bundle.layers, pool_factor=args.pool_factor, evidence=evidence)
+        scores[kind] = bundle.calibration.group_scores(bundle.loglik(layers, evidence=found))
+    clean = bundle.calibration.group_scores(bundle.loglik(calibration.layers, evidence=calibration.evidence))
+    choice = choose_fused_groups(clean, scores)
+    bundle.settings["fusion"] = {**choice.as_dict(), "auxiliary_clips": len(clips)}
+    print(f"fused groups chosen on {len(clips)} calibration clips' auxiliary outliers in "
+          f"{time.perf_counter() - started:.0f} s: AUROC per kind " + ", ".join(
+              f"{kind} {choice.before[kind]:.3f} -> {choice.after[kind]:.3f}" for kind in choice.before))
+    return choice.dropped
 
 
 def calibration_videos_for(args: argparse.Namespace, dataset: UCF101) -> tuple[list, list]:

@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,11 @@ from pipeline.models import file_sha256, resolve_model_dir
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = "clipwatch.bundle"
-BUNDLE_VERSION = 2
+BUNDLE_VERSION = 3
+"""Written when some groups are left out of the fused score (``Calibration.unfused_groups``): earlier readers
+would fuse them all against a fused calibration computed without them, so they must refuse such a bundle."""
+COMPATIBLE_VERSION = 2
+"""Written otherwise, so that earlier releases keep reading bundles whose meaning they know."""
 DENSITY_NAMES = ("gmm", "sep", "tied")
 HEATMAP_DIR = "heatmap"
 OUTPUT_SCORE = "energy"
@@ -102,7 +106,7 @@ class DetectorBundle:
             densities=DENSITY_NAMES, fused_density: str = "sep", variance: float = 0.995, pool_factor: int = 4,
             gmm_max_components: int = 4, false_alarm: float = 0.01, seed: int = 0, low_level_layers=(),
             output_score: str | None = OUTPUT_SCORE, provenance: Mapping[str, Any] | None = None,
-            border: int = 0, progress: bool = True) -> DetectorBundle:
+            border: int = 0, unfused_groups: Sequence[str] = (), progress: bool = True) -> DetectorBundle:
         """Fit reducers and densities on ``train`` clips, calibrate on held-out in-distribution ``calibration`` clips.
 
         Evidence in ``calibration.evidence`` (:mod:`pipeline.detect.evidence`, computed in the same pass) is fused,
@@ -113,6 +117,7 @@ class DetectorBundle:
         ``output_score`` ``"energy"`` adds the logits' ``logsumexp`` as a third group, read from the tapped layer
         whose features are the logits (``settings["output_layer"]``; none tapped: no output group); None leaves
         it out.
+        ``unfused_groups`` are left out of the fused score (see :meth:`calibrate`).
         ``provenance`` (``dataset``, ``split``, ``calibration_data``: where the clips came from) is recorded in
         ``settings`` after the fitted values.
         """
@@ -148,13 +153,15 @@ class DetectorBundle:
         if output_score and settings["output_layer"] is None:
             log.warning("no tapped layer holds the logits (tap the head, e.g. fc): the bundle has no output group")
         bundle = cls(model_ref, layers, list(class_names), reducers, models, None, settings)
-        return bundle.calibrate(calibration, border=border)
+        return bundle.calibrate(calibration, border=border, unfused_groups=unfused_groups)
 
     def calibrate(self, calibration: ClipFeatures, false_alarm: float | None = None, *,
-                  border: int | None = None) -> DetectorBundle:
+                  border: int | None = None, unfused_groups: Sequence[str] | None = None) -> DetectorBundle:
         """(Re)calibrate on held-out in-distribution clips at ``false_alarm`` (default: the bundle's), keeping the
         densities; the evidence in ``calibration.evidence`` is fused (``settings["evidence"]``), and ``border`` (px;
         default: the bundle's) is recorded with ``border/consistency``, since scoring must mask the same band.
+        ``unfused_groups`` (default: the bundle's) are calibrated but left out of the fused score
+        (:meth:`Calibration.without_groups`, chosen by :func:`pipeline.detect.fusion.choose_fused_groups`).
         Returns self; the bundle is left as it was if this raises."""
         false_alarm = float(self.settings["false_alarm"] if false_alarm is None else false_alarm)
         border = self.border if border is None else int(border)
@@ -170,9 +177,11 @@ class DetectorBundle:
         fused_keys = [f"{layer}/{fused_density}" for layer in self.layers]
         low_level_keys = [f"{layer}/{fused_density}" for layer in self.settings.get("low_level_layers") or ()]
         output_keys = [self.output_key] if self.output_key else []
-        self.calibration = Calibration.fit(scores, calibration.softmax.max(axis=1),
-                                           fused_keys + output_keys + evidence, false_alarm, low_level_keys,
-                                           output_keys, evidence)
+        if unfused_groups is None:
+            unfused_groups = self.calibration.unfused_groups if self.calibration is not None else ()
+        fitted = Calibration.fit(scores, calibration.softmax.max(axis=1), fused_keys + output_keys + evidence,
+                                 false_alarm, low_level_keys, output_keys, evidence)
+        self.calibration = fitted.without_groups(unfused_groups, scores) if unfused_groups else fitted
         self.settings.update(false_alarm=false_alarm, calibration_clips=len(calibration), evidence=evidence,
                              border=border if BORDER_KEY in evidence else 0)
         return self
@@ -233,7 +242,9 @@ class DetectorBundle:
         arrays = self.calibration.arrays()
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(directory / "calibration.safetensors"))
         manifest = {
-            "format": BUNDLE_FORMAT, "format_version": BUNDLE_VERSION, "model": self.model_ref,
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_VERSION if self.calibration.unfused_groups else COMPATIBLE_VERSION,
+            "model": self.model_ref,
             "layers": self.layers, "class_names": self.class_names, "settings": self.settings,
             "calibration": self.calibration.settings(),
             "calibration_sha256": file_sha256(directory / "calibration.safetensors"),
@@ -264,11 +275,12 @@ class DetectorBundle:
         except json.JSONDecodeError as exc:
             raise BundleError(f"{manifest_path}: invalid JSON ({exc})") from None
         if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT \
-                or manifest.get("format_version") != BUNDLE_VERSION:
+                or manifest.get("format_version") not in (COMPATIBLE_VERSION, BUNDLE_VERSION):
             found = manifest if isinstance(manifest, dict) else {}
             raise BundleError(
                 f"{manifest_path}: unsupported bundle format {found.get('format')!r} "
-                f"version {found.get('format_version')!r} (expected {BUNDLE_FORMAT!r} {BUNDLE_VERSION})"
+                f"version {found.get('format_version')!r} (expected {BUNDLE_FORMAT!r} {COMPATIBLE_VERSION} or "
+                f"{BUNDLE_VERSION})"
             )
         return manifest
 

@@ -1,19 +1,23 @@
 """Calibration of detector scores on held-out in-distribution clips: standardisation, fusion, p-values, verdicts.
 
-Each (layer, density) score is standardised by its calibration mean and deviation. The fused keys form
-**groups**: *low-level* layers (early convolutions: texture, edges, local motion), *semantic* ones (the
-embedding and the logits' likelihood), the *output* score (the logits' energy, ``logsumexp``: how strongly the
-classifier answers any known class, Liu et al. 2020), and one group for each piece of *evidence* the bundle fuses
-besides its densities (:mod:`pipeline.detect.evidence`: the OOD heatmap, the prediction's consistency when the
-border is masked), named by its key's prefix. A group's score is the mean of its standardised scores, standardised
-again on the calibration set; the **fused** score is the lower of the group scores, so a clip is as unusual as its most unusual
-view (on the synthetic benchmark, novel activities look ordinary to early layers and a painted frame looks glaring
-to them, so averaging all layers into one score would bury one or the other). A score's conformal **p-value** is
-``(1 + #{calibration scores <= s}) / (n + 1)``: under exchangeability, flagging ``p <= alpha`` raises false
-alarms on in-distribution clips at rate ``alpha``. The threshold reported is the corresponding score.
+Each (layer, density) score is standardised by its calibration mean and deviation. The fused keys form **groups**:
+*low-level* layers (early convolutions: texture, edges, local motion), *semantic* ones (the embedding and the
+logits' likelihood), the *output* score (the logits' energy, ``logsumexp``: how strongly the classifier answers any
+known class, Liu et al. 2020), and one group for each piece of *evidence* the bundle fuses besides its densities
+(:mod:`pipeline.detect.evidence`: the OOD heatmap, the prediction's consistency when the border is masked), named by
+its key's prefix. A group's score is the mean of its standardised scores, standardised again on the calibration set;
+the **fused** score is the lower of the group scores, so a clip is as unusual as its most unusual view (on the
+synthetic benchmark, novel activities look ordinary to early layers and a painted frame looks glaring to them, so
+averaging all layers into one score would bury one or the other). A group that rates some kinds of outlier as *more*
+typical than clean clips only adds its clean tail to that minimum: it can be left out of the fused score
+(:meth:`Calibration.without_groups`, chosen on auxiliary outliers by :mod:`pipeline.detect.fusion`), and is then
+still calibrated and reported. A score's conformal **p-value** is ``(1 + #{calibration scores <= s}) / (n + 1)``:
+under exchangeability, flagging ``p <= alpha`` raises false alarms on in-distribution clips at rate ``alpha``. The
+threshold reported is the corresponding score.
 
 Verdicts: a clip is ``normal`` when its fused p-value exceeds ``alpha``. An outlier flagged by its low-level
-group is ``adversarial`` (the pixels themselves are improbable: a painted frame, a perturbation, tampering);
+group is ``adversarial`` (the pixels themselves are improbable: a painted frame, a perturbation, tampering), and
+so is any flagged clip whose low-level layers find it improbable when they are left out of the fused score;
 one flagged by its semantic group is ``adversarial`` when its softmax confidence is at least that of a typical
 in-distribution clip (the calibration median: a confident prediction on improbable features, the signature of an
 attack that fools softmax), and ``novel`` otherwise; one flagged by its output score (no known class fits) is
@@ -67,6 +71,8 @@ class Calibration:
     group_means: np.ndarray = field(default_factory=lambda: np.zeros(1))
     group_stds: np.ndarray = field(default_factory=lambda: np.ones(1))
     evidence_keys: list[str] = field(default_factory=list)
+    unfused_groups: list[str] = field(default_factory=list)
+    """Groups calibrated and reported but left out of the fused minimum (:meth:`without_groups`)."""
 
     @classmethod
     def fit(cls, scores: dict[str, np.ndarray], softmax_max: np.ndarray, fused_keys: list[str], alpha: float = 0.01,
@@ -111,6 +117,24 @@ class Calibration:
             raise CalibrationError(f"false-alarm rate must be in (0, 1), got {alpha}")
         return replace(self, alpha=alpha)
 
+    def without_groups(self, names: list[str] | tuple[str, ...], scores: dict[str, np.ndarray]) -> Calibration:
+        """A copy whose fused score is the minimum over the other groups only, its fused calibration recomputed from
+        the same calibration ``scores`` (those :meth:`fit` was given). The groups left out are still calibrated and
+        still label a flagged clip (see :meth:`verdicts`); this calibration is left as it is."""
+        names = list(dict.fromkeys(names))
+        unknown = [name for name in names if name not in self.groups]
+        if unknown or len(names) >= len(self.groups):
+            raise CalibrationError(f"cannot leave out groups {names}: the groups are {list(self.groups)}, and at "
+                                   "least one must stay fused")
+        calibration = replace(self, unfused_groups=names)
+        calibration.sorted_fused = np.sort(calibration.fuse(scores))
+        return calibration
+
+    @property
+    def fused_groups(self) -> list[str]:
+        """The groups the fused score is the minimum of."""
+        return [name for name in self.groups if name not in self.unfused_groups]
+
     def standardise(self, key: str, scores: np.ndarray) -> np.ndarray:
         i = self.keys.index(key)
         return (np.asarray(scores, dtype=np.float64) - self.means[i]) / self.stds[i]
@@ -138,13 +162,14 @@ class Calibration:
 
     def _lowest_group(self, scores: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
         """The fused score of each clip and the name of the group that set it."""
-        groups = self.group_scores(scores)
+        groups = {name: values for name, values in self.group_scores(scores).items()
+                  if name not in self.unfused_groups}
         stacked = np.stack(list(groups.values()))
         names = list(groups)
         return stacked.min(axis=0), [names[i] for i in stacked.argmin(axis=0)]
 
     def fuse(self, scores: dict[str, np.ndarray]) -> np.ndarray:
-        """The lowest group score (higher = more in-distribution)."""
+        """The lowest score of the fused groups (higher = more in-distribution)."""
         return self._lowest_group(scores)[0]
 
     def p_value(self, key: str, scores: np.ndarray) -> np.ndarray:
@@ -178,7 +203,9 @@ class Calibration:
             where = "group" if culprit in EVIDENCE_REASONS else "layers"
             reasons = [f"fused likelihood p={p[i]:.4f} <= {self.alpha:g}, lowest in the {culprit} {where}"]
             reasons += [f"{k} p={per_key_p[k][i]:.4f}" for k in self.fused_keys if per_key_p[k][i] <= self.alpha]
-            if culprit == LOW_LEVEL:
+            pixels_improbable = LOW_LEVEL in self.unfused_groups and any(
+                per_key_p[k][i] <= self.alpha for k in self.low_level_keys)
+            if culprit == LOW_LEVEL or pixels_improbable:
                 reasons.append("low-level features improbable: the pixels were tampered with (e.g. a painted frame)")
                 results.append((ADVERSARIAL, reasons))
             elif culprit in EVIDENCE_REASONS:
@@ -205,7 +232,7 @@ class Calibration:
     def settings(self) -> dict:
         return {"keys": self.keys, "fused_keys": self.fused_keys, "low_level_keys": self.low_level_keys,
                 "output_keys": self.output_keys, "evidence_keys": self.evidence_keys, "groups": list(self.groups),
-                "alpha": self.alpha}
+                "unfused_groups": self.unfused_groups, "alpha": self.alpha}
 
     @classmethod
     def from_saved(cls, settings: dict, arrays: dict[str, np.ndarray]) -> Calibration:
@@ -217,4 +244,8 @@ class Calibration:
         if not len(calibration.groups) == calibration.group_means.size == calibration.group_stds.size:
             raise CalibrationError(f"calibration has statistics for {calibration.group_means.size} groups, its settings "
                              f"name {len(calibration.groups)} ({', '.join(calibration.groups)})")
+        calibration.unfused_groups = list(settings.get("unfused_groups") or ())
+        if not set(calibration.unfused_groups) < set(calibration.groups):
+            raise CalibrationError(f"unfused groups {calibration.unfused_groups} must be some of the groups "
+                                   f"{list(calibration.groups)}, not all")
         return calibration

@@ -5,9 +5,10 @@ gradients reach the pixels: normalisation, the model with a grad-enabled :class:
 (features pooled by the bundle's ``pool_factor``), each layer's PCA projection, every fitted density's
 log-likelihood (the largest class log-likelihood, GMM components log-sum-exped per class), the output score of
 bundles that fuse one (``logsumexp`` of the logits layer's features), the per-key standardisation and the fused
-score of :meth:`Calibration.fuse` (group means, standardised again, lowest group). The evidence a bundle fuses
+score of :meth:`Calibration.fuse` (group means, standardised again, lowest fused group). The evidence a bundle fuses
 besides its densities (:mod:`pipeline.detect.evidence`: the heatmap through its decoder, the masked-border
-consistency through a second forward pass) is computed the same way, so an attacker descends through it too.
+consistency through a second forward pass) is computed the same way, so an attacker descends through it too;
+groups the bundle leaves out of its fused score are left out here as well.
 
 Exactness: from the tapped features on, the formulas are those of the numpy bundle in float64, from the fitted
 attributes (nothing is refitted); the features come from the same float32 forward pass as
@@ -133,6 +134,7 @@ class TorchBundleScorer:
         self._standard = {key: (float(calibration.means[index[key]]), float(calibration.stds[index[key]]))
                           for key in calibration.fused_keys}
         self._groups = calibration.groups
+        self._fused_groups = calibration.fused_groups
         self._group_means = _float64(calibration.group_means, self.device)
         self._group_stds = _float64(calibration.group_stds, self.device)
         self._tap = FeatureTap(model, self.layers, pool_factor=int(bundle.settings["pool_factor"]), enable_grad=True)
@@ -159,7 +161,7 @@ class TorchBundleScorer:
         for i, (name, keys) in enumerate(self._groups.items()):
             standardised = [(loglik[k] - self._standard[k][0]) / self._standard[k][1] for k in keys]
             groups[name] = (torch.stack(standardised).mean(dim=0) - self._group_means[i]) / self._group_stds[i]
-        fused = torch.stack(list(groups.values())).min(dim=0).values
+        fused = torch.stack([groups[name] for name in self._fused_groups]).min(dim=0).values
         return TorchScores(logits, loglik, groups, fused)
 
     def close(self) -> None:

@@ -28,21 +28,30 @@ from torch import nn
 OUTLIER_KINDS = ("shuffle", "splice")
 
 
+def shuffle_frames(clip: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A ``(C, T, H, W)`` clip's frames in a random order (its appearance, none of its motion)."""
+    return clip[:, torch.randperm(clip.shape[1], generator=generator)]
+
+
+def splice(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """The first half of ``(C, T, H, W)`` clip ``first`` followed by the second half of ``second``."""
+    half = first.shape[1] // 2
+    return torch.cat([first[:, :half], second[:, half:]], dim=1)
+
+
 def make_outliers(clips: torch.Tensor, labels: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     """``count`` outlier clips ``(count, C, T, H, W)`` from a batch of known clips (alternately shuffled and
     spliced); a batch of one class only gives shuffled ones. The input is not modified."""
-    batch, _, length = clips.shape[:3]
+    batch = clips.shape[0]
     out = []
     for index in range(count):
         first = int(torch.randint(batch, (1,), generator=generator))
         others = torch.nonzero(labels != labels[first]).flatten()
         if index % 2 == 0 or others.numel() == 0:
-            order = torch.randperm(length, generator=generator)
-            out.append(clips[first][:, order])
+            out.append(shuffle_frames(clips[first], generator))
         else:
             second = int(others[torch.randint(others.numel(), (1,), generator=generator)])
-            half = length // 2
-            out.append(torch.cat([clips[first][:, :half], clips[second][:, half:]], dim=1))
+            out.append(splice(clips[first], clips[second]))
     return torch.stack(out)
 
 
