@@ -131,3 +131,15 @@ def test_auxiliary_outliers_are_made_from_the_clips_without_changing_them(tiny_d
     assert changed.float().mean() > 0.5
     step = (outliers["gradient"] - pixels).abs()
     assert step.max() <= GRADIENT_STEP + 1e-5 and step.max() > 0
+
+
+def test_auto_scores_the_outliers_a_chunk_at_a_time(tiny_dataset, tiny_model, tmp_path, monkeypatch):
+    import pipeline.cli.fit as fit_command
+
+    monkeypatch.setattr(fit_command, "AUXILIARY_CHUNK", 5)
+    out = tmp_path / "bundle"
+    assert main(["fit", "--model", str(tiny_model), "--data", str(tiny_dataset), "--out", str(out), "--layers",
+                 "layer3", "layer4", "fc", "--no-progress", "--false-alarm", "0.1", "--seed", "1"]) == 0
+    fusion = DetectorBundle.load(out).settings["fusion"]
+    assert fusion["auxiliary_clips"] > 5 and set(fusion["auroc_before"]) == set(AUXILIARY_KINDS)
+    assert all(0.0 <= value <= 1.0 for value in fusion["auroc_before"].values())

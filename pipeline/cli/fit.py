@@ -33,9 +33,11 @@ from pipeline.models.io import SHIPPED_MODELS
 from pipeline.models.precision import model_precision, prepare_for_inference
 
 EVIDENCE_NAMES = {"heatmap": HEATMAP_KEY, "border": BORDER_KEY}
+"""``--evidence`` names and the keys they fuse."""
 AUXILIARY_CLIPS = 500
 """At most this many calibration clips (two per video) make the auxiliary outliers of ``--fused-groups auto``."""
-"""``--evidence`` names and the keys they fuse."""
+AUXILIARY_CHUNK = 64
+"""Calibration clips turned into outliers and scored at once (memory: five float copies of this many clips)."""
 
 MODEL_DIR = "model"
 """Where a bundle keeps a copy of a model that is not shipped, so the bundle moves as one folder."""
@@ -221,15 +223,21 @@ def unfused_groups(args: argparse.Namespace, bundle: DetectorBundle, model, prep
     clips, labels, _, _ = load_clips([(s.path, s.label) for s in picked], prep, max_clips_per_video=2,
                                      progress=not args.no_progress, description="auxiliary outliers")
     normalize = Normalize.from_preprocessing(prep)
-    outliers = auxiliary_outliers(from_uint8(clips, model_device(model)), labels, model, normalize,
-                                  classes=len(bundle.class_names), seed=args.seed, batch_size=args.batch_size)
-    scores = {}
-    for kind, pixels in outliers.items():
-        frames = to_uint8(pixels)  # scored on the 8-bit grid, like every clip
-        layers, logits, found = extract_from_tensors(
-            model, (model_input(frames[i:i + args.batch_size], prep) for i in range(0, len(frames), args.batch_size)),
-            bundle.layers, pool_factor=args.pool_factor, evidence=evidence)
-        scores[kind] = bundle.calibration.group_scores(bundle.loglik(layers, evidence=found))
+    order = rng.permutation(len(clips))  # chunks mix the classes, so that splices find partners
+    parts: dict[str, list[dict[str, np.ndarray]]] = {}
+    for start in range(0, len(clips), AUXILIARY_CHUNK):
+        index = order[start:start + AUXILIARY_CHUNK]
+        outliers = auxiliary_outliers(from_uint8(clips[index], model_device(model)), labels[index], model, normalize,
+                                      classes=len(bundle.class_names), seed=args.seed + start,
+                                      batch_size=args.batch_size)
+        for kind, pixels in outliers.items():
+            frames = to_uint8(pixels)  # scored on the 8-bit grid, like every clip
+            batches = (model_input(frames[i:i + args.batch_size], prep) for i in range(0, len(frames), args.batch_size))
+            layers, _, found = extract_from_tensors(model, batches, bundle.layers, pool_factor=args.pool_factor,
+                                                    evidence=evidence)
+            parts.setdefault(kind, []).append(bundle.calibration.group_scores(bundle.loglik(layers, evidence=found)))
+    scores = {kind: {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
+              for kind, chunks in parts.items()}
     clean = bundle.calibration.group_scores(bundle.loglik(calibration.layers, evidence=calibration.evidence))
     choice = choose_fused_groups(clean, scores)
     bundle.settings["fusion"] = {**choice.as_dict(), "auxiliary_clips": len(clips)}
