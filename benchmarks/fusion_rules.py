@@ -92,7 +92,7 @@ def main() -> None:
                                  {kind: dict(zip(names, scores.T, strict=True)) for kind, scores in auxiliary.items()})
     kept = [names.index(name) for name in choice.kept]
 
-    rules = {"min over all groups (shipped)": list(range(len(names)))}
+    rules = {"min over all groups": list(range(len(names)))}
     rules.update({f"{name} alone": [i] for i, name in enumerate(names)})
     rules.update({f"min without {name}": [j for j in range(len(names)) if j != i] for i, name in enumerate(names)})
     chosen = next((rule for rule, groups in rules.items() if groups == kept), None)

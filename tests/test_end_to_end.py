@@ -69,3 +69,7 @@ def test_synth_train_fit_attack_evaluate(tmp_path):
     for figure in report["figures"]:
         assert (results / figure).stat().st_size > 1000
     assert "| framing_whitebox |" in (results / "results.md").read_text()
+    groups = report["fusion"]
+    assert groups["fused_groups"] and not set(groups["fused_groups"]) & set(groups["left_out"])
+    assert f"Fused score: the lowest of the groups {', '.join(groups['fused_groups'])}" in \
+        (results / "results.md").read_text()

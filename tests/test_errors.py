@@ -118,3 +118,15 @@ def test_a_named_command_builds_only_its_own_parser_and_light_commands_skip_torc
              "print(sorted(m for m in ('torch', 'sklearn', 'scipy', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["[]"], out.stderr
+
+
+def test_a_named_command_whose_plugin_fails_to_load_falls_back_to_every_command(monkeypatch):
+    class Broken:
+        name, value = "run", "nowhere:register"
+
+        def load(self):
+            raise ImportError("no module named nowhere")
+
+    monkeypatch.setattr(cli, "entry_points", lambda group: [Broken()])
+    action = next(a for a in cli.build_parser("run")._subparsers._group_actions if a.dest == "command")
+    assert set(action.choices) == set(cli.COMMAND_MODULES)  # argparse then names the commands that do exist

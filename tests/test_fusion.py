@@ -12,9 +12,16 @@ from pipeline_helpers import first_test_clips
 from pipeline.attacks import Normalize, from_uint8
 from pipeline.cli import main
 from pipeline.detect import Calibration, Detector, DetectorBundle
+from pipeline.detect.bundle import BundleError
 from pipeline.detect.calibration import CalibrationError
 from pipeline.detect.features import model_inputs
-from pipeline.detect.fusion import AUXILIARY_KINDS, GRADIENT_STEP, auxiliary_outliers, choose_fused_groups
+from pipeline.detect.fusion import (
+    AUXILIARY_KINDS,
+    GRADIENT_STEP,
+    MIN_CLIPS,
+    auxiliary_outliers,
+    choose_fused_groups,
+)
 from pipeline.detect.torch_scoring import TorchBundleScorer
 from pipeline.metrics import auroc
 from pipeline.models import load_model
@@ -90,10 +97,13 @@ def test_fit_leaves_out_named_groups_in_a_version_3_bundle_that_scores_alike_in_
     detector = Detector.load(tmp_path / "two")
     assert detector.bundle.calibration.fused_groups == ["semantic", "output"]
     clips, _ = first_test_clips(tiny_dataset, detector.manifest.preprocessing)
+    noise = np.random.default_rng(0).integers(0, 256, size=clips[:4].shape, dtype=np.uint8)
+    clips = np.concatenate([clips, noise])  # pixels the low-level layers find improbable
     features = detector.features(clips)
     scores = detector.score_features(features.layers, features.softmax)
     groups = detector.bundle.calibration.group_scores(scores.loglik)
     np.testing.assert_allclose(scores.fused, np.minimum(groups["semantic"], groups["output"]))
+    assert (groups["low-level"] < scores.fused).any()  # a fusion over every group would differ on these clips
     with TorchBundleScorer(detector.bundle, detector.model) as scorer, torch.no_grad():
         torch_scores = scorer(model_inputs(clips, detector.manifest.preprocessing))
     np.testing.assert_allclose(torch_scores.fused.numpy(), scores.fused, rtol=1e-6, atol=1e-5)
@@ -101,13 +111,41 @@ def test_fit_leaves_out_named_groups_in_a_version_3_bundle_that_scores_alike_in_
     assert "--fused-groups pixels: not a group of this bundle" in capsys.readouterr().err
 
 
-def test_fit_chooses_the_fused_groups_on_auxiliary_outliers_by_default(tiny_bundle):
+def test_recalibrating_keeps_the_choice_for_the_groups_that_remain_and_drops_a_stale_record(
+        tiny_dataset, tiny_model, tmp_path):
+    out = tmp_path / "bundle"
+    assert main(["fit", "--model", str(tiny_model), "--data", str(tiny_dataset), "--out", str(out), "--layers",
+                 "layer3", "layer4", "fc", "--no-progress", "--false-alarm", "0.1", "--evidence", "border",
+                 "--fused-groups", "low-level", "semantic", "output"]) == 0
+    detector = Detector.load(out)
+    assert detector.bundle.calibration.unfused_groups == ["border"]
+    clips, _ = first_test_clips(tiny_dataset, detector.manifest.preprocessing)
+    bundle = detector.bundle
+    with_border, without, band = detector.features(clips), detector.features(clips, evidence=False), bundle.border
+    bundle.calibrate(with_border, 0.25)  # the same groups: the choice is kept
+    assert bundle.calibration.unfused_groups == ["border"]
+    bundle.settings["fusion"] = {"dropped": ["border"]}
+    bundle.calibrate(without, 0.25)  # no border group any more: every group fused
+    assert bundle.calibration.unfused_groups == [] and "fusion" not in bundle.settings
+    bundle.calibrate(with_border, 0.25, border=band, unfused_groups=["low-level"])
+    assert bundle.calibration.fused_groups == ["semantic", "output", "border"]
+    bundle.save(tmp_path / "again")
+    manifest = json.loads((tmp_path / "again" / "bundle.json").read_text())
+    assert manifest["format_version"] == 3
+    manifest["format_version"] = 2  # what an older reader would misread: refused
+    (tmp_path / "again" / "bundle.json").write_text(json.dumps(manifest))
+    from pipeline.fileio import seal_directory
+
+    seal_directory(tmp_path / "again")
+    with pytest.raises(BundleError, match="cannot express"):
+        DetectorBundle.load(tmp_path / "again")
+
+
+def test_fit_keeps_every_group_when_too_few_clips_make_the_outliers(tiny_bundle):
     bundle = DetectorBundle.load(tiny_bundle)
     fusion = bundle.settings["fusion"]
-    assert set(fusion["auroc_before"]) == set(AUXILIARY_KINDS) and fusion["auxiliary_clips"] > 0
-    assert fusion["kept"] == bundle.calibration.fused_groups
-    assert sorted(fusion["kept"] + fusion["dropped"]) == sorted(bundle.calibration.groups)
-    assert np.mean(list(fusion["auroc_after"].values())) >= np.mean(list(fusion["auroc_before"].values()))
+    assert fusion["auxiliary_clips"] < MIN_CLIPS and fusion["dropped"] == []
+    assert "fewer than" in fusion["steps"][0] and bundle.calibration.unfused_groups == []
 
 
 def test_auxiliary_outliers_are_made_from_the_clips_without_changing_them(tiny_dataset, tiny_model):
@@ -135,11 +173,19 @@ def test_auxiliary_outliers_are_made_from_the_clips_without_changing_them(tiny_d
 
 def test_auto_scores_the_outliers_a_chunk_at_a_time(tiny_dataset, tiny_model, tmp_path, monkeypatch):
     import pipeline.cli.fit as fit_command
+    import pipeline.detect.fusion as fusion_module
 
     monkeypatch.setattr(fit_command, "AUXILIARY_CHUNK", 5)
+    monkeypatch.setattr(fusion_module, "MIN_CLIPS", 1)
     out = tmp_path / "bundle"
     assert main(["fit", "--model", str(tiny_model), "--data", str(tiny_dataset), "--out", str(out), "--layers",
                  "layer3", "layer4", "fc", "--no-progress", "--false-alarm", "0.1", "--seed", "1"]) == 0
-    fusion = DetectorBundle.load(out).settings["fusion"]
-    assert fusion["auxiliary_clips"] > 5 and set(fusion["auroc_before"]) == set(AUXILIARY_KINDS)
-    assert all(0.0 <= value <= 1.0 for value in fusion["auroc_before"].values())
+    bundle = DetectorBundle.load(out)
+    fusion = bundle.settings["fusion"]
+    made = fusion["auxiliary_clips"]
+    assert made > 5 and fusion["clips"] == {"clean": bundle.settings["calibration_clips"],
+                                            **{kind: made for kind in AUXILIARY_KINDS}}
+    assert fusion["dropped"] == bundle.calibration.unfused_groups
+    assert sorted(fusion["kept"] + fusion["dropped"]) == sorted(bundle.calibration.groups)
+    before, after = np.array(list(fusion["auroc_before"].values())), np.array(list(fusion["auroc_after"].values()))
+    assert after.mean() >= before.mean() and np.all(after >= before - 0.005)

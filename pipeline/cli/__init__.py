@@ -107,6 +107,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                                                 one_line(exc))
             continue
         register(subparsers)
+    if only is not None and not subparsers.choices:  # its plug-in failed to load: argparse lists the others
+        return build_parser()
     _finish_commands(subparsers)
     return parser
 

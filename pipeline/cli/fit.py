@@ -36,7 +36,7 @@ EVIDENCE_NAMES = {"heatmap": HEATMAP_KEY, "border": BORDER_KEY}
 """``--evidence`` names and the keys they fuse."""
 AUXILIARY_CLIPS = 500
 """At most this many calibration clips (two per video) make the auxiliary outliers of ``--fused-groups auto``."""
-AUXILIARY_CHUNK = 64
+AUXILIARY_CHUNK = 32
 """Calibration clips turned into outliers and scored at once (memory: five float copies of this many clips)."""
 
 MODEL_DIR = "model"

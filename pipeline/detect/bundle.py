@@ -177,11 +177,20 @@ class DetectorBundle:
         fused_keys = [f"{layer}/{fused_density}" for layer in self.layers]
         low_level_keys = [f"{layer}/{fused_density}" for layer in self.settings.get("low_level_layers") or ()]
         output_keys = [self.output_key] if self.output_key else []
-        if unfused_groups is None:
-            unfused_groups = self.calibration.unfused_groups if self.calibration is not None else ()
         fitted = Calibration.fit(scores, calibration.softmax.max(axis=1), fused_keys + output_keys + evidence,
                                  false_alarm, low_level_keys, output_keys, evidence)
+        if unfused_groups is None:  # the bundle's choice, for the groups that still exist (one stays fused)
+            previous = self.calibration.unfused_groups if self.calibration is not None else []
+            unfused_groups = [name for name in previous if name in fitted.groups]
+            if len(unfused_groups) == len(fitted.groups):
+                unfused_groups = []
+            if unfused_groups != previous:
+                log.warning("recalibrated with groups %s: %s left out of the fused score (was %s)",
+                            list(fitted.groups), unfused_groups or "none", previous)
         self.calibration = fitted.without_groups(unfused_groups, scores) if unfused_groups else fitted
+        fusion = self.settings.get("fusion")
+        if fusion is not None and list(fusion.get("dropped", [])) != list(self.calibration.unfused_groups):
+            del self.settings["fusion"]  # the recorded choice is no longer the one applied
         self.settings.update(false_alarm=false_alarm, calibration_clips=len(calibration), evidence=evidence,
                              border=border if BORDER_KEY in evidence else 0)
         return self
@@ -303,6 +312,9 @@ class DetectorBundle:
             calibration = Calibration.from_saved(manifest["calibration"], load_file(str(calibration_path)))
         except (KeyError, ValueError) as exc:
             raise BundleError(f"{calibration_path}: calibration does not match bundle.json ({exc})") from None
+        if calibration.unfused_groups and manifest["format_version"] != BUNDLE_VERSION:
+            raise BundleError(f"{directory / 'bundle.json'}: leaves groups out of the fused score, which format "
+                              f"version {manifest['format_version']} cannot express (expected {BUNDLE_VERSION})")
         bundle = cls(manifest["model"], layers, manifest["class_names"], reducers, estimators, calibration,
                      manifest["settings"])
         bundle.source = directory

@@ -17,7 +17,8 @@ threshold reported is the corresponding score.
 
 Verdicts: a clip is ``normal`` when its fused p-value exceeds ``alpha``. An outlier flagged by its low-level
 group is ``adversarial`` (the pixels themselves are improbable: a painted frame, a perturbation, tampering), and
-so is any flagged clip whose low-level layers find it improbable when they are left out of the fused score;
+so is any flagged clip whose low-level layers find it improbable when they are left out of the fused score (one
+of their keys at ``p <= alpha / keys``);
 one flagged by its semantic group is ``adversarial`` when its softmax confidence is at least that of a typical
 in-distribution clip (the calibration median: a confident prediction on improbable features, the signature of an
 attack that fools softmax), and ``novel`` otherwise; one flagged by its output score (no known class fits) is
@@ -203,8 +204,8 @@ class Calibration:
             where = "group" if culprit in EVIDENCE_REASONS else "layers"
             reasons = [f"fused likelihood p={p[i]:.4f} <= {self.alpha:g}, lowest in the {culprit} {where}"]
             reasons += [f"{k} p={per_key_p[k][i]:.4f}" for k in self.fused_keys if per_key_p[k][i] <= self.alpha]
-            pixels_improbable = LOW_LEVEL in self.unfused_groups and any(
-                per_key_p[k][i] <= self.alpha for k in self.low_level_keys)
+            pixels_improbable = LOW_LEVEL in self.unfused_groups and any(  # Bonferroni over its keys
+                per_key_p[k][i] <= self.alpha / len(self.low_level_keys) for k in self.low_level_keys)
             if culprit == LOW_LEVEL or pixels_improbable:
                 reasons.append("low-level features improbable: the pixels were tampered with (e.g. a painted frame)")
                 results.append((ADVERSARIAL, reasons))

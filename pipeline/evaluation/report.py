@@ -116,6 +116,10 @@ def markdown(results: dict) -> str:
     lines += [f"| {name} | {value:.3f} |" for name, value in results["accuracy"].items()]
     lines += ["", f"False alarms on held-out in-distribution clips: {results['false_alarm']['measured']:.4f} "
               f"(requested {results['false_alarm']['requested']:.4f})", ""]
+    if results.get("fusion"):
+        left_out = results["fusion"]["left_out"]
+        lines += [f"Fused score: the lowest of the groups {', '.join(results['fusion']['fused_groups'])}"
+                  + (f" (left out, still reported: {', '.join(left_out)})" if left_out else ""), ""]
     if results["false_alarm"].get("p_value_calibration"):
         rows = results["false_alarm"]["p_value_calibration"]
         lines += ["Fused p-values on those clips (calibrated: measured = nominal):", "",

@@ -216,6 +216,7 @@ def evaluate(settings: EvaluationSettings) -> dict:
         "detection": detection_rows(set_scores, sets, zoo_scores),
         "likelihood_accuracy": likelihood_accuracy_rows(bundle, clean),
         "verdicts": verdicts,
+        "fusion": {"fused_groups": bundle.calibration.fused_groups, "left_out": bundle.calibration.unfused_groups},
         "false_alarm": {"requested": detector.alpha, "measured": verdicts[0]["flagged"], "clips": len(clean),
                         "p_value_calibration": p_value_calibration_rows(
                             set_scores["clean"].p_value, sorted({*P_VALUE_LEVELS, detector.alpha}))},
