@@ -17,14 +17,7 @@ from pipeline.data.ucf101 import DatasetError
 from pipeline.detect import BundleError, DetectorBundle, extract_video_features
 from pipeline.detect.bundle import HEATMAP_DIR
 from pipeline.detect.evidence import BORDER_KEY, HEATMAP_KEY, Evidence, default_border
-from pipeline.detect.features import (
-    ClipFeatures,
-    extract_from_tensors,
-    load_clips,
-    model_device,
-    model_input,
-    pixel_batches,
-)
+from pipeline.detect.features import ClipFeatures, extract_clip_features, load_clips, model_device, pixel_batches
 from pipeline.detect.fusion import auxiliary_outliers, choose_fused_groups
 from pipeline.detect.zoo.heatmap import DECODER_FILES, HeatmapDetector
 from pipeline.fileio import seal_directory
@@ -231,11 +224,11 @@ def unfused_groups(args: argparse.Namespace, bundle: DetectorBundle, model, prep
                                       classes=len(bundle.class_names), seed=args.seed + start,
                                       batch_size=args.batch_size)
         for kind, pixels in outliers.items():
-            frames = to_uint8(pixels)  # scored on the 8-bit grid, like every clip
-            batches = (model_input(frames[i:i + args.batch_size], prep) for i in range(0, len(frames), args.batch_size))
-            layers, _, found = extract_from_tensors(model, batches, bundle.layers, pool_factor=args.pool_factor,
-                                                    evidence=evidence)
-            parts.setdefault(kind, []).append(bundle.calibration.group_scores(bundle.loglik(layers, evidence=found)))
+            features = extract_clip_features(model, prep, to_uint8(pixels), bundle.layers,  # on the 8-bit grid
+                                             batch_size=args.batch_size, pool_factor=args.pool_factor,
+                                             evidence=evidence)
+            loglik = bundle.loglik(features.layers, evidence=features.evidence)
+            parts.setdefault(kind, []).append(bundle.calibration.group_scores(loglik))
     scores = {kind: {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
               for kind, chunks in parts.items()}
     clean = bundle.calibration.group_scores(bundle.loglik(calibration.layers, evidence=calibration.evidence))

@@ -155,13 +155,14 @@ def extract_from_tensors(
 
 def extract_clip_features(
     model: nn.Module, preprocessing, clips: np.ndarray, layers: Sequence[str], labels=None, *,
-    batch_size: int = 16, pool_factor: int = 4,
+    batch_size: int = 16, pool_factor: int = 4, evidence: Evidence | None = None,
 ) -> ClipFeatures:
-    """Features of in-memory uint8 clips ``(N, T, H, W, 3)`` (e.g. attacked clips read back from disk)."""
+    """Features of in-memory uint8 clips ``(N, T, H, W, 3)`` (e.g. attacked clips read back from disk), with the
+    ``evidence`` computed in the same pass."""
     inputs = (model_input(clips[i : i + batch_size], preprocessing) for i in range(0, len(clips), batch_size))
-    feats, logits, _ = extract_from_tensors(model, inputs, layers, pool_factor=pool_factor)
+    feats, logits, found = extract_from_tensors(model, inputs, layers, pool_factor=pool_factor, evidence=evidence)
     labels = np.full(len(clips), -1) if labels is None else np.asarray(labels)
-    return ClipFeatures(feats, logits, labels, seqs=np.arange(len(clips)))
+    return ClipFeatures(feats, logits, labels, seqs=np.arange(len(clips)), evidence=found)
 
 
 def load_clips(
