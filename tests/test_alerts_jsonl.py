@@ -95,3 +95,31 @@ def test_writing_after_close_is_an_error(tmp_path):
     sink.close()
     with pytest.raises(SinkClosedError, match="alert sink is closed"):
         sink.write(alert(0))
+
+
+def test_group_commit_writes_at_once_and_syncs_once_when_the_block_ends(tmp_path, monkeypatch):
+    from pipeline.alerts import journal as journal_module
+
+    synced: list[int] = []
+    real_fsync = journal_module.os.fsync
+    monkeypatch.setattr(journal_module.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    log = journal_module.JsonlJournal(tmp_path / "verdicts.jsonl")
+    synced.clear()  # creating the file syncs its directory
+    log.append({"n": 0})
+    assert len(synced) == 1, "outside a block every record is synced"
+    with log.group_commit():
+        with log.group_commit():  # nested blocks sync once, at the outer end
+            for n in range(1, 4):
+                log.append({"n": n})
+        # written and flushed already: a killed process loses none of them
+        assert [json.loads(line)["n"] for line in lines(log.path)] == [0, 1, 2, 3]
+        assert len(synced) == 1
+    assert len(synced) == 2
+    with log.group_commit():
+        pass
+    assert len(synced) == 2, "a block without appends syncs nothing"
+    with log.group_commit():
+        log.append({"n": 4})
+        log.close()  # closing inside a block still makes the lines durable
+    assert len(synced) == 3
+    assert [json.loads(line)["n"] for line in lines(log.path)] == [0, 1, 2, 3, 4]

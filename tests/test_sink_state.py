@@ -9,11 +9,11 @@ from pipeline_helpers import read_jsonl, verdict
 from webhook_server import WebhookServer
 
 from pipeline.alerts import AlertRules, JsonlSink, WebhookSink
-from pipeline.bus import InProcessBus
+from pipeline.bus import Delivery, InProcessBus
 from pipeline.stream.messages import encode
 from pipeline.stream.reorder import ReorderBuffer, SeqJumpError
 from pipeline.stream.steps.record import SinkStep, VerdictLog
-from workers.loop import StageLoop
+from workers.loop import Inbound, StageLoop
 from workers.ops import PipelineMetrics
 from workers.stages import SinkStage
 
@@ -146,3 +146,28 @@ def test_verdict_log_lines_of_older_versions_without_clip_times_are_replayed(tmp
                                                                                                "verdicts.jsonl"))
     assert step.rules.recall("cam", 0).clip.clip_end == 50.0 and step.positions == {"cam": (0, 50.0)}
     step.close()
+
+
+def test_a_batch_of_verdicts_costs_one_verdict_log_sync_while_each_alert_is_synced_before_it(tmp_path, monkeypatch):
+    import os
+
+    from pipeline.alerts import journal as journal_module
+
+    synced: list[str] = []
+    real_fsync = journal_module.os.fsync
+    monkeypatch.setattr(journal_module.os, "fsync",
+                        lambda fd: (synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))),
+                                    real_fsync(fd)))
+    stage = open_stage(tmp_path, reorder_window_s=0.0)
+    synced.clear()  # opening the files
+    clips = stream("cam")
+    outcomes = stage.step([Inbound(Delivery(str(n), encode(clip), "verdicts", "sink"), clip)
+                           for n, clip in enumerate(clips)])
+    stage.close()
+    assert len(outcomes) == len(clips) and not any(outcome.error for outcome in outcomes)
+    alerts = alert_keys(tmp_path)
+    assert len(alerts) == 4
+    assert synced[:synced.index("verdicts.jsonl")] == ["alerts.jsonl"] * len(alerts), \
+        "each alert is on disk before the batch's verdicts"
+    assert synced.count("verdicts.jsonl") == 1
+    assert len(read_jsonl(tmp_path / "verdicts.jsonl")) == len(clips)

@@ -122,13 +122,14 @@ class SinkStage(Stage):
     def _record(self, items: list[Inbound]) -> list[Outcome]:
         late_before = self.buffer.late
         outcomes = []
-        for item in items:
-            try:
-                self.record(item.message)
-            except AlertInputError as error:
-                outcomes.append(Outcome(item, error=str(error)))
-            else:
-                outcomes.append(Outcome(item))
+        with self.record.group_commit():  # the outcomes are acknowledged after the batch is on disk
+            for item in items:
+                try:
+                    self.record(item.message)
+                except AlertInputError as error:
+                    outcomes.append(Outcome(item, error=str(error)))
+                else:
+                    outcomes.append(Outcome(item))
         if self.metrics is not None and self.buffer.late > late_before:
             self.metrics.late_verdicts.inc(self.buffer.late - late_before)
         return outcomes
@@ -146,14 +147,15 @@ class HealthStage(Stage):
         self.console = console
 
     def step(self, items: list[Inbound]) -> list[Outcome]:
-        for item in items:
-            event: HealthMessage = item.message
-            self.log(event)
-            if self.metrics is not None:
-                self.metrics.stream_up.labels(event.stream_id).set(1 if event.state == "up" else 0)
-            if self.console is not None:
-                self.console.health({"stream_id": event.stream_id, "state": event.state, "detail": event.detail,
-                                     "time": event.time})
+        with self.log.group_commit():  # acknowledged after the batch is on disk
+            for item in items:
+                event: HealthMessage = item.message
+                self.log(event)
+                if self.metrics is not None:
+                    self.metrics.stream_up.labels(event.stream_id).set(1 if event.state == "up" else 0)
+                if self.console is not None:
+                    self.console.health({"stream_id": event.stream_id, "state": event.state,
+                                         "detail": event.detail, "time": event.time})
         return [Outcome(item) for item in items]
 
     def close(self) -> None:

@@ -8,6 +8,10 @@ caller acknowledge the verdict, so an alert is never lost to a crash, and the id
 verdict from alerting twice. The rules are a state machine over each stream's clips in sequence: the caller hands
 verdicts over in order (see `pipeline.stream.reorder`).
 
+A caller that records a batch does it inside ``with step.group_commit():`` and acknowledges after the block: the
+verdict log (and the health log) then costs one fsync per batch. The alert log keeps its fsync per alert, so an
+alert is on disk before its verdict's line can be.
+
 Restarts: the verdict log is the rules' commit log. On start the step replays it through the rules (k-of-n windows,
 cooldowns on the stream clock, each stream's position), so the state is what it was, and a verdict whose key is
 already in the log is not evaluated again. Without a verdict log the rules start empty after a restart: windows
@@ -18,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +100,10 @@ class VerdictLog:
     def __contains__(self, key: object) -> bool:
         return key in self._keys
 
+    def group_commit(self):
+        """Lines written inside the block are durable when it ends (see `JsonlJournal.group_commit`)."""
+        return self._journal.group_commit()
+
     def close(self) -> None:
         self._journal.close()
 
@@ -155,6 +164,12 @@ class SinkStep:
         if self.on_verdict is not None:
             self.on_verdict(verdict)
         return alert
+
+    @contextmanager
+    def group_commit(self) -> Iterator[None]:
+        """Verdicts recorded inside the block are durable when it ends: acknowledge them after it."""
+        with self.verdict_log.group_commit() if self.verdict_log is not None else nullcontext():
+            yield
 
     def _publish(self, alert: Alert) -> Alert:
         """Thumbnail, alert log, webhooks (each idempotent), then the callbacks for a new alert."""
@@ -217,6 +232,10 @@ class HealthLog:
         if self.journal is not None:
             self.journal.append({"stream_id": event.stream_id, "state": event.state, "detail": event.detail,
                                  "time": event.time})
+
+    def group_commit(self):
+        """Events logged inside the block are durable when it ends: acknowledge them after it."""
+        return self.journal.group_commit() if self.journal is not None else nullcontext()
 
     def close(self) -> None:
         if self.journal is not None:
