@@ -249,3 +249,19 @@ def test_the_pretraining_corpus_combines_motions_and_keeps_test_families_out(tmp
     report = synthesize_pretrain(tmp_path / "corpus", videos_per_class=1, num_frames=20, width=64, height=48,
                                  progress=False)
     assert report.num_videos == 81 and len(list((tmp_path / "corpus").rglob("*.avi"))) == 81
+
+
+def test_the_pretraining_corpus_can_make_every_actor_smaller() -> None:
+    from pipeline.data.motions import trajectory
+    from pipeline.data.pretrain import sample_pretrain_spec, synthesize_pretrain
+
+    for name in ("T045RcwSnone", "T180RnoneSshrink", "TstillRccwSnone"):  # (a growing actor may be capped)
+        plain = sample_pretrain_spec(name, np.random.default_rng(5), 160, 120, 40)
+        small = sample_pretrain_spec(name, np.random.default_rng(5), 160, 120, 40, actor_scale=0.5)
+        assert small.size0 == pytest.approx(0.5 * plain.size0)
+        assert (small.spin, small.growth, small.angle0) == (plain.spin, plain.growth, plain.angle0)
+        path = trajectory(small)
+        half = 0.5 * path.size
+        assert (path.cx - half >= 0).all() and (path.cx + half <= 160).all(), name
+    with pytest.raises(DatasetError, match="actor scale"):
+        synthesize_pretrain("unused", actor_scale=0)

@@ -54,7 +54,7 @@ def test_the_cli_prints_a_clipwatch_error_as_one_line_and_lets_a_bug_show_its_tr
         return run
 
     parser = cli.build_parser()
-    monkeypatch.setattr(cli, "build_parser", lambda command=None: parser)
+    monkeypatch.setattr(cli, "build_parser", lambda command=None, listing=False: parser)
     action = next(a for a in parser._subparsers._group_actions if a.dest == "command")
     synth = action.choices["synth"]
     synth.set_defaults(func=failing(ClipwatchError("cams/a.mp4: not a video\n(moov atom not found)")))
@@ -112,12 +112,22 @@ def test_a_named_command_builds_only_its_own_parser_and_light_commands_skip_torc
     assert list(action.choices) == ["worker"]
     action = next(a for a in cli.build_parser("fitt")._subparsers._group_actions if a.dest == "command")
     assert {"fit", "run", "synth"} <= set(action.choices)  # unknown: every command, for argparse's suggestion
-    probe = ("import sys, contextlib, io\nimport pipeline.cli as cli\n"
-             "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-             "    cli.main(['alerts', '--help'])\n"
-             "print(sorted(m for m in ('torch', 'sklearn', 'scipy', 'matplotlib') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == ["[]"], out.stderr
+    for argv in (["alerts", "--help"], ["--help"], ["fitt"]):  # the listing imports no command module
+        probe = ("import sys, contextlib, io\nimport pipeline.cli as cli\nout = io.StringIO()\n"
+                 "with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), "
+                 "contextlib.suppress(SystemExit):\n"
+                 f"    cli.main({argv!r})\n"
+                 "heavy = sorted(m for m in ('torch', 'sklearn', 'scipy', 'matplotlib') if m in sys.modules)\n"
+                 "print(repr(heavy) + chr(10) + out.getvalue())")
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+        heavy, _, printed = out.stdout.partition("\n")
+        assert heavy == "[]", (argv, heavy, out.stderr)
+        if argv == ["--help"]:  # every command listed with its line
+            for name in [*cli.COMMAND_MODULES, "run", "worker", "demo"]:
+                assert f"    {name} " in printed, name
+            assert cli.COMMAND_HELP["train"] in " ".join(printed.split())
+        if argv == ["fitt"]:
+            assert "invalid choice: 'fitt'" in printed
 
 
 def test_a_named_command_whose_plugin_fails_to_load_falls_back_to_every_command(monkeypatch):

@@ -193,9 +193,9 @@ def test_multi_stage_commands_ask_openmp_to_wait_passively_before_torch_loads(tm
         cli.yield_idle_cores(["train", "data"])
         print(os.environ.get("OMP_WAIT_POLICY"), "torch" in sys.modules)
         build_parser = cli.build_parser
-        def spy(command=None):  # the parser imports the command's module, which may import torch
+        def spy(command=None, listing=False):  # the parser imports the command's module, which may import torch
             print(os.environ.get("OMP_WAIT_POLICY"), "torch" in sys.modules)
-            return build_parser(command)
+            return build_parser(command, listing=listing)
         cli.build_parser = spy
         cli.main(["-v", "run", "--config", "missing.yaml"])  # fails on the missing config
         print("torch" in sys.modules)  # only the run command was loaded, and a bad config fails before torch

@@ -506,7 +506,8 @@ def test_an_init_fixes_the_input_size_only_where_its_layers_need_it(colour_data,
     assert '"fit"' not in (c3d / "model.json").read_text(), "a cropping model's manifest stays readable by old releases"
 
     free = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "o"), "--init", str(resnet)))
-    assert (free.clip_len, free.short_side, free.crop, free.fit) == (8, 112, 112, "crop"), \
+    recipe = PRESETS["finetune"]
+    assert (free.clip_len, free.short_side, free.crop, free.fit) == (8, recipe["short_side"], recipe["crop"], "crop"), \
         "a 3D ResNet's input size and fit are the recipe's, its clip length the init's"
     fixed = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "o"), "--init", str(c3d)))
     assert (fixed.model, fixed.short_side, fixed.crop) == ("c3d", 128, 112)

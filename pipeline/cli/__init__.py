@@ -20,7 +20,20 @@ from importlib.metadata import entry_points
 from pipeline import __version__
 from pipeline.errors import ClipwatchError, one_line, redact
 
-COMMAND_MODULES = ("synth", "train", "fit", "attack", "evaluate", "score", "export", "alerts", "console")
+COMMAND_HELP = {
+    "synth": "write the synthetic action dataset (UCF101 layout, novel classes under OUT/novel)",
+    "train": "train or fine-tune a clip classifier and save it with its metrics",
+    "fit": "fit a detector bundle for a model on a UCF101-style dataset",
+    "attack": "attack clips of a dataset split and save them losslessly",
+    "evaluate": "detection metrics, accuracies and figures (results.json/md)",
+    "score": "score a UCF101 split, a directory or a file list of videos",
+    "export": "export a bundle's classifier to ONNX, with its tapped layers as outputs, into a self-contained folder "
+              "ONNX Runtime scores from",
+    "alerts": "alert maintenance: replay dead-lettered webhook deliveries",
+    "console": "serve the operator's console (alerts, cameras, acknowledgements) for a run's folder",
+}
+"""Each command module's one-line help, here so that listing the commands imports none of them."""
+COMMAND_MODULES = tuple(COMMAND_HELP)
 ENTRY_POINT_GROUP = "clipwatch.commands"
 SHARED_CORE_COMMANDS = ("run", "demo")
 """Commands that run every pipeline stage in one process: see :func:`yield_idle_cores`."""
@@ -84,9 +97,13 @@ def command_name(argv: list[str]) -> str | None:
     return next((arg for arg in argv if not arg.startswith("-")), None)
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None, *, listing: bool = False) -> argparse.ArgumentParser:
     """The ``clipwatch`` parser with every command, or only ``command`` when it is one: each command module imports
-    what its work needs (torch, scikit-learn...), so running one command does not pay for all of them."""
+    what its work needs (torch, scikit-learn...), so running one command does not pay for all of them.
+
+    ``listing``: when no command is named (``clipwatch --help``, a typo), the built-in commands are only listed, with
+    their `COMMAND_HELP` line and no options, which imports none of them; such a parser can only print help and
+    usage errors."""
     parser = argparse.ArgumentParser(prog="clipwatch", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"clipwatch {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -95,7 +112,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     known = {*COMMAND_MODULES, *(entry.name for entry in plugins)}
     only = command if command in known else None
     for name in COMMAND_MODULES:
-        if only in (None, name):
+        if only is None and listing:
+            subparsers.add_parser(name, help=COMMAND_HELP[name])
+        elif only in (None, name):
             importlib.import_module(f"pipeline.cli.{name}").register(subparsers)
     for entry in plugins:
         if only not in (None, entry.name):
@@ -108,7 +127,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             continue
         register(subparsers)
     if only is not None and not subparsers.choices:  # its plug-in failed to load: argparse lists the others
-        return build_parser()
+        return build_parser(listing=listing)
     _finish_commands(subparsers)
     return parser
 
@@ -128,7 +147,7 @@ def _finish_commands(subparsers: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     yield_idle_cores(argv)
-    args = build_parser(command_name(argv)).parse_args(argv)
+    args = build_parser(command_name(argv), listing=True).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.cli import COMMAND_HELP
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("alerts", help="alert maintenance: replay dead-lettered webhook deliveries",
+    parser = subparsers.add_parser("alerts", help=COMMAND_HELP["alerts"],
                                    description="Alert maintenance commands.")
     commands = parser.add_subparsers(dest="alerts_command", required=True, metavar="ACTION")
     replay = commands.add_parser(

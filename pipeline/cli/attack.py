@@ -25,7 +25,7 @@ from pipeline.attacks import (
     scaled_frame_width,
     to_uint8,
 )
-from pipeline.cli import add_device_argument, command_device, in_range
+from pipeline.cli import COMMAND_HELP, add_device_argument, command_device, in_range
 from pipeline.data import UCF101
 from pipeline.detect import Detector, load_clips
 from pipeline.detect.torch_scoring import TorchBundleScorer
@@ -49,7 +49,7 @@ def non_negative_float(text: str) -> float:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("attack", help="attack clips of a dataset split and save them losslessly")
+    parser = subparsers.add_parser("attack", help=COMMAND_HELP["attack"])
     parser.add_argument("--model", help="model to attack (white-box) or surrogate (black-box); default: 'default', "
                                         "or the bundle's model for the adaptive attacks")
     parser.add_argument("--data", required=True, type=Path, help="dataset root in the UCF101 layout")

@@ -11,12 +11,14 @@ import signal
 import threading
 from pathlib import Path
 
+from pipeline.cli import COMMAND_HELP
+
 logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "console", help="serve the operator's console (alerts, cameras, acknowledgements) for a run's folder",
+        "console", help=COMMAND_HELP["console"],
         description="Reads RUN_DIR's alerts.jsonl, verdicts.jsonl, health.jsonl and thumbnails/ (what `clipwatch "
                     "run` and `clipwatch demo` write) into a SQLite store, follows them while they grow, and serves "
                     "the console page at / and its API under /api/ until Ctrl-C. Acknowledgements and dismissals "

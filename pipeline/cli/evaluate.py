@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.cli import add_device_argument, command_device, in_range
+from pipeline.cli import COMMAND_HELP, add_device_argument, command_device, in_range
 from pipeline.cli.attack import non_negative_float
 from pipeline.data.tamper import TAMPERING
 from pipeline.detect.zoo import ZooError, parse_detectors
@@ -37,7 +37,7 @@ def _positive_int(text: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("evaluate", help="detection metrics, accuracies and figures (results.json/md)")
+    parser = subparsers.add_parser("evaluate", help=COMMAND_HELP["evaluate"])
     parser.add_argument("--bundle", required=True, type=Path, help="detector bundle written by `clipwatch fit`")
     parser.add_argument("--data", required=True, type=Path, help="dataset root in the UCF101 layout")
     parser.add_argument("--out", required=True, type=Path, help="folder for results.json, results.md and PNGs")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.cli import COMMAND_HELP
 from pipeline.export import export_bundle
 from pipeline.export.exporter import DEFAULT_OPSET
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("export", help="export a bundle's classifier to ONNX, with its tapped layers as "
-                                                  "outputs, into a self-contained folder ONNX Runtime scores from")
+    parser = subparsers.add_parser("export", help=COMMAND_HELP["export"])
     parser.add_argument("--bundle", required=True, type=Path, help="detector bundle written by `clipwatch fit`")
     parser.add_argument("--out", required=True, type=Path,
                         help="new or empty folder for model.onnx, export.json and a copy of the bundle")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from pipeline.attacks import Normalize, from_uint8, to_uint8
-from pipeline.cli import add_device_argument, command_device, in_range
+from pipeline.cli import COMMAND_HELP, add_device_argument, command_device, in_range
 from pipeline.data import UCF101
 from pipeline.data.ucf101 import DatasetError
 from pipeline.detect import BundleError, DetectorBundle, extract_video_features
@@ -75,7 +75,7 @@ def split_calibration(samples, fraction: float, seed: int) -> tuple[list, list]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("fit", help="fit a detector bundle for a model on a UCF101-style dataset")
+    parser = subparsers.add_parser("fit", help=COMMAND_HELP["fit"])
     parser.add_argument("--model", default="default", help="model directory or shipped name (default: %(default)s)")
     parser.add_argument("--data", required=True, help="dataset root in the UCF101 layout")
     parser.add_argument("--out", required=True, help="bundle directory to write")

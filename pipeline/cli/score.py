@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 
 from pipeline.batch import list_videos, score_archive
-from pipeline.cli import add_device_argument, command_device
+from pipeline.cli import COMMAND_HELP, add_device_argument, command_device
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("score", help="score a UCF101 split, a directory or a file list of videos")
+    parser = subparsers.add_parser("score", help=COMMAND_HELP["score"])
     parser.add_argument("--bundle", required=True, type=Path, help="detector bundle written by `clipwatch fit`")
     parser.add_argument("--data", required=True, type=Path, help="UCF101 root, video directory, or .txt file list")
     parser.add_argument("--split", help="with a UCF101 root: 1..3 (the test list of that split, as in the other "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.cli import COMMAND_HELP
 from pipeline.data import SYNTH_CLASSES, SYNTH_NOVEL_CLASSES, synthesize
 from pipeline.data.pretrain import PRETRAIN_CLASSES, synthesize_pretrain
 from pipeline.data.synth import DEFAULT_NUM_FRAMES, DEFAULT_VIDEOS_PER_CLASS
@@ -13,7 +14,7 @@ from pipeline.errors import ClipwatchError
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "synth", help="write the synthetic action dataset (UCF101 layout, novel classes under OUT/novel)",
+        "synth", help=COMMAND_HELP["synth"],
         description=f"Classes: {', '.join(SYNTH_CLASSES)}. Novel: {', '.join(SYNTH_NOVEL_CLASSES)}. "
                     f"--world yard writes a second world nobody tunes on (static-camera yards, small actors; "
                     f"classes {', '.join(YARD_CLASSES)}; 160x120, 64 frames, 40 videos per class unless given). "
@@ -34,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                                  "yard: 64)")
     parser.add_argument("--classes", nargs="+", metavar="CLASS", help="subset of the in-distribution classes")
     parser.add_argument("--actor-scale", type=float, default=None,
-                        help="actor size times this, 0-1 (default world; 0.45: moving actors 10-19 %% of the frame height)")
+                        help="actor size times this, 0-1 (default and pretrain worlds; default world at 0.45: moving actors "
+                             "10-19 %% of the frame height)")
     parser.add_argument("--novel-classes", nargs="*", metavar="CLASS",
                         help="subset of the novel classes (give none to skip OUT/novel)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
@@ -49,11 +51,13 @@ def run(args: argparse.Namespace) -> int:
     if args.world in ("yard", "pretrain"):
         ignored = [option for option, value in (("--classes", args.classes), ("--novel-classes", args.novel_classes),
                                                 ("--novel-videos-per-class", args.novel_videos_per_class),
-                                                ("--actor-scale", args.actor_scale))
+                                                ("--actor-scale", None if args.world == "pretrain" else args.actor_scale))
                    if value is not None]
         if ignored:
             raise ClipwatchError(f"--world {args.world} writes all its classes and no novel set: drop "
                                  f"{', '.join(ignored)}")
+        if args.world == "pretrain" and args.actor_scale is not None:
+            given["actor_scale"] = args.actor_scale
         write = synthesize_yard if args.world == "yard" else synthesize_pretrain
         report = write(args.out, seed=args.seed, fps=args.fps, overwrite=args.overwrite, progress=not args.no_progress,
                        **given)

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.cli import COMMAND_HELP
 from pipeline.models.device import resolve_device
 from pipeline.training import PRESETS, TrainConfig, TrainingError, latest_checkpoint, load_checkpoint
 from pipeline.training.transfer import config_from_init, fixed_input_size, read_init
@@ -21,7 +22,7 @@ R3D_OPTIONS = ("width", "zero_init_residual", "conv1_t_size", "conv1_t_stride", 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "train", help="train or fine-tune a clip classifier and save it with its metrics",
+        "train", help=COMMAND_HELP["train"],
         description="Train on split --split of DATA (UCF101 layout, e.g. from 'clipwatch synth'), evaluate on its "
                     "test list, and write model.safetensors + model.json, metrics.json, training_curve.png and "
                     "per-epoch checkpoints into --out. By default (preset finetune) the shipped base backbone is "
@@ -48,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--backbone-lr-ratio", type=float, help="learning rate of all but the head, times --lr")
     parser.add_argument("--input-size", type=int, metavar="PX",
                         help="side of the model's square input (frames are resized to this short side, then "
-                             "cropped or, with --fit stretch, squeezed to it); default: the preset's (finetune: 112)")
+                             "cropped or, with --fit stretch, squeezed to it); default: the preset's (finetune: 128)")
     parser.add_argument("--fit", choices=("crop", "stretch"),
                         help="how frames become the model's square input: crop keeps the aspect ratio and drops the "
                              "sides of a wide frame, stretch squeezes in the whole field of view")

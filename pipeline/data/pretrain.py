@@ -28,6 +28,7 @@ import numpy as np
 from .motions import VideoSpec, _sample_appearance
 from .render import SourceImagery, render_video
 from .synth import SynthReport, write_world
+from .ucf101 import DatasetError
 
 MANIFEST = "pretrain.json"
 
@@ -73,13 +74,14 @@ PRETRAIN_FACTORS: dict[str, dict[str, str]] = {
 
 
 def sample_pretrain_spec(name: str, rng: np.random.Generator, width: int, height: int,
-                         num_frames: int) -> VideoSpec:
-    """A random video of corpus class `name` (see the module docstring), appearance drawn as the default world's."""
+                         num_frames: int, actor_scale: float = 1.0) -> VideoSpec:
+    """A random video of corpus class `name` (see the module docstring), appearance drawn as the default world's;
+    ``actor_scale`` scales the actor's drawn size (every random draw stays the same)."""
     where, rest = name[1:].split("R")
     rotation, scale = rest.split("S")
     w, h, last = float(width), float(height), max(num_frames - 1, 1)
     growth = 0.0 if scale == "none" else rng.uniform(0.008, 0.025) * (1 if scale == "grow" else -1)
-    start_size = math.exp(rng.uniform(math.log(0.08 * h), math.log(0.4 * h)))
+    start_size = actor_scale * math.exp(rng.uniform(math.log(0.08 * h), math.log(0.4 * h)))
     end_size = start_size * math.exp(growth * last)
     biggest = max(start_size, end_size)
     if biggest > 0.6 * min(w, h):  # keep a growing actor inside the frame
@@ -109,17 +111,20 @@ def _start(rng: np.random.Generator, low: float, high: float, travel: float) -> 
 
 
 def synthesize_pretrain(out: str | Path, *, videos_per_class: int = 25, seed: int = 0, width: int = 128,
-                        height: int = 96, fps: float = 25.0, num_frames: int = 40, overwrite: bool = False,
-                        progress: bool = True) -> SynthReport:
-    """Write the corpus in the UCF101 layout with ``pretrain.json`` (every video's `VideoSpec`)."""
+                        height: int = 96, fps: float = 25.0, num_frames: int = 40, actor_scale: float = 1.0,
+                        overwrite: bool = False, progress: bool = True) -> SynthReport:
+    """Write the corpus in the UCF101 layout with ``pretrain.json`` (every video's `VideoSpec`); ``actor_scale``
+    < 1 makes every actor smaller (the same videos otherwise)."""
+    if not 0 < actor_scale <= 1:
+        raise DatasetError(f"actor scale must be in (0, 1] (larger actors would leave the frame), got {actor_scale}")
     imagery = SourceImagery(height)
 
     def make_video(name: str, group: int, clip: int) -> tuple[np.ndarray, int, dict]:
         rng = np.random.default_rng(np.random.SeedSequence([seed, 2000 + PRETRAIN_CLASSES.index(name), group, clip]))
-        spec = sample_pretrain_spec(name, rng, width, height, num_frames)
+        spec = sample_pretrain_spec(name, rng, width, height, num_frames, actor_scale)
         return render_video(spec, imagery)[0], spec.quality, {"spec": spec.to_json()}
 
     manifest = {"file": MANIFEST, "generator": "clipwatch.pretrain", "seed": seed, "width": width, "height": height,
-                "num_frames": num_frames}
+                "num_frames": num_frames, "actor_scale": actor_scale}
     return write_world(out, PRETRAIN_CLASSES, videos_per_class, make_video, fps=fps, manifest=manifest,
                        overwrite=overwrite, progress=progress, desc="pretraining videos")

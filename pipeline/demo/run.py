@@ -12,19 +12,14 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
-import pipeline
 from pipeline.attacks import AdversarialFrame
 from pipeline.config import PipelineConfig, parse_config
+from pipeline.demo.defaults import DEFAULT_BUNDLE, DEFAULT_FRAME
 from pipeline.demo.feeds import DOCK_WARMUP, write_feeds
 from pipeline.demo.report import read_jsonl, write_report
 from pipeline.detect import Detector
 from pipeline.errors import ClipwatchError
 from pipeline.video import ClipSplitter, open_video
-
-ASSETS = Path(pipeline.__file__).resolve().parent / "assets"
-DEFAULT_BUNDLE = ASSETS / "bundles" / "default"
-DEFAULT_FRAME = ASSETS / "frames" / "default.safetensors"
-
 
 MARKER = ".clipwatch-demo"
 """Written into the output folder first: marks it as the demo's own, so a later run may replace its files."""

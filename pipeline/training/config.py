@@ -22,12 +22,12 @@ from pipeline.video.preprocess import KINETICS_MEAN, KINETICS_STD
 
 FINETUNE = {
     "init": "base", "motion_init": False, "symmetries": {}, "paired_symmetries": False, "epochs": 30,
-    "clips_per_video": 2, "short_side": 112, "crop": 112, "lr": 1e-3, "warmup_epochs": 1.0,
+    "clips_per_video": 2, "short_side": 128, "crop": 128, "lr": 1e-3, "warmup_epochs": 1.0,
     "backbone_lr_ratio": 0.5, "val_fraction": 0.15, "patience": None, "eval_every": 2,
 }
 """Fine-tuning a user's classes: start from the shipped ``base`` backbone (its architecture, clip length and
 normalisation; see ``pipeline/assets/models/README.md``), head re-initialised, no class-specific tables, the backbone
-at half the learning rate, on 112x112 inputs (small actors keep more pixels than at ``base``'s 80), two clips per
+at half the learning rate, on 128x128 inputs (small actors keep more pixels than at ``base``'s 112), two clips per
 video per epoch and a cosine schedule that runs to its end; a validation split carved from the training list picks
 the best epoch. Chosen on the default world (large and small actors) and its held-out motion families; the yard
 world was not used."""
