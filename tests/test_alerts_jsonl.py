@@ -123,3 +123,20 @@ def test_group_commit_writes_at_once_and_syncs_once_when_the_block_ends(tmp_path
         log.close()  # closing inside a block still makes the lines durable
     assert len(synced) == 3
     assert [json.loads(line)["n"] for line in lines(log.path)] == [0, 1, 2, 3, 4]
+
+
+def test_a_torn_tail_of_unsynced_lines_is_cut_off_but_a_bad_line_before_good_ones_is_corruption(tmp_path, caplog):
+    from pipeline.alerts.journal import JsonlJournal
+
+    path = tmp_path / "verdicts.jsonl"
+    good = b'{"n": 0}\n{"n": 1}\n'
+    path.write_bytes(good + b"\0\0\0\0\n" + b'{"n": 2' + b"\n\0\0")  # a power cut during a group commit
+    journal = JsonlJournal(path)
+    assert journal.existing == [{"n": 0}, {"n": 1}]
+    assert path.read_bytes() == good and "torn tail of 3 lines" in caplog.text
+    journal.append({"n": 2})
+    journal.close()
+    assert JsonlJournal(path).existing == [{"n": 0}, {"n": 1}, {"n": 2}]
+    path.write_bytes(b'{"n": 0}\n\0\0\n{"n": 1}\n')
+    with pytest.raises(JournalError, match=rf"^{path}:2: not JSON: "):
+        JsonlJournal(path)

@@ -1,8 +1,9 @@
 """Append-only JSONL files that survive crashes: the alert log, the webhook delivery ledger, the dead letters.
 
 Each record is one line written with a single ``write`` and then flushed and fsync'd. A crash can therefore only
-leave a torn *last* line, which is cut off (with a warning) when the file is opened again; a bad line anywhere
-else is corruption and raises `JournalError` naming the file and line.
+leave a torn *last* line (or, after a group commit, a torn tail of lines), which is cut off (with a warning) when
+the file is opened again; a bad line followed by a good one is corruption and raises `JournalError` naming the
+file and line.
 
 Group commit: inside ``with journal.group_commit():`` appends are written and flushed at once (a killed process
 loses none of them) but made durable by one fsync when the block ends, so a caller that acknowledges its inputs
@@ -38,7 +39,6 @@ class JsonlJournal:
         self._file = self._open_for_append()
         self._deferred = 0  # open group_commit blocks
         self._unsynced = False
-
 
     def append(self, record: Mapping[str, Any] | bytes) -> None:
         """Write one record (a mapping, or the exact JSON bytes of one) as a line, durably."""
@@ -101,25 +101,43 @@ class JsonlJournal:
         return handle
 
     def _load(self) -> list[dict[str, Any]]:
+        """The records, after cutting off a torn tail: what follows the last newline, or bad lines with no good
+        line after them (a group commit's lines that a power cut caught before their sync)."""
         if not self.path.exists():
             return []
         data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
+        records: list[dict[str, Any]] = []
+        first_bad: tuple[int, str, int] | None = None  # line number, problem, byte offset
+        offset = 0
+        for number, line in enumerate(data.split(b"\n")[:-1], start=1):
+            start, offset = offset, offset + len(line) + 1
+            if not line.strip():
+                continue
+            record, problem = _parse(line)
+            if problem is not None:
+                first_bad = first_bad or (number, problem, start)
+            elif first_bad is not None:  # a good line after a bad one: not a torn tail
+                raise JournalError(self.path, first_bad[0], first_bad[1])
+            else:
+                records.append(record)
+        end = first_bad[2] if first_bad is not None else data.rfind(b"\n") + 1
         if end < len(data):
-            logger.warning("%s: cutting off a torn last line (%d bytes) left by a crash", self.path, len(data) - end)
+            torn = data[end:].count(b"\n") + (not data.endswith(b"\n"))
+            what = "a torn last line" if torn == 1 else f"a torn tail of {torn} lines"
+            logger.warning("%s: cutting off %s (%d bytes) left by a crash", self.path, what, len(data) - end)
             with open(self.path, "r+b") as handle:
                 handle.truncate(end)
                 handle.flush()
                 os.fsync(handle.fileno())
-        records = []
-        for number, line in enumerate(data[:end].splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as exc:
-                raise JournalError(self.path, number, f"not JSON: {exc}") from None
-            if not isinstance(record, dict):
-                raise JournalError(self.path, number, "a record must be a JSON object")
-            records.append(record)
         return records
+
+
+def _parse(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """``(record, None)`` for a line holding a JSON object, else ``(None, why not)``."""
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        return None, f"not JSON: {exc}"
+    if not isinstance(record, dict):
+        return None, "a record must be a JSON object"
+    return record, None
