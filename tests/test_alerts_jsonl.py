@@ -140,3 +140,48 @@ def test_a_torn_tail_of_unsynced_lines_is_cut_off_but_a_bad_line_before_good_one
     path.write_bytes(b'{"n": 0}\n\0\0\n{"n": 1}\n')
     with pytest.raises(JournalError, match=rf"^{path}:2: not JSON: "):
         JsonlJournal(path)
+
+
+def test_after_a_failed_group_sync_the_journal_refuses_more_and_other_threads_are_not_deferred(tmp_path, monkeypatch):
+    from pipeline.alerts import journal as journal_module
+
+    real_fsync = journal_module.os.fsync
+    synced: list[str] = []
+    log = journal_module.JsonlJournal(tmp_path / "verdicts.jsonl")
+
+    def fsync(fd):
+        synced.append(threading.current_thread().name)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(journal_module.os, "fsync", fsync)
+    with log.group_commit():
+        log.append({"n": 0})
+        other = threading.Thread(target=log.append, args=({"n": 1},), name="other")
+        other.start()
+        other.join()
+        assert synced == ["other"], "another thread's append is synced at once"
+        log.append({"n": 1.5})
+    assert synced == ["other", "MainThread"], "the block syncs what its thread wrote since"
+
+    def failing(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(journal_module.os, "fsync", failing)
+    with pytest.raises(OSError, match="Input/output error"), log.group_commit():
+        log.append({"n": 2})
+    monkeypatch.setattr(journal_module.os, "fsync", fsync)  # a later fsync may succeed without the lost lines
+    with pytest.raises(OSError, match="an earlier fsync failed"), log.group_commit():
+        pass
+    with pytest.raises(OSError, match="an earlier fsync failed"):
+        log.append({"n": 3})
+    log.close()
+
+
+def test_a_whole_json_value_that_is_not_an_object_is_corruption_even_at_the_end(tmp_path):
+    from pipeline.alerts.journal import JsonlJournal
+
+    path = tmp_path / "verdicts.jsonl"
+    for tail in (b"null\n", b"[1, 2]\n", b"{oops\n[1]\n"):
+        path.write_bytes(b'{"n": 0}\n' + tail)
+        with pytest.raises(JournalError, match=rf"^{path}:2: "):
+            JsonlJournal(path)

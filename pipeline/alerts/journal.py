@@ -37,37 +37,60 @@ class JsonlJournal:
         self.existing: list[dict[str, Any]] = self._load()
         self._lock = threading.Lock()
         self._file = self._open_for_append()
-        self._deferred = 0  # open group_commit blocks
-        self._unsynced = False
+        self._blocks = threading.local()  # this thread's open group_commit blocks (`depth`)
+        self._unsynced = False  # lines written since the last fsync
+        self._sync_error: OSError | None = None
 
     def append(self, record: Mapping[str, Any] | bytes) -> None:
-        """Write one record (a mapping, or the exact JSON bytes of one) as a line, durably."""
+        """Write one record (a mapping, or the exact JSON bytes of one) as a line, durably: at once, or when the
+        calling thread's `group_commit` block ends."""
         line = record if isinstance(record, bytes) else canonical_json(record)
         if b"\n" in line:
             raise ValueError(f"{self.path}: a record must be one line of JSON")
         with self._lock:
             if self._file is None:
                 raise ValueError(f"{self.path}: journal is closed")
+            self._check_synced()
             self._file.write(line + b"\n")
             self._file.flush()
-            if self._deferred:
-                self._unsynced = True
-            else:
-                os.fsync(self._file.fileno())
+            self._unsynced = True
+            if not getattr(self._blocks, "depth", 0):
+                self._sync()
 
     @contextmanager
     def group_commit(self) -> Iterator[JsonlJournal]:
-        """Appends inside the block are durable when it ends (one fsync for all of them); blocks may nest."""
+        """The calling thread's appends inside the block are durable when it ends (one fsync for all of them);
+        blocks may nest. If that fsync fails, the journal refuses every later append and block (`OSError`): the
+        lines since the last sync may be lost, so the caller must not acknowledge them, nor anything after."""
         with self._lock:
-            self._deferred += 1
+            self._check_synced()
+        self._blocks.depth = getattr(self._blocks, "depth", 0) + 1
         try:
             yield self
         finally:
-            with self._lock:
-                self._deferred -= 1
-                if not self._deferred and self._unsynced and self._file is not None:
-                    os.fsync(self._file.fileno())
-                    self._unsynced = False
+            self._blocks.depth -= 1
+            if not self._blocks.depth:
+                with self._lock:
+                    if self._file is not None:
+                        self._sync()
+
+    def _sync(self) -> None:
+        """fsync what was written since the last one; a failure is kept, see `_check_synced` (under the lock)."""
+        if not self._unsynced:
+            return
+        try:
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self._sync_error = exc
+            raise
+        self._unsynced = False
+
+    def _check_synced(self) -> None:
+        """OSError once an fsync has failed: the kernel may have dropped the unsynced lines, and a later fsync can
+        succeed without writing them, so nothing more is written until the journal is reopened (under the lock)."""
+        if self._sync_error is not None:
+            raise OSError(self._sync_error.errno, f"an earlier fsync failed ({self._sync_error.strerror}), so lines "
+                          "written since the last one may be lost; restart to reopen the journal", str(self.path))
 
     def rewrite(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Atomically replace the file's content with `records` (used to compact a ledger on start)."""
@@ -81,17 +104,17 @@ class JsonlJournal:
                         handle.write(canonical_json(record) + b"\n")
 
             atomic_write(self.path, write, durable=True)
-            self._unsynced = False
+            self._unsynced, self._sync_error = False, None
             self._file = self._open_for_append()
 
     def close(self) -> None:
         with self._lock:
             if self._file is not None:
-                if self._unsynced:
-                    os.fsync(self._file.fileno())
-                    self._unsynced = False
-                self._file.close()
-                self._file = None
+                try:
+                    self._sync()
+                finally:
+                    self._file.close()
+                    self._file = None
 
     def _open_for_append(self):
         created = not self.path.exists()
@@ -101,8 +124,8 @@ class JsonlJournal:
         return handle
 
     def _load(self) -> list[dict[str, Any]]:
-        """The records, after cutting off a torn tail: what follows the last newline, or bad lines with no good
-        line after them (a group commit's lines that a power cut caught before their sync)."""
+        """The records, after cutting off a torn tail: what follows the last newline, or lines that are not JSON
+        with no JSON value after them (a group commit's lines that a power cut caught before their sync)."""
         if not self.path.exists():
             return []
         data = self.path.read_bytes()
@@ -113,13 +136,16 @@ class JsonlJournal:
             start, offset = offset, offset + len(line) + 1
             if not line.strip():
                 continue
-            record, problem = _parse(line)
-            if problem is not None:
-                first_bad = first_bad or (number, problem, start)
-            elif first_bad is not None:  # a good line after a bad one: not a torn tail
+            try:
+                record = json.loads(line)
+            except ValueError as exc:  # a torn write, if no whole JSON value follows
+                first_bad = first_bad or (number, f"not JSON: {exc}", start)
+                continue
+            if first_bad is not None:  # a whole value after a bad line: not a torn tail
                 raise JournalError(self.path, first_bad[0], first_bad[1])
-            else:
-                records.append(record)
+            if not isinstance(record, dict):  # a whole value is never a torn write
+                raise JournalError(self.path, number, "a record must be a JSON object")
+            records.append(record)
         end = first_bad[2] if first_bad is not None else data.rfind(b"\n") + 1
         if end < len(data):
             torn = data[end:].count(b"\n") + (not data.endswith(b"\n"))
@@ -131,13 +157,3 @@ class JsonlJournal:
                 os.fsync(handle.fileno())
         return records
 
-
-def _parse(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """``(record, None)`` for a line holding a JSON object, else ``(None, why not)``."""
-    try:
-        record = json.loads(line)
-    except ValueError as exc:
-        return None, f"not JSON: {exc}"
-    if not isinstance(record, dict):
-        return None, "a record must be a JSON object"
-    return record, None
