@@ -37,7 +37,7 @@ from pipeline.training.init import motion_energy_init
 from pipeline.training.optim import learning_rate, make_optimizer
 from pipeline.training.symmetry import SYNTH_SYMMETRIES, apply_transform
 from pipeline.training.transfer import read_init, transfer_weights
-from pipeline.training.validation import validation_split
+from pipeline.training.validation import Best, validation_split
 from pipeline.video import ClipSplitter, open_video, preprocess
 from pipeline.video.preprocess import resize_frames
 
@@ -720,3 +720,24 @@ def test_factor_loss_is_the_cross_entropy_of_summed_class_probabilities():
         FactorLoss(factors, [*classes, "CX"])
     assert {len(set(t.values())) for t in PRETRAIN_FACTORS.values()} == {9, 3}
     assert all(set(t) == set(PRETRAIN_CLASSES) for t in PRETRAIN_FACTORS.values())
+
+
+def test_best_epoch_prefers_the_later_of_tied_epochs(tmp_path):
+    """A small validation split ties often; the later epoch (lower learning rate) is kept, patience counts from it,
+    and a resumed run recovers the same choice from the history."""
+    model = torch.nn.Linear(2, 2)
+    best = Best(tmp_path, model)
+    history = []
+    for epoch, score in [(1, 0.5), (2, 0.7), (3, 0.7), (4, 0.6)]:
+        with torch.no_grad():
+            model.weight.fill_(epoch)
+        best.offer(epoch, score)
+        history.append({"epoch": epoch, "val_clip_accuracy": score})
+    assert (best.epoch, best.score) == (3, 0.7)
+    assert not best.exhausted(history, patience=2) and best.exhausted(history, patience=1)
+    with torch.no_grad():
+        model.weight.fill_(0)
+    best.restore()
+    assert torch.all(model.weight == 3), "the tied later epoch's weights come back"
+    resumed = Best(tmp_path, model)
+    assert not resumed.exhausted(history, patience=2) and resumed.epoch == 3

@@ -67,8 +67,9 @@ class Best:
         self.score = -math.inf
 
     def offer(self, epoch: int, score: float) -> None:
-        """Keep the model's weights if `score` beats the best so far."""
-        if score > self.score:
+        """Keep the model's weights if `score` is at least the best so far: of tied epochs the later one is kept, as
+        the learning rate has decayed further (a small validation split ties often)."""
+        if score >= self.score:
             self.epoch, self.score = epoch, score
             state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.model.state_dict().items()}
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,15 +77,16 @@ class Best:
                                                                                   "score": repr(score)}))
 
     def exhausted(self, history: Sequence[dict[str, Any]], patience: int | None) -> bool:
-        """Whether the last `patience` validations (from `history`, so resumed runs count) all missed the best."""
+        """Whether the last `patience` validations (from `history`, so resumed runs count) all scored below the best
+        (a tie with it counts as the best, as in :meth:`offer`)."""
         scores = [row["val_clip_accuracy"] for row in history if row.get("val_clip_accuracy") is not None]
         if scores and self.epoch is None:  # resumed: the best so far is in the history
-            best = max(range(len(scores)), key=scores.__getitem__)
+            best = _last_best(scores)
             self.score = scores[best]
             self.epoch = [row["epoch"] for row in history if row.get("val_clip_accuracy") is not None][best]
         if patience is None or not scores:
             return False
-        return len(scores) - 1 - scores.index(max(scores)) >= patience
+        return len(scores) - 1 - _last_best(scores) >= patience
 
     def restore(self) -> None:
         """Load the best epoch's weights back into the model (when there was a validation)."""
@@ -97,3 +99,8 @@ class Best:
                 return
             device = next(self.model.parameters()).device
             self.model.load_state_dict({name: tensor.to(device) for name, tensor in load_file(self.path).items()})
+
+
+def _last_best(scores: Sequence[float]) -> int:
+    """Index of the last occurrence of the highest score."""
+    return max(range(len(scores)), key=lambda i: (scores[i], i))
