@@ -26,8 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train on split --split of DATA (UCF101 layout, e.g. from 'clipwatch synth'), evaluate on its "
                     "test list, and write model.safetensors + model.json, metrics.json, training_curve.png and "
                     "per-epoch checkpoints into --out. By default (preset finetune) the shipped base backbone is "
-                    "fine-tuned with its head re-initialised for DATA's classes, the epoch chosen on a validation split of the "
-                    "training list. Options left out keep the preset's values.")
+                    "fine-tuned with its head re-initialised for DATA's classes, on every training video, and its last epoch "
+                    "is kept (--val-fraction carves a validation split to choose the epoch by). Options left out keep "
+                    "the preset's values.")
     parser.add_argument("data", help="dataset root (UCF101 layout with ucfTrainTestlist/)")
     parser.add_argument("--out", required=True, help="output folder (must not hold a run, unless --resume)")
     parser.add_argument("--preset", default="finetune", choices=sorted(PRESETS), help="recipe (default %(default)s)")
@@ -39,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:N or mps (default cpu)")
     parser.add_argument("--symmetries", type=Path,
                         help="YAML of label-mapping symmetries {name: {class: class}} (default: the preset's)")
-    parser.add_argument("--val-fraction", type=float, help="training groups held out to choose the best epoch")
-    parser.add_argument("--patience", type=int, help="validations without improvement before stopping")
+    parser.add_argument("--val-fraction", type=float, help="training groups held out to choose the best epoch (default "
+                                                               "0 with the finetune preset: the last epoch is kept)")
+    parser.add_argument("--patience", type=int, help="validations below the best before stopping")
     parser.add_argument("--outliers", choices=("none", "auto"),
                         help="auto: outlier exposure with clips made from each batch (shuffled frames, spliced classes)")
     parser.add_argument("--loss", choices=("ce", "objectosphere"),
