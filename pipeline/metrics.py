@@ -59,6 +59,19 @@ def detection_error(in_scores, out_scores) -> float:
     return float(np.min(0.5 * (1.0 - tpr_curve) + 0.5 * fpr))
 
 
+def video_means(scores, videos) -> np.ndarray:
+    """The mean score of each video's clips (``videos``: one video id per clip), one value per distinct id.
+
+    A video-level detector flags a whole video by its clips' average, as OpenOOD-style video benchmarks do.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    videos = np.asarray(videos).ravel()
+    if scores.shape != videos.shape:
+        raise ValueError(f"{scores.size} scores but {videos.size} video ids")
+    _, index = np.unique(videos, return_inverse=True)
+    return np.bincount(index, weights=scores) / np.bincount(index)
+
+
 def likelihood_accuracy(class_log_likelihood, y_true, classes=None) -> float:
     """Accuracy of the likelihood classifier: argmax over the ``(N, C)`` class log-likelihoods."""
     cll = np.asarray(class_log_likelihood)

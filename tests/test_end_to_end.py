@@ -50,6 +50,7 @@ def test_synth_train_fit_attack_evaluate(tmp_path):
         assert 0.0 <= row["auroc"] <= 1.0 and 0.0 <= row["fpr95"] <= 1.0
         assert 0.0 <= row["detection_error"] <= 0.5
     assert len({round(r["auroc"], 6) for r in rows}) > 5, "scores must not be constant"
+    assert all(("video_auroc" in r) == (r["ood_set"] != "user_fgsm") for r in rows)  # a user's clips: no videos
     whitebox = [r for r in rows if r["ood_set"] == "framing_whitebox" and r["density"] in ("sep", "gmm")]
     assert max(r["auroc"] for r in whitebox) > 0.5
     assert {r["layer"] for r in report["likelihood_accuracy"]} == {"layer3", "avgpool", "fc", "output"}

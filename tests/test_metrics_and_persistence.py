@@ -56,6 +56,41 @@ def test_metric_extremes():
         metrics.auroc([], [0])
 
 
+def test_video_means_average_each_videos_clips():
+    scores = np.array([1.0, 3.0, -2.0, 10.0, 0.5])
+    videos = np.array(["b", "b", "a", "c", "a"])
+    expected = sorted(np.mean(scores[videos == v]) for v in set(videos))
+    assert sorted(metrics.video_means(scores, videos)) == pytest.approx(expected)  # a: -0.75, b: 2, c: 10
+    with pytest.raises(ValueError, match="5 scores but 4 video ids"):
+        metrics.video_means(scores, videos[:4])
+
+
+def test_detection_rows_add_the_video_level_auroc_where_videos_are_known():
+    from pipeline.detect import BundleScores, ClipFeatures
+    from pipeline.evaluation.report import detection_rows
+
+    rng = np.random.default_rng(1)
+
+    def scored(fused: np.ndarray) -> tuple[BundleScores, ClipFeatures]:
+        n = fused.size
+        return (BundleScores({"fc/gmm": fused * 2}, fused, np.ones(n), ["normal"] * n, [[]] * n),
+                ClipFeatures({"fc": np.zeros((n, 2), np.float32)}, rng.normal(size=(n, 3)), np.zeros(n, int)))
+
+    # per clip, the sets overlap; each video's two clips have opposite noise, so their means separate fully
+    noise = rng.normal(0, 3, 20)
+    clean_fused, novel_fused = 1.0 + np.r_[noise, -noise], np.r_[noise[:10], -noise[:10]]
+    clean_ids, novel_ids = np.tile(np.arange(20), 2), np.tile(np.arange(10), 2)
+    sets = {"clean": scored(clean_fused), "novel": scored(novel_fused), "user": scored(novel_fused)}
+    rows = detection_rows({k: v[0] for k, v in sets.items()}, {k: v[1] for k, v in sets.items()},
+                          videos={"clean": clean_ids, "novel": novel_ids})
+    fused = {r["ood_set"]: r for r in rows if r["density"] == "fused"}
+    assert fused["novel"]["auroc"] < 0.8 and fused["novel"]["video_auroc"] == 1.0
+    assert fused["novel"]["video_auroc"] == metrics.auroc(metrics.video_means(clean_fused, clean_ids),
+                                                          metrics.video_means(novel_fused, novel_ids))
+    assert all("video_auroc" in r for r in rows if r["ood_set"] == "novel")
+    assert not any("video_auroc" in r for r in rows if r["ood_set"] == "user")  # its videos are unknown
+
+
 def test_likelihood_accuracy():
     ll = np.array([[0.0, -1.0], [-3.0, -2.0], [-1.0, -5.0]])
     assert metrics.likelihood_accuracy(ll, np.array(["a", "b", "b"]), classes=["a", "b"]) == pytest.approx(2 / 3)

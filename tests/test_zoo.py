@@ -401,6 +401,8 @@ def test_evaluate_adds_a_row_per_zoo_detector(tiny_bundle, tiny_dataset, tmp_pat
     assert (out / heatmap["figure"]).is_file() and heatmap["figure"] in report["figures"]
     markdown = (out / "results.md").read_text()
     assert "## Fused score vs the baselines" in markdown and "| fgsm |" in markdown and "## OOD heatmaps" in markdown
+    assert all(0.0 <= r["video_auroc"] <= 1.0 for r in rows)  # novel and fgsm: each clip's video is known
+    assert "## Fused score vs the baselines (video level" in markdown
 
     skipped = tmp_path / "no_zoo"
     assert main(["evaluate", "--bundle", str(tiny_bundle), "--data", str(tiny_dataset), "--out", str(skipped),

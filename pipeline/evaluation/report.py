@@ -9,36 +9,48 @@ import numpy as np
 
 from pipeline.detect import BundleScores, ClipFeatures, DetectorBundle
 from pipeline.detect.calibration import ADVERSARIAL, NORMAL, NOVEL
-from pipeline.metrics import likelihood_accuracy, ood_metrics
+from pipeline.metrics import auroc, likelihood_accuracy, ood_metrics, video_means
 
 METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error")
 
 
 def detection_rows(scores: dict[str, BundleScores], features: dict[str, ClipFeatures],
-                   zoo: dict[tuple[str, str], dict[str, np.ndarray]] | None = None) -> list[dict]:
+                   zoo: dict[tuple[str, str], dict[str, np.ndarray]] | None = None,
+                   videos: dict[str, np.ndarray] | None = None) -> list[dict]:
     """One row per (OOD set, layer, density) plus the fused score, the softmax baseline and each zoo score.
 
     ``scores`` and ``features`` hold the in-distribution set under ``"clean"`` and every OOD set by name; the
     scores are the bundle's, computed once by the caller. ``zoo`` maps ``(detector, layer)`` to its scores of
-    every set (:mod:`pipeline.detect.zoo`); its rows carry the detector's name as ``density``.
+    every set (:mod:`pipeline.detect.zoo`); its rows carry the detector's name as ``density``. ``videos`` maps a
+    set to the video id of each of its clips; rows of a set that has them (and ``clean`` too) add
+    ``video_auroc``, the AUROC of each video's mean score.
     """
     clean_scores, clean = scores["clean"], features["clean"]
+    videos = videos or {}
     rows = []
     for ood_name, ood in features.items():
         if ood_name == "clean":
             continue
         ood_scores = scores[ood_name]
+        ids = (videos["clean"], videos[ood_name]) if "clean" in videos and ood_name in videos else None
+
+        def metrics(inside, outside, ids=ids) -> dict[str, float]:
+            found = ood_metrics(inside, outside)
+            if ids is not None:
+                found["video_auroc"] = auroc(video_means(inside, ids[0]), video_means(outside, ids[1]))
+            return found
+
         for key, inside in clean_scores.loglik.items():
             layer, density = key.split("/")
             rows.append({"ood_set": ood_name, "layer": layer, "density": density,
-                         **ood_metrics(inside, ood_scores.loglik[key])})
+                         **metrics(inside, ood_scores.loglik[key])})
         rows.append({"ood_set": ood_name, "layer": "all", "density": "fused",
-                     **ood_metrics(clean_scores.fused, ood_scores.fused)})
+                     **metrics(clean_scores.fused, ood_scores.fused)})
         rows.append({"ood_set": ood_name, "layer": "output", "density": "softmax",
-                     **ood_metrics(clean.softmax.max(axis=1), ood.softmax.max(axis=1))})
+                     **metrics(clean.softmax.max(axis=1), ood.softmax.max(axis=1))})
         for (name, layer), set_scores in (zoo or {}).items():
             rows.append({"ood_set": ood_name, "layer": layer, "density": name,
-                         **ood_metrics(set_scores["clean"], set_scores[ood_name])})
+                         **metrics(set_scores["clean"], set_scores[ood_name])})
     return rows
 
 
@@ -142,10 +154,11 @@ def markdown(results: dict) -> str:
     lines += _zoo_table(results)
     lines += _heatmap_table(results)
     lines += _adaptive_table(results)
+    keys = METRIC_KEYS + (("video_auroc",) if any("video_auroc" in r for r in results["detection"]) else ())
     lines += ["", "## All detection metrics", "",
-              "| OOD set | layer | density | " + " | ".join(METRIC_KEYS) + " |", "|---" * (3 + len(METRIC_KEYS)) + "|"]
+              "| OOD set | layer | density | " + " | ".join(keys) + " |", "|---" * (3 + len(keys)) + "|"]
     for row in results["detection"]:
-        cells = " | ".join(f"{row[k]:.4f}" for k in METRIC_KEYS)
+        cells = " | ".join(f"{row[k]:.4f}" if k in row else "-" for k in keys)
         lines.append(f"| {row['ood_set']} | {row['layer']} | {row['density']} | {cells} |")
     lines += ["", "## Likelihood classifier accuracy (clean test clips)", "", "| layer | density | accuracy |",
               "|---|---|---|"]
@@ -154,20 +167,28 @@ def markdown(results: dict) -> str:
 
 
 def _zoo_table(results: dict) -> list[str]:
-    """The fused score against the zoo's baselines, AUROC per OOD set (each baseline at its default layer)."""
+    """The fused score against the zoo's baselines, AUROC per OOD set (each baseline at its default layer), clip
+    level and, where the sets have video ids, video level (each video's mean score)."""
     zoo = results.get("zoo")
     per_set = zoo_rows(results["detection"], zoo)
     if not per_set:
         return []
     names = list(zoo["detectors"])
-    fused = {r["ood_set"]: r["auroc"] for r in results["detection"] if r["density"] == "fused"}
-    lines = ["", f"## Fused score vs the baselines (AUROC; baselines fitted on {zoo['train_clips']} training clips)",
-             "", "| OOD set | fused | best baseline | " + " | ".join(names) + " |", "|---" * (len(names) + 3) + "|"]
-    for ood, slot in per_set.items():
-        best = max(slot.values(), key=lambda r: r["auroc"])
-        cells = [f"{slot[n]['auroc']:.3f}" if n in slot else "-" for n in names]
-        lines.append(f"| {ood} | {fused.get(ood, float('nan')):.3f} | {best['auroc']:.3f} ({best['density']}) | "
-                     + " | ".join(cells) + " |")
+    lines = []
+    levels = [("auroc", f"AUROC; baselines fitted on {zoo['train_clips']} training clips")]
+    if any("video_auroc" in r for r in results["detection"]):
+        levels.append(("video_auroc", "video level: AUROC of each video's mean score"))
+    for key, title in levels:
+        fused = {r["ood_set"]: r[key] for r in results["detection"] if r["density"] == "fused" and key in r}
+        lines += ["", f"## Fused score vs the baselines ({title})", "",
+                  "| OOD set | fused | best baseline | " + " | ".join(names) + " |", "|---" * (len(names) + 3) + "|"]
+        for ood, slot in per_set.items():
+            if ood not in fused:
+                continue
+            best = max(slot.values(), key=lambda r: r[key])
+            cells = [f"{slot[n][key]:.3f}" if n in slot else "-" for n in names]
+            lines.append(f"| {ood} | {fused[ood]:.3f} | {best[key]:.3f} ({best['density']}) | "
+                         + " | ".join(cells) + " |")
     layers = ", ".join(f"{n}: {d['layer']}" for n, d in zoo["detectors"].items())
     lines += ["", f"Layers read: {layers}."]
     if zoo.get("left_out"):

@@ -174,15 +174,17 @@ def evaluate(settings: EvaluationSettings) -> dict:
     bundle, model, manifest, prep = detector.bundle, detector.model, detector.manifest, detector.manifest.preprocessing
     common = dict(max_clips_per_video=settings.max_clips_per_video, progress=settings.progress)
 
-    clips, labels, _, skipped = load_clips(_videos(settings.data, settings.split, "test"), prep,
-                                           description="test clips", **common)
+    clips, labels, clip_paths, skipped = load_clips(_videos(settings.data, settings.split, "test"), prep,
+                                                    description="test clips", **common)
+    videos = {"clean": np.asarray(clip_paths)}  # each clip's video, for the video-level rows
     clean = detector.features(clips, labels, batch_size=settings.batch_size)
     frames: dict[str, np.ndarray] = {"clean": clips}
     ood: dict[str, ClipFeatures] = {}
     novel_root = settings.novel or (settings.data / "novel" if (settings.data / "novel").is_dir() else None)
     if novel_root is not None:
-        novel_clips, _, _, novel_skipped = load_clips(_videos(novel_root, 1, None), prep,
-                                                      description="novel clips", **common)
+        novel_clips, _, novel_paths, novel_skipped = load_clips(_videos(novel_root, 1, None), prep,
+                                                                description="novel clips", **common)
+        videos["novel"] = np.asarray(novel_paths)
         skipped += novel_skipped
         ood["novel"] = detector.features(novel_clips, batch_size=settings.batch_size)
         frames["novel"] = novel_clips
@@ -199,7 +201,8 @@ def evaluate(settings: EvaluationSettings) -> dict:
         tampered = tamper(clips, kind, seed=settings.seed)
         ood[f"tamper_{kind}"] = detector.features(tampered, labels, batch_size=settings.batch_size)
         frames[f"tamper_{kind}"] = tampered
-    for name, path in settings.extra_ood.items():
+    videos.update({name: videos["clean"] for name in ood if name != "novel"})  # made from the test clips, in order
+    for name, path in settings.extra_ood.items():  # the user's own clips: their videos are unknown
         user = load_attacked_clips(path)
         ood[name] = detector.features(user.frames, user.labels, batch_size=settings.batch_size)
         frames[name] = user.frames
@@ -213,7 +216,7 @@ def evaluate(settings: EvaluationSettings) -> dict:
     results = {
         "accuracy": accuracy,
         "precision": detector.precision,
-        "detection": detection_rows(set_scores, sets, zoo_scores),
+        "detection": detection_rows(set_scores, sets, zoo_scores, videos),
         "likelihood_accuracy": likelihood_accuracy_rows(bundle, clean),
         "verdicts": verdicts,
         "fusion": {"fused_groups": bundle.calibration.fused_groups, "left_out": bundle.calibration.unfused_groups},
