@@ -5,8 +5,9 @@
 makes the same outliers from ``--calibration-data`` and scores them, and the test sets of ``--data`` (clean test
 clips, its novel classes, the shipped universal frame, FGSM 8/255 and the five tamperings), with every rule: the
 minimum over all groups, each group alone, the minimum without each group, and the rule the elimination chooses
-(marked). The test sets play no part in the choice; FGSM is of the gradient step's family, the rest are unseen kinds.
-The bundle's own choice is ignored: every group is scored.
+(marked); then other combinations of the chosen groups (Fisher's and Simes' of their p-values, the mean score).
+The test sets play no part in the choice; FGSM is of the gradient step's family, the rest are unseen kinds. The
+bundle's own choice is ignored: every group is scored.
 
     .venv/bin/python benchmarks/fusion_rules.py --calibration-data CAL --data TEST [--bundle B]
 """
@@ -69,6 +70,24 @@ def group_scores(detector: Detector, clips: np.ndarray) -> np.ndarray:
     return np.stack(list(groups.values()), axis=1)
 
 
+COMBINATIONS = ("fisher", "simes", "mean")
+
+
+def combined_score(calibration: np.ndarray, scores: np.ndarray, how: str) -> np.ndarray:
+    """Another way to fuse the groups' scores ``(N, G)`` than their minimum (higher = more in-distribution): each
+    group's conformal p-value against its calibration scores ``(M, G)``, combined by Fisher (the sum of their logs)
+    or Simes (``min_i G p_(i) / i``), or the mean of the standardised scores."""
+    if how == "mean":
+        return scores.mean(axis=1)
+    ranked = np.sort(calibration, axis=0)
+    p = np.stack([(1.0 + np.searchsorted(ranked[:, g], scores[:, g], side="right")) / (len(ranked) + 1.0)
+                  for g in range(scores.shape[1])], axis=1)
+    if how == "fisher":
+        return np.log(p).sum(axis=1)
+    ordered = np.sort(p, axis=1)
+    return np.log((ordered * p.shape[1] / np.arange(1, p.shape[1] + 1)).min(axis=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
@@ -99,6 +118,7 @@ def main() -> None:
     if chosen is None:
         chosen = "min over " + ", ".join(names[i] for i in kept)
         rules[chosen] = kept
+    combined = {f"{how} over {', '.join(names[i] for i in kept)}": (how, kept) for how in COMBINATIONS}
     columns = [*auxiliary, *(name for name in tests if name != "clean")]
     print(f"bundle {args.bundle}; groups {', '.join(names)}; {len(clips)} calibration clips, "
           f"{len(tests['clean'])} clean test clips")
@@ -111,6 +131,12 @@ def main() -> None:
                 for name in columns[len(auxiliary):]]
         mark = " (chosen)" if rule == chosen else ""
         print(f"| {rule}{mark} | " + " | ".join(f"{value:.3f}" for value in row) + " |")
+    for rule, (how, groups) in combined.items():
+        def combine(scores, how=how, groups=groups):
+            return combined_score(calibration[:, groups], scores[:, groups], how)
+        row = [auroc(combine(calibration), combine(scores)) for scores in auxiliary.values()]
+        row += [auroc(combine(tests["clean"]), combine(tests[name])) for name in columns[len(auxiliary):]]
+        print(f"| {rule} | " + " | ".join(f"{value:.3f}" for value in row) + " |")
     print("\n".join(choice.steps) or "no group dropped")
     print(f"{time.perf_counter() - started:.0f} s")
 
