@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -211,3 +212,33 @@ def test_multi_stage_commands_ask_openmp_to_wait_passively_before_torch_loads(tm
     assert lines == ["None", "False", "PASSIVE", "False", "False"], errors
     lines, errors = run({**environ, "OMP_WAIT_POLICY": "ACTIVE"})
     assert lines == ["ACTIVE", "False", "ACTIVE", "False", "False"], errors
+
+
+def test_the_classifier_makes_thumbnails_only_when_the_sink_keeps_them(tmp_path, caplog):
+    """Without alerts.thumbnails_dir nothing keeps a thumbnail, so the classifier makes none and never runs the shipped
+    bundle's heatmap decoder, which only colours them."""
+    import numpy as np
+
+    from pipeline.config import parse_config
+    from pipeline.demo import DEFAULT_BUNDLE
+    from pipeline.stream.messages import ClipMessage
+    from workers.ops.metrics import PipelineMetrics
+    from workers.stages import build_stages
+
+    frames = np.random.default_rng(0).integers(0, 256, (16, 90, 120, 3), dtype=np.uint8)
+    clip = ClipMessage.from_array(frames, stream_id="cam", seq=0, first_frame=0, last_frame=15,
+                                  pts=[i / 25 for i in range(16)])
+    made = {}
+    for name, alerts in (("kept", {"thumbnails_dir": "thumbs"}), ("unkept", {})):
+        config = parse_config({"bundle": str(DEFAULT_BUNDLE), "alerts": {"print": False, **alerts}}, base=tmp_path)
+        assert config.classifier.thumbnail_size == 160
+        with caplog.at_level(logging.INFO, logger="workers.stages"):
+            [stage] = build_stages("classifier", config, PipelineMetrics())
+        step = stage.run_step
+        assert step.evidence.heatmap is not None  # the shipped bundle has a decoder
+        if name == "unkept":
+            step.evidence.heatmap.decode_tensor = None  # calling the decoder would fail
+        made[name] = step([clip])[0]
+    assert made["kept"].thumbnail.startswith(b"\xff\xd8\xff") and made["unkept"].thumbnail is None
+    assert made["kept"].prediction == made["unkept"].prediction
+    assert "no thumbnails (alerts.thumbnails_dir is unset" in caplog.text

@@ -201,8 +201,10 @@ def _classifier(spec: StageSpec, config: PipelineConfig, metrics: PipelineMetric
     if settings.threads:
         torch.set_num_threads(settings.threads)
     detector = Detector.load(config.bundle, device=device, precision=settings.precision)
-    step = ClassifierStep.from_detector(detector, device=device,
-                                        thumbnail_size=settings.thumbnail_size,
+    thumbnail_size = config.thumbnail_size()
+    if settings.thumbnail_size and not thumbnail_size:
+        logger.info("classifier: no thumbnails (alerts.thumbnails_dir is unset, so nothing would keep them)")
+    step = ClassifierStep.from_detector(detector, device=device, thumbnail_size=thumbnail_size,
                                         thumbnail_quality=settings.thumbnail_quality,
                                         scene=config.camera_directory().enabled)
     logger.info("classifier: model %s (%s), layers %s, batches of up to %d clips within %d ms", step.model_id,

@@ -69,6 +69,12 @@ class PipelineConfig(Section):
                                 if source.stream_id is not None and source.path is not None and source.path.is_dir())
         return CameraDirectory(self.camera_normal, cameras, directories)
 
+    def thumbnail_size(self) -> int:
+        """The classifier's thumbnail size: ``classifier.thumbnail_size``, or 0 when ``alerts.thumbnails_dir`` is
+        unset, since nothing else keeps a thumbnail; each one costs a JPEG and, with a heatmap decoder in the
+        bundle, a decoder pass per clip."""
+        return self.classifier.thumbnail_size if self.alerts.thumbnails_dir is not None else 0
+
     @property
     def source_file(self) -> str:
         return self._source_file

@@ -33,7 +33,8 @@ class ClassifierConfig(Section):
                           "streamed scores equal `clipwatch score`'s; auto: bf16 + channels-last-3d on CPUs with "
                           "AMX or AVX-512-BF16 and on CUDA, fp32 elsewhere (scoring an fp32 bundle in bf16 changed "
                           "no verdict on the benchmark, see benchmarks/precision_detection.py)")
-    thumbnail_size: int = Field(160, ge=0, le=1024, description="longest side of the JPEG thumbnail; 0: none")
+    thumbnail_size: int = Field(160, ge=0, le=1024, description="longest side of the JPEG thumbnail; 0: none; "
+                                                                "none are made unless alerts.thumbnails_dir keeps them")
     thumbnail_quality: int = Field(80, ge=1, le=100)
 
 
