@@ -62,7 +62,7 @@ def detection_error(in_scores, out_scores) -> float:
 def video_means(scores, videos) -> np.ndarray:
     """The mean score of each video's clips (``videos``: one video id per clip), one value per distinct id.
 
-    A video-level detector flags a whole video by its clips' average, as OpenOOD-style video benchmarks do.
+    A video-level detector judges a whole video by the average of its clips' scores.
     """
     scores = np.asarray(scores, dtype=np.float64).ravel()
     videos = np.asarray(videos).ravel()
