@@ -9,7 +9,7 @@ minimum over all groups, each group alone, the minimum without each group, and t
 The test sets play no part in the choice; FGSM is of the gradient step's family, the rest are unseen kinds. The
 bundle's own choice is ignored: every group is scored.
 
-    .venv/bin/python benchmarks/fusion_rules.py --calibration-data CAL --data TEST [--bundle B]
+    .venv/bin/python benchmarks/fusion_rules.py --calibration-data CAL --data TEST [--bundle B] [--save-scores NPZ]
 """
 
 from __future__ import annotations
@@ -95,6 +95,9 @@ def main() -> None:
                         help="in-distribution videos the model never trained on (e.g. the bundle's calibration set)")
     parser.add_argument("--data", type=Path, required=True, help="test dataset (UCF101 layout, novel/ optional)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-scores", type=Path, metavar="NPZ",
+                        help="also write every set's group scores (and the group names) to this .npz, to try rules "
+                             "offline")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     started = time.perf_counter()
@@ -110,6 +113,10 @@ def main() -> None:
     choice = choose_fused_groups(dict(zip(names, calibration.T, strict=True)),
                                  {kind: dict(zip(names, scores.T, strict=True)) for kind, scores in auxiliary.items()})
     kept = [names.index(name) for name in choice.kept]
+    if args.save_scores:
+        np.savez(args.save_scores, groups=np.array(names), kept=np.array(kept), calibration=calibration,
+                 **{f"auxiliary_{kind}": scores for kind, scores in auxiliary.items()},
+                 **{f"test_{name}": scores for name, scores in tests.items()})
 
     rules = {"min over all groups": list(range(len(names)))}
     rules.update({f"{name} alone": [i] for i, name in enumerate(names)})
