@@ -556,6 +556,9 @@ def test_fine_tuning_the_shipped_model_is_what_train_does_by_default(colour_data
     assert (config.symmetries, config.motion_init) == ({}, False)
     sized = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "plan"), "--input-size", "96"))
     assert (sized.short_side, sized.crop) == (96, 96)
+    stepped = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "plan"), "--frame-step", "3"))
+    assert (stepped.frame_step, stepped.span, stepped.clip_len) == (3, 46, shipped.preprocessing.clip_len), \
+        "--frame-step overrides the init's step; the clip keeps its frames and spans more time"
     assert (config.val_fraction, config.patience) == (0, None), "every video trains, the schedule runs to its end"
 
     out = tmp_path / "tuned"

@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fit", choices=("crop", "stretch"),
                         help="how frames become the model's square input: crop keeps the aspect ratio and drops the "
                              "sides of a wide frame, stretch squeezes in the whole field of view")
+    parser.add_argument("--frame-step", type=int, metavar="N",
+                        help="take every N-th frame into a clip (default: the init's; base: 2); a larger step lets a "
+                             "clip of the same frames span more time")
     parser.add_argument("--model", help="architecture, e.g. r3d-18, r3d-10, c3d")
     parser.add_argument("--width", type=int, help="base width of an r3d model")
     parser.add_argument("--epochs", type=int)
@@ -98,7 +101,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     overrides: dict[str, Any] = {"data": args.data, "out": args.out}
     for name in ("model", "epochs", "batch_size", "lr", "optimizer", "seed", "split", "threads", "device",
                  "val_fraction", "patience", "backbone_lr_ratio", "outliers", "loss", "fit",
-                 "clips_per_video", "min_scale"):
+                 "clips_per_video", "min_scale", "frame_step"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
     if input_size is not None:
