@@ -72,22 +72,25 @@ def colour_video(colour: tuple[int, int, int], rng: np.random.Generator, num_fra
     return frames
 
 
-@pytest.fixture(scope="module")
-def colour_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def write_colour_data(root: Path, num_frames: int = FRAMES) -> Path:
     """Red/Green/Blue in the UCF101 layout: 4 training and 2 test videos per class, plus one corrupt and one
     too-short training video that training must skip and report."""
-    root = tmp_path_factory.mktemp("colours") / "data"
     rng = np.random.default_rng(0)
     videos = []
     for name, colour in COLOURS.items():
         for group in TRAIN_GROUPS + TEST_GROUPS:
-            write_video(root / name / f"v_{name}_g{group:02d}_c01.avi", colour_video(colour, rng))
+            write_video(root / name / f"v_{name}_g{group:02d}_c01.avi", colour_video(colour, rng, num_frames))
             videos.append((name, group, 1))
     (root / "Red" / "v_Red_g12_c01.avi").write_bytes(b"RIFF not really a video" * 50)
     write_video(root / "Blue" / "v_Blue_g12_c01.avi", colour_video(COLOURS["Blue"], rng, num_frames=6))
     videos += [("Red", 12, 1), ("Blue", 12, 1)]
     write_annotations(root, list(COLOURS), videos)
     return root
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_colour_data(tmp_path_factory.mktemp("colours") / "data")
 
 
 def tiny_config(data: Path, out: Path, **changes) -> TrainConfig:
@@ -507,10 +510,12 @@ def test_an_init_fixes_the_input_size_only_where_its_layers_need_it(colour_data,
 
     free = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "o"), "--init", str(resnet)))
     recipe = PRESETS["finetune"]
-    assert (free.clip_len, free.short_side, free.crop, free.fit) == (8, recipe["short_side"], recipe["crop"], "crop"), \
-        "a 3D ResNet's input size and fit are the recipe's, its clip length the init's"
+    assert (free.clip_len, free.short_side, free.crop, free.fit, free.frame_step) == (
+        8, recipe["short_side"], recipe["crop"], "crop", recipe["frame_step"]), \
+        "a 3D ResNet's input size, fit and frame step are the recipe's, its clip length the init's"
     fixed = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "o"), "--init", str(c3d)))
-    assert (fixed.model, fixed.short_side, fixed.crop) == ("c3d", 128, 112)
+    assert (fixed.model, fixed.short_side, fixed.crop, fixed.frame_step) == ("c3d", 128, 112, 1), \
+        "a C3D's input size and frame step are its own"
     same = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "o"), "--init", str(c3d),
                                   "--input-size", "112"))
     assert (same.short_side, same.crop) == (128, 112)
@@ -548,21 +553,26 @@ def test_fine_tuning_the_shipped_model_is_what_train_does_by_default(colour_data
     config = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "plan")))
     _, shipped = load_model("base")
     assert (config.init, config.model, config.model_options) == ("base", shipped.architecture, shipped.options)
-    assert (config.clip_len, config.frame_step, config.mean) == (shipped.preprocessing.clip_len,
-                                                                 shipped.preprocessing.frame_step,
-                                                                 shipped.preprocessing.mean)
-    assert (config.crop, config.short_side) == (PRESETS["finetune"]["crop"], PRESETS["finetune"]["short_side"]), \
-        "a 3D ResNet takes any input size: the recipe's stands"
+    assert (config.clip_len, config.mean) == (shipped.preprocessing.clip_len, shipped.preprocessing.mean)
+    assert (config.crop, config.short_side, config.frame_step) == tuple(
+        PRESETS["finetune"][name] for name in ("crop", "short_side", "frame_step")), \
+        "a 3D ResNet takes any input size and duration: the recipe's stand"
+    assert config.frame_step != shipped.preprocessing.frame_step, "else the line above shows nothing"
     assert (config.symmetries, config.motion_init) == ({}, False)
     sized = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "plan"), "--input-size", "96"))
     assert (sized.short_side, sized.crop) == (96, 96)
-    stepped = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "plan"), "--frame-step", "3"))
-    assert (stepped.frame_step, stepped.span, stepped.clip_len) == (3, 46, shipped.preprocessing.clip_len), \
-        "--frame-step overrides the init's step; the clip keeps its frames and spans more time"
+    stepped = build_config(parse_cli(str(colour_data), "--out", str(tmp_path / "plan"), "--frame-step", "2"))
+    assert (stepped.frame_step, stepped.span, stepped.clip_len) == (2, 31, shipped.preprocessing.clip_len), \
+        "--frame-step overrides the recipe's step; the clip keeps its frames and spans less time"
     assert (config.val_fraction, config.patience) == (0, None), "every video trains, the schedule runs to its end"
 
+    with pytest.raises(TrainingError, match=r"no usable train videos .*clips span 46 frames \(16, every 3rd\): "
+                                            r"a smaller --frame-step takes shorter videos"):
+        run_cli(str(colour_data), "--out", str(tmp_path / "short"), "--no-progress")  # its videos have 32 frames
+
+    long_data = write_colour_data(tmp_path / "long", num_frames=48)
     out = tmp_path / "tuned"
-    assert run_cli(str(colour_data), "--out", str(out), "--epochs", "3", "--batch-size", "4", "--threads", "1",
+    assert run_cli(str(long_data), "--out", str(out), "--epochs", "3", "--batch-size", "4", "--threads", "1",
                    "--val-fraction", "0.3", "--patience", "1", "--no-progress") == 0
     assert "trained r3d-18" in capsys.readouterr().out
     model, manifest = load_model(out)

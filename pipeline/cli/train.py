@@ -56,8 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="how frames become the model's square input: crop keeps the aspect ratio and drops the "
                              "sides of a wide frame, stretch squeezes in the whole field of view")
     parser.add_argument("--frame-step", type=int, metavar="N",
-                        help="take every N-th frame into a clip (default: the init's; base: 2); a larger step lets a "
-                             "clip of the same frames span more time")
+                        help="take every N-th frame into a clip; a larger step lets a clip of the same frames span "
+                             "more time (default: the preset's for a 3D ResNet, finetune: 3; else the init's)")
     parser.add_argument("--model", help="architecture, e.g. r3d-18, r3d-10, c3d")
     parser.add_argument("--width", type=int, help="base width of an r3d model")
     parser.add_argument("--epochs", type=int)

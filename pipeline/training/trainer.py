@@ -311,14 +311,22 @@ def _prepare_output(config: TrainConfig, resume: bool) -> Any:
     return None
 
 
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
 def _check_caches(config: TrainConfig, train_cache: ClipCache, test_cache: ClipCache,
                   val_cache: ClipCache | None) -> None:
     for name, cache in (("train", train_cache), ("test", test_cache), ("validation", val_cache)):
         if cache is None or (name == "validation" and len(cache) == 0):  # no validation: warned about, not fatal
             continue
         if len(cache) == 0:
+            hint = ""
+            if config.frame_step > 1:
+                hint = (f"; clips span {config.span} frames ({config.clip_len}, every {_ordinal(config.frame_step)}): "
+                        "a smaller --frame-step takes shorter videos")
             raise TrainingError(f"{config.data}: no usable {name} videos in split {config.split} "
-                                f"({len(cache.skipped)} skipped)")
+                                f"({len(cache.skipped)} skipped){hint}")
         narrowest = min(min(frames.shape[1], frames.shape[2]) for frames in cache.frames)
         if narrowest < config.crop:
             raise TrainingError(f"{config.data}: frames resized to short side {config.short_side} are "

@@ -5,8 +5,8 @@
 - ``scratch``: none (the model's own initialisation);
 - a shipped model's name (``default``) or a clipwatch model folder (``model.json`` + ``model.safetensors``): its
   architecture, options and preprocessing become the run's, so its features mean what they meant there; except
-  the input size of a 3D ResNet (its global pooling takes any size: the run's preset or options choose it) and how
-  frames are fitted to the input (``fit``);
+  the input size and frame step of a 3D ResNet (its global pooling takes any size and duration: the run's preset or
+  options choose them) and how frames are fitted to the input (``fit``);
 - a checkpoint file: ``.safetensors``, or a PyTorch file (``.pth``/``.pt``/``.tar``) read with
   ``torch.load(weights_only=True)`` (no code runs), such as Hara et al.'s 3D-ResNets
   (``{"state_dict": {"module.conv1.weight": ...}, ...}``); the run's ``--model``/``--width`` must match it;
@@ -37,12 +37,14 @@ from pipeline.training.errors import TrainingError
 SCRATCH = "scratch"
 PYTORCHVIDEO = "pytorchvideo:"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".safetensors")
-MANIFEST_FIELDS = ("clip_len", "frame_step", "mean", "std")
+MANIFEST_FIELDS = ("clip_len", "mean", "std")
 """Preprocessing a run takes over from a clipwatch model it starts from. Not ``fit``: how much of a frame the model
 sees is the run's choice (its preset or ``--fit``), and fine-tuning adapts the backbone to it."""
 INPUT_SIZE_FIELDS = ("short_side", "crop")
 """Taken over too, unless the architecture pools globally (`SIZE_FREE_ARCHITECTURES`): there the run's input size
 stands, since the user's data decides how many pixels its actors need."""
+STEP_FIELD = "frame_step"
+"""Taken over on the same terms: a 3D ResNet pools over time too, so how much time a clip spans is the run's choice."""
 SIZE_FREE_ARCHITECTURES = ("r3d-",)
 """Name prefixes of architectures whose features do not depend on the input's size (3D ResNets: global pooling)."""
 
@@ -113,6 +115,8 @@ def config_from_init(fields: dict[str, Any], init: Initialisation | None) -> dic
     taken = {"model": manifest.architecture, "model_options": dict(manifest.options)}
     taken.update({name: getattr(prep, name) for name in MANIFEST_FIELDS})
     taken.update(fixed_input_size(init) or {})
+    if not manifest.architecture.startswith(SIZE_FREE_ARCHITECTURES):
+        taken[STEP_FIELD] = prep.frame_step
     return {**fields, **{name: list(value) if isinstance(value, tuple) else value for name, value in taken.items()}}
 
 
@@ -129,12 +133,15 @@ def fixed_input_size(init: Initialisation | None) -> dict[str, int] | None:
 
 
 def input_change(init: Initialisation | None, config_fields: dict[str, Any]) -> str | None:
-    """A line saying how the run's input differs from the clipwatch model it starts from (size, fit), or None."""
+    """A line saying how the run's input differs from the clipwatch model it starts from (size, fit, frame step), or
+    None."""
     if init is None or init.manifest is None:
         return None
     prep = init.manifest.preprocessing
-    before, after = (prep.crop, prep.fit), (config_fields["crop"], config_fields.get("fit", "crop"))
+    before = (prep.crop, prep.fit, prep.frame_step)
+    after = (config_fields["crop"], config_fields.get("fit", "crop"), config_fields[STEP_FIELD])
     if before == after:
         return None
-    return (f"{init.source} was trained on {before[0]}x{before[0]} inputs ({before[1]}); this run uses "
-            f"{after[0]}x{after[0]} ({after[1]}), and fine-tuning adapts the backbone to them")
+    return (f"{init.source} was trained on {before[0]}x{before[0]} inputs ({before[1]}, frame step {before[2]}); "
+            f"this run uses {after[0]}x{after[0]} ({after[1]}, frame step {after[2]}), and fine-tuning adapts the "
+            "backbone to them")
