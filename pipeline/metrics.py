@@ -29,6 +29,30 @@ def auroc(in_scores, out_scores) -> float:
     return float(roc_auc_score(1 - labels, -scores))
 
 
+def class_matched_auroc(in_scores, out_scores, in_classes, out_classes) -> float:
+    """AUROC against in-distribution samples reweighted to the OOD set's mix of predicted classes.
+
+    Each in-distribution sample of predicted class ``c`` weighs ``n_out(c) / n_in(c)``, so both sides hold the
+    classes in the same proportions: what a detector sees beyond *which class* the model predicts. A score that
+    only flags one class (say, every clip taken for "standing still") scores high on plain AUROC when the OOD set
+    is mostly predicted as that class, and 0.5 here. OOD samples of a class no in-distribution sample is predicted
+    as cannot be matched and are left out; NaN when none is left.
+    """
+    scores, labels = _scores_and_labels(in_scores, out_scores)
+    in_classes, out_classes = np.asarray(in_classes).ravel(), np.asarray(out_classes).ravel()
+    if in_classes.size != np.sum(labels == 1) or out_classes.size != np.sum(labels == 0):
+        raise ValueError(f"{in_classes.size} and {out_classes.size} classes for {int(np.sum(labels == 1))} and "
+                         f"{int(np.sum(labels == 0))} scores")
+    kinds, index = np.unique(np.concatenate([in_classes, out_classes]), return_inverse=True)
+    in_index, out_index = index[: in_classes.size], index[in_classes.size:]
+    n_in, n_out = np.bincount(in_index, minlength=kinds.size), np.bincount(out_index, minlength=kinds.size)
+    ratio = np.divide(n_out, n_in, out=np.zeros(kinds.size), where=n_in > 0)
+    weights = np.concatenate([ratio[in_index], (n_in[out_index] > 0).astype(np.float64)])
+    if not weights[labels == 0].any():
+        return float("nan")
+    return float(roc_auc_score(1 - labels, -scores, sample_weight=weights))
+
+
 def aupr_in(in_scores, out_scores) -> float:
     """Average precision with in-distribution as the positive class."""
     scores, labels = _scores_and_labels(in_scores, out_scores)

@@ -91,6 +91,52 @@ def test_detection_rows_add_the_video_level_auroc_where_videos_are_known():
     assert not any("video_auroc" in r for r in rows if r["ood_set"] == "user")  # its videos are unknown
 
 
+def test_class_matched_auroc_sees_through_a_score_that_flags_one_class():
+    rng = np.random.default_rng(0)
+    in_classes = rng.integers(0, 5, 20000)
+    out_classes = np.where(rng.random(6000) < 0.9, 2, rng.integers(0, 5, 6000))  # mostly taken for class 2
+    flags_class_2 = lambda classes: rng.normal(0, 1, classes.size) - 2.0 * (classes == 2)  # noqa: E731
+    inside, outside = flags_class_2(in_classes), flags_class_2(out_classes)
+    assert metrics.auroc(inside, outside) > 0.75
+    assert metrics.class_matched_auroc(inside, outside, in_classes, out_classes) == pytest.approx(0.5, abs=0.02)
+    shifted = outside - 1.5  # a real shift within every class survives the matching
+    assert metrics.class_matched_auroc(inside, shifted, in_classes, out_classes) > 0.8
+    # one class on both sides: nothing to reweigh; the plain AUROC
+    same = np.zeros(700, int)
+    assert metrics.class_matched_auroc(inside[:700], outside[:400], same, same[:400]) == \
+        pytest.approx(metrics.auroc(inside[:700], outside[:400]))
+    # brute force over the pairs on a small case: weight n_out(c) / n_in(c) per clean sample
+    a, b, ca, cb = rng.normal(size=9), rng.normal(size=6), rng.integers(0, 3, 9), rng.integers(0, 3, 6)
+    w = {c: np.sum(cb == c) / max(np.sum(ca == c), 1) for c in range(3)}
+    keep = np.isin(cb, ca)
+    pairs = [(w[ci] * ((x > y) + 0.5 * (x == y))) for x, ci in zip(a, ca, strict=True) for y, k in zip(b, keep, strict=True) if k]
+    total = sum(w[ci] for ci in ca) * keep.sum()
+    assert metrics.class_matched_auroc(a, b, ca, cb) == pytest.approx(sum(pairs) / total)
+    assert np.isnan(metrics.class_matched_auroc([1.0, 2.0], [0.0], [0, 0], [1]))  # no OOD class to match
+    with pytest.raises(ValueError, match="2 and 2 classes for 2 and 1 scores"):
+        metrics.class_matched_auroc([1.0, 2.0], [0.0], [0, 0], [1, 1])
+
+
+def test_detection_rows_match_the_predicted_classes():
+    from pipeline.detect import BundleScores, ClipFeatures
+    from pipeline.evaluation.report import detection_rows
+
+    def scored(predicted: np.ndarray) -> tuple[BundleScores, ClipFeatures]:
+        n = predicted.size
+        fused = np.where(predicted == 1, -1.0, 1.0)  # flags whatever is taken for class 1
+        logits = np.eye(2)[predicted]
+        return (BundleScores({"fc/gmm": fused}, fused, np.ones(n), ["normal"] * n, [[]] * n),
+                ClipFeatures({"fc": logits.astype(np.float32)}, logits, np.zeros(n, int)))
+
+    sets = {"clean": scored(np.r_[np.zeros(30, int), np.ones(10, int)]), "novel": scored(np.ones(20, int)),
+            "attacked": scored(np.zeros(20, int))}
+    rows = detection_rows({k: v[0] for k, v in sets.items()}, {k: v[1] for k, v in sets.items()})
+    fused = {r["ood_set"]: r for r in rows if r["density"] == "fused"}
+    assert fused["novel"]["auroc"] == pytest.approx(0.875)  # 30 of 40 clean clips outrank every novel clip
+    assert fused["novel"]["class_matched_auroc"] == pytest.approx(0.5)
+    assert fused["attacked"]["class_matched_auroc"] == pytest.approx(0.5)
+
+
 def test_likelihood_accuracy():
     ll = np.array([[0.0, -1.0], [-3.0, -2.0], [-1.0, -5.0]])
     assert metrics.likelihood_accuracy(ll, np.array(["a", "b", "b"]), classes=["a", "b"]) == pytest.approx(2 / 3)

@@ -626,6 +626,35 @@ def test_a_hara_checkpoint_initialises_training(colour_data, tmp_path):
         run_cli(str(colour_data), "--out", str(tmp_path / "evil"), "--init", str(pickled), "--no-progress")
 
 
+def test_freeze_through_keeps_the_init_up_to_that_module(colour_data, tmp_path):
+    """Every weight and BatchNorm statistic up to layer2 stays the init's; later layers and the new head train."""
+    init = build_model("r3d-10", 5, width=8)
+    for module in init.modules():  # BatchNorm statistics unlike those of fresh layers, so a change would show
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.running_mean.uniform_(-0.1, 0.1)
+    checkpoint = tmp_path / "init.pth"
+    torch.save({"state_dict": init.state_dict()}, checkpoint)
+    out = tmp_path / "frozen"
+    assert run_cli(str(colour_data), "--out", str(out), "--preset", "smoke", "--init", str(checkpoint),
+                   "--freeze-through", "layer2", "--epochs", "1", "--batch-size", "4", "--threads", "1",
+                   "--no-progress") == 0
+    model, manifest = load_model(out)
+    assert manifest.extra["training"]["config"]["freeze_through"] == "layer2"
+    start, end = init.state_dict(), model.state_dict()
+    frozen = [n for n in end if n.split(".")[0] in ("conv1", "bn1", "layer1", "layer2")]
+    assert any("running_mean" in n for n in frozen) and any("layer2" in n for n in frozen)
+    for name in frozen:
+        assert torch.equal(start[name], end[name]), name
+    assert not torch.equal(start["layer3.0.conv1.weight"], end["layer3.0.conv1.weight"])
+    assert not torch.equal(start["layer4.0.bn1.running_mean"], end["layer4.0.bn1.running_mean"])
+    with pytest.raises(TrainingError, match="has no module 'layer9' .top-level: conv1, bn1"):
+        run_cli(str(colour_data), "--out", str(tmp_path / "bad"), "--preset", "smoke", "--init", str(checkpoint),
+                "--freeze-through", "layer9", "--epochs", "1", "--no-progress")
+    with pytest.raises(TrainingError, match="would freeze the head 'fc'"):
+        run_cli(str(colour_data), "--out", str(tmp_path / "head"), "--preset", "smoke", "--init", str(checkpoint),
+                "--freeze-through", "fc", "--epochs", "1", "--no-progress")
+
+
 def test_symmetry_tables_are_optional_and_read_from_yaml(colour_data, tmp_path):
     tables = tmp_path / "symmetries.yaml"
     tables.write_text("flip_horizontal: {Red: Blue, Blue: Red}\n")

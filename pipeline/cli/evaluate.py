@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     print("accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in results["accuracy"].items()))
     for ood, slot in best_rows(results["detection"]).items():
         cells = ", ".join(f"{d} {row['auroc']:.3f}" for d, row in slot.items())
-        print(f"AUROC {ood}: {cells}")
+        matched = slot["fused"].get("class_matched_auroc") if "fused" in slot else None
+        print(f"AUROC {ood}: {cells}" + ("" if matched is None else f"; fused, class-matched {matched:.3f}"))
     for row in results.get("adaptive", {}).get("rows", []):
         success, evaded = ("-" if row[k] is None else f"{row[k]:.3f}" for k in ("attack_success", "evaded"))
         print(f"{row['set']}: accuracy {row['accuracy']:.3f}, success {success}, flagged {row['flagged']:.3f}, "

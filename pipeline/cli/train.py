@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="objectosphere: known clips keep a large feature norm, outliers a small one "
                              "(needs --outliers auto)")
     parser.add_argument("--backbone-lr-ratio", type=float, help="learning rate of all but the head, times --lr")
+    parser.add_argument("--freeze-through", metavar="MODULE",
+                        help="keep the init's weights of every module up to and including MODULE (e.g. layer3), so "
+                             "its features stay the pretrained ones")
     parser.add_argument("--input-size", type=int, metavar="PX",
                         help="side of the model's square input (frames are resized to this short side, then "
                              "cropped or, with --fit stretch, squeezed to it); default: the preset's (finetune: 128)")
@@ -100,7 +103,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         resolve_device(args.device, source="--device")
     overrides: dict[str, Any] = {"data": args.data, "out": args.out}
     for name in ("model", "epochs", "batch_size", "lr", "optimizer", "seed", "split", "threads", "device",
-                 "val_fraction", "patience", "backbone_lr_ratio", "outliers", "loss", "fit",
+                 "val_fraction", "patience", "backbone_lr_ratio", "freeze_through", "outliers", "loss", "fit",
                  "clips_per_video", "min_scale", "frame_step"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)

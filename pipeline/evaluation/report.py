@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.detect import BundleScores, ClipFeatures, DetectorBundle
 from pipeline.detect.calibration import ADVERSARIAL, NORMAL, NOVEL
-from pipeline.metrics import auroc, likelihood_accuracy, ood_metrics, video_means
+from pipeline.metrics import auroc, class_matched_auroc, likelihood_accuracy, ood_metrics, video_means
 
 METRIC_KEYS = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_error")
 
@@ -23,9 +23,12 @@ def detection_rows(scores: dict[str, BundleScores], features: dict[str, ClipFeat
     scores are the bundle's, computed once by the caller. ``zoo`` maps ``(detector, layer)`` to its scores of
     every set (:mod:`pipeline.detect.zoo`); its rows carry the detector's name as ``density``. ``videos`` maps a
     set to the video id of each of its clips; rows of a set that has them (and ``clean`` too) add
-    ``video_auroc``, the AUROC of each video's mean score.
+    ``video_auroc``, the AUROC of each video's mean score. Every row has ``class_matched_auroc``: the clean clips
+    reweighted to the OOD set's mix of predicted classes (:func:`~pipeline.metrics.class_matched_auroc`), which
+    tells a detector of novelty from a detector of the class novel clips are taken for.
     """
     clean_scores, clean = scores["clean"], features["clean"]
+    clean_predicted = np.argmax(clean.logits, axis=1)
     videos = videos or {}
     rows = []
     for ood_name, ood in features.items():
@@ -33,9 +36,12 @@ def detection_rows(scores: dict[str, BundleScores], features: dict[str, ClipFeat
             continue
         ood_scores = scores[ood_name]
         ids = (videos["clean"], videos[ood_name]) if "clean" in videos and ood_name in videos else None
+        predicted = (clean_predicted, np.argmax(ood.logits, axis=1))
 
-        def metrics(inside, outside, ids=ids) -> dict[str, float]:
+        def metrics(inside, outside, ids=ids, predicted=predicted) -> dict[str, float]:
             found = ood_metrics(inside, outside)
+            matched = class_matched_auroc(inside, outside, *predicted)
+            found["class_matched_auroc"] = None if np.isnan(matched) else matched
             if ids is not None:
                 found["video_auroc"] = auroc(video_means(inside, ids[0]), video_means(outside, ids[1]))
             return found
@@ -154,11 +160,12 @@ def markdown(results: dict) -> str:
     lines += _zoo_table(results)
     lines += _heatmap_table(results)
     lines += _adaptive_table(results)
-    keys = METRIC_KEYS + (("video_auroc",) if any("video_auroc" in r for r in results["detection"]) else ())
+    keys = METRIC_KEYS + tuple(k for k in ("class_matched_auroc", "video_auroc")
+                               if any(k in r for r in results["detection"]))
     lines += ["", "## All detection metrics", "",
               "| OOD set | layer | density | " + " | ".join(keys) + " |", "|---" * (3 + len(keys)) + "|"]
     for row in results["detection"]:
-        cells = " | ".join(f"{row[k]:.4f}" if k in row else "-" for k in keys)
+        cells = " | ".join(f"{row[k]:.4f}" if row.get(k) is not None else "-" for k in keys)
         lines.append(f"| {row['ood_set']} | {row['layer']} | {row['density']} | {cells} |")
     lines += ["", "## Likelihood classifier accuracy (clean test clips)", "", "| layer | density | accuracy |",
               "|---|---|---|"]
@@ -178,15 +185,22 @@ def _zoo_table(results: dict) -> list[str]:
     levels = [("auroc", f"AUROC; baselines fitted on {zoo['train_clips']} training clips")]
     if any("video_auroc" in r for r in results["detection"]):
         levels.append(("video_auroc", "video level: AUROC of each video's mean score"))
+    if any("class_matched_auroc" in r for r in results["detection"]):
+        levels.append(("class_matched_auroc", "class-matched: the clean clips reweighted to each set's mix of "
+                                              "predicted classes, so a score that flags one class gains nothing"))
     for key, title in levels:
-        fused = {r["ood_set"]: r[key] for r in results["detection"] if r["density"] == "fused" and key in r}
+        fused = {r["ood_set"]: r[key] for r in results["detection"]
+                 if r["density"] == "fused" and r.get(key) is not None}
         lines += ["", f"## Fused score vs the baselines ({title})", "",
                   "| OOD set | fused | best baseline | " + " | ".join(names) + " |", "|---" * (len(names) + 3) + "|"]
         for ood, slot in per_set.items():
             if ood not in fused:
                 continue
-            best = max(slot.values(), key=lambda r: r[key])
-            cells = [f"{slot[n][key]:.3f}" if n in slot else "-" for n in names]
+            rated = [r for r in slot.values() if r.get(key) is not None]
+            if not rated:
+                continue
+            best = max(rated, key=lambda r: r[key])
+            cells = [f"{slot[n][key]:.3f}" if slot.get(n, {}).get(key) is not None else "-" for n in names]
             lines.append(f"| {ood} | {fused[ood]:.3f} | {best[key]:.3f} ({best['density']}) | "
                          + " | ".join(cells) + " |")
     layers = ", ".join(f"{n}: {d['layer']}" for n, d in zoo["detectors"].items())

@@ -108,6 +108,10 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = Field(1.0, gt=0, description="max global gradient norm (None: no clipping)")
     backbone_lr_ratio: float = Field(1.0, ge=0, le=1, description="learning rate of all but the head, as a "
                                                                    "fraction of lr (0: frozen backbone)")
+    freeze_through: str | None = Field(None, min_length=1, description="keep the init's weights and BatchNorm "
+                                                                       "statistics of every module up to and "
+                                                                       "including this one (e.g. layer3): its "
+                                                                       "features stay the pretrained ones")
     val_fraction: float = Field(0.0, ge=0, lt=0.5, description="training groups held out to pick the best epoch "
                                                                 "(0: none; the test split is then reported as it goes)")
     patience: int | None = Field(None, ge=1, description="stop after this many validations without a better "

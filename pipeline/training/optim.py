@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from pipeline.training.config import TrainConfig
+from pipeline.training.errors import TrainingError
 from pipeline.training.transfer import head_name
 
 
@@ -19,6 +20,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     groups, the layout of checkpoints written before the ratio existed, so they still resume."""
     head = head_name(model)
     ratio = config.backbone_lr_ratio
+    if config.freeze_through is not None:
+        freeze_through(model, config.freeze_through)
     parts = [(1.0, [p for p in model.parameters() if p.requires_grad])]
     if ratio != 1:
         in_head = {id(p) for name, p in model.named_parameters() if name.startswith(f"{head}.")}
@@ -39,6 +42,32 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
     return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def frozen_modules(model: nn.Module, name: str) -> list[str]:
+    """Names of the modules registered up to and including ``name``'s subtree, in order (one-line TrainingError
+    if the model has no such module or if it holds the head)."""
+    names = [n for n, _ in model.named_modules() if n]
+    if name not in names:
+        tops = ", ".join(n for n, _ in model.named_children())
+        raise TrainingError(f"freeze_through: {type(model).__name__} has no module {name!r} (top-level: {tops})")
+    last = max(i for i, n in enumerate(names) if n == name or n.startswith(f"{name}."))
+    frozen = names[: last + 1]
+    head = head_name(model)
+    if head in frozen:
+        raise TrainingError(f"freeze_through: {name!r} would freeze the head {head!r}, which must train")
+    return frozen
+
+
+def freeze_through(model: nn.Module, name: str) -> None:
+    """Freeze every module up to and including ``name``: no gradients, BatchNorm running statistics kept."""
+    frozen = frozen_modules(model, name)
+    for module_name in frozen:
+        module = model.get_submodule(module_name)
+        for parameter in module.parameters(recurse=False):
+            parameter.requires_grad_(False)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = 0.0
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, config: TrainConfig) -> float:

@@ -33,7 +33,7 @@ from pipeline.training.evaluation import Evaluation, evaluate
 from pipeline.training.factors import FactorLoss
 from pipeline.training.init import motion_energy_init
 from pipeline.training.openset import PenultimateFeatures, make_outliers, objectosphere_loss
-from pipeline.training.optim import learning_rate, make_optimizer, set_bn_momentum
+from pipeline.training.optim import frozen_modules, learning_rate, make_optimizer, set_bn_momentum
 from pipeline.training.report import CURVE_FILE, METRICS_FILE, evaluation_json, plot_curve, write_metrics
 from pipeline.training.transfer import SCRATCH, head_name, input_change, read_init, transfer_weights
 from pipeline.training.validation import Best as _Best
@@ -186,6 +186,7 @@ class _Loop:
         self.factor_loss = factor_loss
         self.device = next(model.parameters()).device
         self.optimizer = make_optimizer(model, config)
+        self.frozen_norms = _frozen_norms(model, config)
         self.rng = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.videos = len(sampler.cache)
@@ -221,12 +222,8 @@ class _Loop:
         """Train one epoch (a shuffled pass drawing ``clips_per_video`` clips per video); its history row."""
         config, model = self.config, self.model
         model.train()
-        if config.backbone_lr_ratio == 0:  # a frozen backbone normalises with its own statistics, as in evaluation
-            head = head_name(model)
-            for name, module in model.named_modules():
-                in_head = name == head or name.startswith(f"{head}.")
-                if not in_head and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.eval()
+        for module in self.frozen_norms:  # frozen layers normalise with their own statistics, as in evaluation
+            module.eval()
         order = torch.randperm(self.videos * config.clips_per_video, generator=self.rng) % self.videos
         loss_sum, correct, seen, lr = 0.0, 0, 0, 0.0
         self._bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
@@ -270,6 +267,19 @@ class _Loop:
                 self._bar.set_postfix({**self._postfix, f"{watched}_clip": f"{evaluation.clip_accuracy:.3f}",
                                        f"{watched}_video": f"{evaluation.video_accuracy:.3f}"})
             self._bar.close()
+
+
+def _frozen_norms(model: torch.nn.Module, config: TrainConfig) -> list[torch.nn.Module]:
+    """The BatchNorm modules a run keeps in evaluation mode: the whole backbone's when it is frozen
+    (``backbone_lr_ratio`` 0), else those up to ``freeze_through``."""
+    head = head_name(model)
+    if config.backbone_lr_ratio == 0:
+        names = [n for n, _ in model.named_modules() if n != head and not n.startswith(f"{head}.")]
+    elif config.freeze_through is not None:
+        names = frozen_modules(model, config.freeze_through)
+    else:
+        return []
+    return [m for m in map(model.get_submodule, names) if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
 def _build_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
