@@ -110,7 +110,8 @@ def test_presets_and_one_line_config_errors(tmp_path):
     assert (smoke.model, smoke.seed) == ("r3d-10", 3)
     for bad, words in [({"lr": -1.0}, "lr"), ({"crop": 96}, "crop 96"), ({"optimizer": "adam"}, "optimizer"),
                        ({"symmetries": {"reverse_time": {"A": "B"}}}, "involution"),
-                       ({"symmetries": {"rotate": {}}}, "unknown symmetry"), ({"batch": 3}, "batch")]:
+                       ({"symmetries": {"rotate": {}}}, "unknown symmetry"), ({"batch": 3}, "batch"),
+                       ({"freeze_through": "layer3"}, "keeps an init's weights")]:
         with pytest.raises(TrainingError) as info:
             TrainConfig.preset("default", data=tmp_path, out=tmp_path, **bad)
         assert words in str(info.value) and "\n" not in str(info.value)

@@ -167,6 +167,8 @@ class TrainConfig(BaseModel):
             raise ValueError("loss objectosphere needs outliers (outliers: auto)")
         if self.factors and self.outliers != "none":
             raise ValueError("factors cannot be combined with outliers")
+        if self.freeze_through is not None and self.init == "scratch":
+            raise ValueError(f"freeze_through {self.freeze_through} keeps an init's weights: give --init, not scratch")
         if self.paired_symmetries and not self.symmetries:
             raise ValueError("paired_symmetries needs symmetries to pair with")
         if self.paired_symmetries and self.batch_size % 2:

@@ -16,8 +16,9 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     """AdamW or SGD (Nesterov) over decayed weights (ndim > 1) and undecayed BN parameters and biases.
 
     With ``backbone_lr_ratio`` below 1 the backbone gets its own two groups at that fraction of the learning rate
-    (their ``lr_scale``); a zero ratio freezes it, BatchNorm running statistics included. At ratio 1 there are two
-    groups, the layout of checkpoints written before the ratio existed, so they still resume."""
+    (their ``lr_scale``); a zero ratio freezes it, BatchNorm running statistics included, and ``freeze_through``
+    freezes the modules up to that one the same way. At ratio 1 there are two groups, the layout of checkpoints
+    written before the ratio existed, so they still resume."""
     head = head_name(model)
     ratio = config.backbone_lr_ratio
     if config.freeze_through is not None:
