@@ -29,23 +29,13 @@ sys.path[0] = str(REPOSITORY)  # run as a script, this file's folder would shado
 import numpy as np
 import torch
 
-from pipeline.data import UCF101
+from pipeline.data import UCF101, labelled_videos
 from pipeline.density import PCAReducer, SeparateGaussian
 from pipeline.detect import load_clips
 from pipeline.detect.features import extract_from_tensors, model_inputs
 from pipeline.metrics import auroc, class_matched_auroc
 from pipeline.models import load_model
 from pipeline.training.transfer import head_name
-
-
-def videos(root: Path, subsets: tuple[str, ...]) -> list[tuple[Path, int]]:
-    seen, out = set(), []
-    for subset in subsets:
-        for sample in UCF101(root, split=1, subset=subset, missing="skip").samples:
-            if sample.path not in seen:
-                seen.add(sample.path)
-                out.append((sample.path, sample.label))
-    return out
 
 
 class Reader:
@@ -93,7 +83,7 @@ def main() -> None:
         energy = torch.logsumexp(torch.as_tensor(logits, dtype=torch.float64), dim=1).numpy()
         return features, labels, (np.argmax(logits, axis=1), energy)
 
-    features, labels, _ = read(videos(args.train, ("train",)))
+    features, labels, _ = read(labelled_videos(args.train, 1, ("train",)))
     densities = {}
     for layer in args.layers:
         reducer = PCAReducer(0.995).fit(features[layer])
@@ -107,7 +97,7 @@ def main() -> None:
                 np.arange(len(predicted)), predicted]
         return out, labels, predicted
 
-    calibration, _, calibration_predicted = scores(videos(args.calibration_data, ("train", "test")))
+    calibration, _, calibration_predicted = scores(labelled_videos(args.calibration_data))
     classes = np.unique(calibration_predicted)
 
     def standardise(values: np.ndarray, predicted: np.ndarray, key: str) -> np.ndarray:
@@ -119,8 +109,8 @@ def main() -> None:
 
     for root in args.data:
         novel_classes = UCF101(root / "novel", split=1, subset="test", missing="skip").classes
-        clean, _, clean_predicted = scores(videos(root, ("test",)))
-        novel, novel_labels, novel_predicted = scores(videos(root / "novel", ("train", "test")))
+        clean, _, clean_predicted = scores(labelled_videos(root, 1, ("test",)))
+        novel, novel_labels, novel_predicted = scores(labelled_videos(root / "novel"))
         known_clean, known_novel = np.isin(clean_predicted, classes), np.isin(novel_predicted, classes)
         print(f"{root}: {known_clean.sum()} clean and {known_novel.sum()} novel clips (of {len(known_clean)} and "
               f"{len(known_novel)}: the rest are predicted as a class no calibration clip is)")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from pipeline.attacks import AdversarialFrame, Normalize, fgsm, from_uint8, to_uint8
-from pipeline.data import UCF101
+from pipeline.data import labelled_videos
 from pipeline.data.tamper import TAMPERING, tamper
 from pipeline.demo.run import DEFAULT_BUNDLE
 from pipeline.detect import Detector, load_clips
@@ -36,22 +36,12 @@ from pipeline.metrics import auroc
 FRAME = REPOSITORY / "pipeline" / "assets" / "frames" / "default.safetensors"
 
 
-def videos(root: Path, subsets=("train", "test")) -> list[tuple[Path, int]]:
-    seen, out = set(), []
-    for subset in subsets:
-        for sample in UCF101(root, split=1, subset=subset, missing="skip").samples:
-            if sample.path not in seen:
-                seen.add(sample.path)
-                out.append((sample.path, sample.label))
-    return out
-
-
 def test_sets(root: Path, detector: Detector, seed: int) -> dict[str, np.ndarray]:
     prep = detector.manifest.preprocessing
-    clips, labels, _, _ = load_clips(videos(root, ("test",)), prep, progress=False)
+    clips, labels, _, _ = load_clips(labelled_videos(root, 1, ("test",)), prep, progress=False)
     sets = {"clean": clips}
     if (root / "novel").is_dir():
-        sets["novel"] = load_clips(videos(root / "novel"), prep, progress=False)[0]
+        sets["novel"] = load_clips(labelled_videos(root / "novel"), prep, progress=False)[0]
     pixels = from_uint8(clips)
     sets["framing"] = to_uint8(AdversarialFrame.load(FRAME).apply(pixels))
     normalize = Normalize.from_preprocessing(prep)
@@ -103,7 +93,7 @@ def main() -> None:
     started = time.perf_counter()
     detector = Detector.load(args.bundle)
     names = list(detector.bundle.calibration.groups)
-    clips, labels, _, _ = load_clips(videos(args.calibration_data), detector.manifest.preprocessing, progress=False)
+    clips, labels, _, _ = load_clips(labelled_videos(args.calibration_data), detector.manifest.preprocessing, progress=False)
     calibration = group_scores(detector, clips)
     normalize = Normalize.from_preprocessing(detector.manifest.preprocessing)
     made = auxiliary_outliers(from_uint8(clips), labels, detector.model, normalize,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.data import UCF101, DatasetError, VideoSample, write_annotations
+from pipeline.data import UCF101, DatasetError, VideoSample, labelled_videos, write_annotations
 from pipeline.data.ucf101 import split_test_groups
 
 # Official quirk kept on purpose: the HandstandPushups folder holds files named v_HandStandPushups_*.
@@ -77,6 +77,16 @@ def test_samples_carry_path_label_group_and_clip(tree: Path) -> None:
     assert quirky and all(s.label == 2 and s.path.name.startswith("v_HandStandPushups_") for s in quirky)
     assert len(dataset) == len(dataset.samples) == dataset.num_classes * 2 * len(CLIPS)  # groups 1 and 5
     assert all(s.path.is_file() for s in dataset)
+
+
+def test_labelled_videos_lists_each_video_once_in_list_order(tree: Path) -> None:
+    train, test = UCF101(tree, subset="train").samples, UCF101(tree, subset="test").samples
+    both = labelled_videos(tree)
+    assert both == [(s.path, s.label) for s in train + test]
+    assert labelled_videos(tree, 1, ("test",)) == [(s.path, s.label) for s in test]
+    edit_list(tree, "testlist01.txt", 1, relative(CLASSES[0], 8, 1))  # a training video listed again for testing
+    again = labelled_videos(tree)
+    assert len(again) == len(both) - 1 and len({path for path, _ in again}) == len(again)
 
 
 def test_annotations_next_to_root_or_given_explicitly(tmp_path: Path) -> None:

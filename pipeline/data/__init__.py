@@ -2,9 +2,9 @@
 
 from .motions import SYNTH_CLASSES, SYNTH_NOVEL_CLASSES
 from .synth import SynthReport, synthesize
-from .ucf101 import UCF101, DatasetError, VideoSample, write_annotations
+from .ucf101 import UCF101, DatasetError, VideoSample, labelled_videos, write_annotations
 
 __all__ = [
-    "UCF101", "VideoSample", "DatasetError", "write_annotations",
+    "UCF101", "VideoSample", "DatasetError", "labelled_videos", "write_annotations",
     "synthesize", "SynthReport", "SYNTH_CLASSES", "SYNTH_NOVEL_CLASSES",
 ]

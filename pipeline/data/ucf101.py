@@ -166,6 +166,18 @@ class UCF101:
                            class_name=class_name, group=int(match["group"]), clip=int(match["clip"]))
 
 
+def labelled_videos(root: str | Path, split: int = 1,
+                    subsets: Sequence[Literal["train", "test"]] = ("train", "test")) -> list[tuple[Path, int]]:
+    """``(path, label)`` of the listed videos of ``subsets``, in list order, each once; missing files skipped."""
+    seen, videos = set(), []
+    for subset in subsets:
+        for sample in UCF101(root, split=split, subset=subset, missing="skip").samples:
+            if sample.path not in seen:
+                seen.add(sample.path)
+                videos.append((sample.path, sample.label))
+    return videos
+
+
 def write_annotations(root: Path, classes: Sequence[str], videos: Iterable[tuple[str, int, int]]) -> Path:
     """Write ``<root>/ucfTrainTestlist`` for videos given as ``(class_name, group, clip)``; returns the folder.
 

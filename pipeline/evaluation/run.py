@@ -35,7 +35,7 @@ from pipeline.attacks import (
     scaled_frame_width,
     to_uint8,
 )
-from pipeline.data import UCF101
+from pipeline.data import labelled_videos
 from pipeline.data.tamper import TAMPERING, tamper
 from pipeline.detect import BundleScores, ClipFeatures, Detector, DetectorBundle, load_clips
 from pipeline.detect.features import pixel_batches, pixel_input
@@ -104,14 +104,7 @@ class EvaluationSettings:
 
 
 def _videos(root: Path, split: int, subset: str | None) -> list[tuple[Path, int]]:
-    subsets = (subset,) if subset else ("train", "test")
-    seen, videos = set(), []
-    for name in subsets:
-        for sample in UCF101(root, split=split, subset=name, missing="skip").samples:
-            if sample.path not in seen:
-                seen.add(sample.path)
-                videos.append((sample.path, sample.label))
-    return videos
+    return labelled_videos(root, split, (subset,) if subset else ("train", "test"))
 
 
 def _training_clips(settings: EvaluationSettings, preprocessing) -> tuple[torch.Tensor, torch.Tensor]:
